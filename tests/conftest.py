@@ -1,0 +1,24 @@
+"Shared fixtures: one micro run per test session (seconds), reused read-only by most tests."
+import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import pytest
+from saetrack.config import get_preset
+from saetrack.lm import train_lm, load_tokens
+from saetrack.activations import cache_activations
+
+@pytest.fixture(scope="session")
+def micro():
+    return get_preset("micro")
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory, micro):
+    run = tmp_path_factory.mktemp("runs") / "micro"
+    train_lm(micro.lm, run, progress=False)
+    return run
+
+@pytest.fixture(scope="session")
+def micro_acts(micro_run, micro):
+    return cache_activations(micro_run, micro.acts.hook, load_tokens(micro_run, "train"), micro.acts.train_tokens,
+                             micro_run / "activations", progress=False)

@@ -1,0 +1,63 @@
+"The saetrack command: bad input ends with one line on stderr, exit code 2, and nothing half-written."
+import subprocess, sys
+import pytest
+from saetrack.cli import main
+
+def run_cli(*args):
+    r = subprocess.run([sys.executable, "-c", "import sys; from saetrack.cli import main; sys.exit(main())", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return r.returncode, r.stdout, r.stderr
+
+def _one_line_error(capsys, argv, match):
+    assert main(list(map(str, argv))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and match in err[0], err
+
+def test_help_lists_commands():
+    code, out, _ = run_cli("--help")
+    assert code == 0 and all(c in out for c in ("lm", "activations", "reproduce", "info"))
+
+def test_unknown_preset(capsys, tmp_path):
+    _one_line_error(capsys, ["lm", "--preset", "huge", "--out", tmp_path / "r"], "unknown preset 'huge'")
+    assert not (tmp_path / "r").exists()
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_bad_corpus(capsys, tmp_path, make):
+    corpus = tmp_path / "corpus"
+    if make == "empty": corpus.mkdir()
+    _one_line_error(capsys, ["lm", "--preset", "micro", "--corpus", corpus, "--out", tmp_path / "r"], "corpus")
+    assert not (tmp_path / "r").exists()
+
+@pytest.mark.parametrize("hook,match", [("blocks.7.hook_resid_pre", "outside the model"),
+                                        ("blocks.0.hook_nope", "not a hook of this model"),
+                                        ("resid_pre", "not of the form")])
+def test_bad_hook(capsys, micro_run, tmp_path, hook, match):
+    _one_line_error(capsys, ["activations", "--preset", "micro", "--run", micro_run, "--hook", hook, "--out", tmp_path / "a", "--quiet"], match)
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").rglob("*.npy"))
+
+def test_directory_without_checkpoints(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(capsys, ["activations", "--checkpoints", tmp_path / "empty", "--quiet"], "holds no checkpoints")
+
+def test_step_not_in_run(capsys, micro_run, tmp_path):
+    _one_line_error(capsys, ["activations", "--preset", "micro", "--run", micro_run, "--at-steps", "0,3", "--out", tmp_path / "a", "--quiet"],
+                    "step 3 is not in")
+    assert not (tmp_path / "a").exists()
+
+def test_corrupt_cache_reported_then_rebuilt(capsys, micro_run, micro, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run, ignore=shutil.ignore_patterns("activations"))
+    assert main(["activations", "--preset", "micro", "--run", str(run), "--at-steps", "24", "--quiet"]) == 0
+    f = run / "activations" / micro.acts.hook / "train" / "step24" / "acts.npy"
+    with open(f, "r+b") as fh: fh.truncate(f.stat().st_size // 2)
+    capsys.readouterr()
+    _one_line_error(capsys, ["info", run], "corrupt")
+    assert main(["activations", "--preset", "micro", "--run", str(run), "--at-steps", "24", "--quiet"]) == 0
+    assert main(["info", str(run)]) == 0
+
+def test_reproduce_micro(tmp_path):
+    code, out, err = run_cli("reproduce", "--preset", "micro", "--out", tmp_path / "run", "--figures", tmp_path / "figs", "--quiet")
+    assert code == 0, err
+    assert "stage times" in out
+    for ext in ("png", "pdf"):
+        assert (tmp_path / "figs" / f"lm_loss.{ext}").stat().st_size > 5000
