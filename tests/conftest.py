@@ -22,3 +22,13 @@ def micro_run(tmp_path_factory, micro):
 def micro_acts(micro_run, micro):
     return cache_activations(micro_run, micro.acts.hook, load_tokens(micro_run, "train"), micro.acts.train_tokens,
                              micro_run / "activations", progress=False)
+
+@pytest.fixture
+def one_thread():
+    "Unit tests of numerical kernels run single-threaded: fast on a shared 2-core box and bit-reproducible."
+    import torch, matplotlib.pyplot as plt
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+    plt.close("all")

@@ -14,7 +14,7 @@ def _one_line_error(capsys, argv, match):
 
 def test_help_lists_commands():
     code, out, _ = run_cli("--help")
-    assert code == 0 and all(c in out for c in ("lm", "activations", "reproduce", "info"))
+    assert code == 0 and all(c in out for c in ("reproduce", "track", "lm", "activations", "figures", "info"))
 
 def test_unknown_preset(capsys, tmp_path):
     _one_line_error(capsys, ["lm", "--preset", "huge", "--out", tmp_path / "r"], "unknown preset 'huge'")
@@ -58,6 +58,13 @@ def test_corrupt_cache_reported_then_rebuilt(capsys, micro_run, micro, tmp_path)
 def test_reproduce_micro(tmp_path):
     code, out, err = run_cli("reproduce", "--preset", "micro", "--out", tmp_path / "run", "--figures", tmp_path / "figs", "--quiet")
     assert code == 0, err
-    assert "stage times" in out
-    for ext in ("png", "pdf"):
-        assert (tmp_path / "figs" / f"lm_loss.{ext}").stat().st_size > 5000
+    assert "stage times" in out and "convergence:" in out
+    import json
+    man = json.loads((tmp_path / "figs" / "MANIFEST.json").read_text())
+    assert {"lm_loss.png", "sae_quality.pdf", "convergence.png"} <= set(man)
+    for name, entry in man.items():
+        assert (tmp_path / "figs" / name).stat().st_size > 5000 and entry["shows"] and entry["config_hash"]
+    # the figures command alone regenerates them from the cache
+    code, out, err = run_cli("figures", "--preset", "micro", "--out", tmp_path / "run", "--figures", tmp_path / "again")
+    assert code == 0, err
+    assert set(json.loads((tmp_path / "again" / "MANIFEST.json").read_text())) == set(man)

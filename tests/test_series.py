@@ -30,9 +30,9 @@ def test_series_layout_and_metrics(series, micro):
     assert (m["explained_variance"] > 0.3).all() and (m["l0"] > 0).all()
     assert np.isfinite(m[["ce_clean", "ce_sae", "ce_zero"]].values).all()
     assert (m["ce_sae"] - m["ce_clean"]).abs().max() < 0.05           # splicing the SAE in costs little loss
-    # the micro model barely uses this layer (zero-ablation moves CE < 0.01 nats), so recovered is mostly NaN by design
+    # the micro model barely uses this layer (zero-ablation moves CE < 0.1 nats), so recovered is mostly NaN by design
     gap = m["ce_zero"] - m["ce_clean"]
-    assert (m["ce_recovered"].isna() == (gap <= 0.01)).all()
+    assert (m["ce_recovered"].isna() == (gap <= 0.1)).all()
     W = series.decoders()
     assert W.shape == (7, micro.sae.d_sae, 32)
     torch.testing.assert_close(W.norm(dim=-1), torch.ones(7, micro.sae.d_sae), atol=1e-5, rtol=0)
