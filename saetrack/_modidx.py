@@ -101,6 +101,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'saetrack.cli.build_parser': ('cli.html#build_parser', 'saetrack/cli.py'),
                               'saetrack.cli.cmd_activations': ('cli.html#cmd_activations', 'saetrack/cli.py'),
                               'saetrack.cli.cmd_analyse': ('cli.html#cmd_analyse', 'saetrack/cli.py'),
+                              'saetrack.cli.cmd_baseline': ('cli.html#cmd_baseline', 'saetrack/cli.py'),
                               'saetrack.cli.cmd_explore': ('cli.html#cmd_explore', 'saetrack/cli.py'),
                               'saetrack.cli.cmd_figures': ('cli.html#cmd_figures', 'saetrack/cli.py'),
                               'saetrack.cli.cmd_info': ('cli.html#cmd_info', 'saetrack/cli.py'),

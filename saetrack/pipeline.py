@@ -86,6 +86,9 @@ def make_figures(out, figures="figures", progress: bool = True) -> dict:
                                        paper="Appendix I convergence figure (1/20 tokens claim)")
         from saetrack.analysis import plot_analysis
         made.update(plot_analysis(out, figures, progress=progress))
+        if (out/"baseline"/"baseline.json").exists():      # `saetrack baseline` has been run
+            from saetrack.matching import plot_matching
+            made.update(plot_matching(out, figures))
     plt.close("all")
     man = {f"{k}.{ext}": dict(v, config_hash=cfg_hash, commit=_commit(), command="saetrack figures")
            for k, v in made.items() for ext in ("png", "pdf")}
