@@ -148,8 +148,26 @@ def cmd_baseline(a):
     print(f"baseline: independent SAEs at steps {r['baseline']['steps']} (seeds {r['baseline']['seeds']}) under {out/'baseline'}; "
           f"{r['seconds']:.0f}s; `saetrack figures --out {out}` draws the matching figures")
 
+def _print_plan(name: str):
+    from saetrack.config import pythia_plan
+    p = pythia_plan(name)
+    print(f"plan for the paper's {name} series (dry run, nothing is downloaded):")
+    print(f"  model {p['model']} at {p['hook']}; SAE {p['d_in']} -> {p['d_sae']:,} latents (ReLU + L1 {p['l1_coefficient']:g})")
+    print(f"  {p['n_saes']} SAEs at steps {', '.join(map(str, p['steps']))}")
+    print(f"  tokens: {p['tokens_first']:,} for the first SAE (lr {p['lr_first']:g}), {p['tokens_next']:,} for each later one "
+          f"(lr {p['lr_next']:g}); {p['total_tokens']:,} in all")
+    print(f"  SAE memory with Adam: {p['sae_gib_with_adam']:.1f} GiB; SAE training ~{p['sae_gpu_hours']:.1f} GPU-hours at "
+          f"{p['gpu_tflops_assumed']:.0f} TFLOP/s sustained, plus activation harvesting")
+    print(f"  activations if cached on disk (float32): {p['activation_disk_tib']:.2f} TiB: this needs streamed activations, "
+          f"which saetrack does not have yet; use reduced --tokens-first with `saetrack track --checkpoints {p['model'].split('/')[-1]}`")
+
 def cmd_reproduce(a):
     "Everything on the embedded default: run, activations, SAE series, convergence study, analysis, figures."
+    from saetrack.config import PYTHIA_SERIES
+    if a.preset in PYTHIA_SERIES:
+        if a.dry_run: return _print_plan(a.preset)
+        raise SaetrackError(f"the {a.preset} series needs a GPU and Hugging Face Hub access; `--dry-run` prints its plan")
+    if a.dry_run: raise SaetrackError("--dry-run is for the Pythia presets (pythia-160m, pythia-410m, pythia-1.4b)")
     t0 = time.time()
     a.convergence = True
     a.checkpoints = None
@@ -212,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("reproduce", help="everything on the embedded default: run, activations, series, figures")
     _common(sp); _lm_args(sp); _acts_args(sp); _track_args(sp)
     sp.add_argument("--figures", default="figures", help="where figures are written (default ./figures)")
+    sp.add_argument("--dry-run", action="store_true", help="with a Pythia preset: print the paper's plan (steps, tokens, memory, disk, GPU time)")
     sp.set_defaults(fn=cmd_reproduce)
     sp = sub.add_parser("lm", help="train a tiny Pythia-style model with Pythia-like checkpoints"); _common(sp); _lm_args(sp)
     sp.set_defaults(fn=cmd_lm)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, replace
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['PRESETS', 'LMConfig', 'ActsConfig', 'SAEConfig', 'Preset', 'get_preset', 'checkpoint_steps']
+__all__ = ['PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'ActsConfig', 'SAEConfig', 'Preset', 'get_preset',
+           'checkpoint_steps', 'pythia_plan']
 
 # %% ../nbs/01_config.ipynb #2bae2830
 @dataclass(frozen=True)
@@ -117,3 +118,32 @@ def checkpoint_steps(steps: int, log_until: int = 512, every: int = 250) -> list
     while s < steps: out.append(s); s += every
     if out[-1] != steps: out.append(steps)
     return out
+
+# %% ../nbs/01_config.ipynb #66d8b9c6
+_PY_410 = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000] + list(range(3000, 23001, 2000)) + list(range(43000, 143001, 20000))
+
+PYTHIA_SERIES = {
+    "pythia-160m": dict(model="pythia-160m-deduped", hook="blocks.4.hook_resid_pre", d_model=768, n_layers=12,
+                        steps=sorted(_PY_410 + [2000])),
+    "pythia-410m": dict(model="pythia-410m-deduped", hook="blocks.4.hook_resid_pre", d_model=1024, n_layers=24, steps=_PY_410),
+    "pythia-1.4b": dict(model="pythia-1.4b-deduped", hook="blocks.3.hook_resid_pre", d_model=2048, n_layers=24,
+                        steps=sorted(_PY_410 + [2000])),
+}
+PAPER_SAE = SAEConfig(d_sae=0, l1_coefficient=8e-5, lr_first=4e-4, lr_next=4e-5, tokens_first=300_000_000,
+                      tokens_next=15_000_000, batch_size=4096, warmup_first=5000, warmup_next=3, seed=42)
+
+def pythia_plan(name: str, expansion: int = 64, gpu_tflops: float = 50.0) -> dict:
+    """What the paper's series for `name` costs: SAEs, tokens, SAE memory, activation disk if cached, and a
+    rough GPU time for SAE training at `gpu_tflops` sustained (fp32/TF32; an assumption, not a measurement)."""
+    if name not in PYTHIA_SERIES: raise SaetrackError(f"unknown Pythia preset '{name}'; choose one of: {', '.join(PYTHIA_SERIES)}")
+    p = PYTHIA_SERIES[name]
+    d_in, d_sae, T = p["d_model"], p["d_model"] * expansion, len(p["steps"])
+    tokens = PAPER_SAE.tokens_first + (T - 1) * PAPER_SAE.tokens_next
+    n_params = 2 * d_in * d_sae + d_sae + d_in
+    flops = 6 * d_in * d_sae * tokens                  # forward + backward of encoder and decoder
+    return dict(preset=name, model=f"EleutherAI/{p['model']}", hook=p["hook"], d_in=d_in, d_sae=d_sae, n_saes=T, steps=p["steps"],
+                tokens_first=PAPER_SAE.tokens_first, tokens_next=PAPER_SAE.tokens_next, total_tokens=tokens,
+                l1_coefficient=PAPER_SAE.l1_coefficient, lr_first=PAPER_SAE.lr_first, lr_next=PAPER_SAE.lr_next,
+                sae_params=n_params, sae_gib_with_adam=n_params * 4 * 4 / 2**30,
+                activation_disk_tib=tokens * d_in * 4 / 2**40, sae_gpu_hours=flops / (gpu_tflops * 1e12) / 3600,
+                gpu_tflops_assumed=gpu_tflops)

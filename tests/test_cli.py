@@ -68,3 +68,10 @@ def test_reproduce_micro(tmp_path):
     code, out, err = run_cli("figures", "--preset", "micro", "--out", tmp_path / "run", "--figures", tmp_path / "again")
     assert code == 0, err
     assert set(json.loads((tmp_path / "again" / "MANIFEST.json").read_text())) == set(man)
+
+def test_pythia_dry_run_prints_the_papers_plan(capsys):
+    assert main(["reproduce", "--preset", "pythia-410m", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "29 SAEs" in out and "720,000,000 in all" in out and "65,536 latents" in out and "blocks.4.hook_resid_pre" in out
+    _one_line_error(capsys, ["reproduce", "--preset", "pythia-1.4b"], "needs a GPU")
+    _one_line_error(capsys, ["reproduce", "--preset", "micro", "--dry-run"], "--dry-run is for the Pythia presets")
