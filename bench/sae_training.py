@@ -18,7 +18,6 @@ def matmul_peak(b: int, d_in: int, d_sae: int, reps: int = 20) -> float:
     return 2 * b * d_in * d_sae * reps / best_of(3, run)
 
 def ours(acts, d_sae, n_tokens, batch):
-    sae = make_sae(acts.shape[1], d_sae, seed=0)
     return best_of(2, lambda: train_sae(make_sae(acts.shape[1], d_sae, seed=0), acts, n_tokens, 4e-4, 8e-5,
                                         batch_size=batch, warmup_steps=10, seed=0, progress=False))
 

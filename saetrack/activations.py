@@ -110,9 +110,9 @@ def cache_activations(source, hook: str, stream: np.ndarray, n_tokens: int, root
     rows, out = None, {}
     for step in tqdm(steps, desc=f"activations {hook} [{split}]", disable=not progress):
         ctx = _ctx(source, step)
-        if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx)
+        if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx); rows_hash = _rows_hash(rows)
         key = stable_hash(dict(v=CACHE_VERSION, source=source.identity(step), hook=hook, split=split, dtype=dtype,
-                               rows=_rows_hash(rows), processing=TL_PROCESSING))
+                               rows=rows_hash, processing=TL_PROCESSING))
         d = _entry_dir(root, hook, split, step)
         if (d/"manifest.json").exists():
             try:

@@ -40,21 +40,18 @@ def cmd_lm(a) -> dict:
 
 def cmd_activations(a) -> dict:
     "Harvest (or reuse) activations for every checkpoint of a run."
-    from saetrack.activations import cache_activations, token_stream
     from saetrack.checkpoints import open_source
     from saetrack.config import get_preset
-    p = get_preset(a.preset)
+    from saetrack.pipeline import activations_for
+    p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype))
     src = open_source(a.checkpoints or a.run or f"runs/{p.name}")
-    hook = a.hook or p.acts.hook
+    hook = p.acts.hook
     at = getattr(a, "at_steps", None)
     try: steps = [int(s) for s in at.split(",")] if at else None
     except ValueError: raise SaetrackError(f"--at-steps must be comma-separated integers (got '{at}')") from None
     root = Path(a.out) if a.out else (src.path/"activations" if hasattr(src, "path") else Path("activations"))
-    res = {}
-    for split, n in (("train", a.tokens or p.acts.train_tokens), ("eval", a.eval_tokens or p.acts.eval_tokens)):
-        stream, sha = token_stream(src, split, a.corpus)
-        res[split] = cache_activations(src, hook, stream, n, root, split=split, steps=steps, dtype=a.dtype or p.acts.dtype,
-                                       corpus_sha256=sha, progress=not a.quiet)
+    tr, ev = activations_for(src, p, root, corpus=a.corpus, steps=steps, progress=not a.quiet)
+    res = dict(train=tr, eval=ev)
     n_files = sum(len(v) for v in res.values())
     size = sum(f.stat().st_size for v in res.values() for d in v.values() for f in d.iterdir())
     print(f"activations {hook}: {len(res['train'])} checkpoints x (train + eval) = {n_files} cache entries, "
@@ -81,20 +78,16 @@ def cmd_track(a):
     from saetrack.pipeline import track
     p = _preset(a)
     out = Path(a.out or f"runs/{p.name}")
-    times = {}
-    series = track(p, out, checkpoints=a.checkpoints, hook=a.hook, corpus=a.corpus, progress=not a.quiet, times=times)
-    if a.convergence: _convergence(series, out, a, times)
+    times, caches = {}, {}
+    series = track(p, out, checkpoints=a.checkpoints, hook=a.hook, corpus=a.corpus, progress=not a.quiet, times=times, caches=caches)
+    if a.convergence: _convergence(series, caches, a, times)
     _print_series(series, times)
     return series
 
-def _convergence(series, out, a, times):
+def _convergence(series, caches, a, times):
     from saetrack.convergence import convergence_study, nmse_only_fractions, series_cost
-    from saetrack.checkpoints import open_source
-    from saetrack.pipeline import activations_for
     t = time.time()
-    tr, ev = activations_for(open_source(a.checkpoints or out), _preset(a), out/"activations",
-                             series.hook, a.corpus, progress=False)
-    conv = convergence_study(series, tr, ev, progress=not a.quiet)
+    conv = convergence_study(series, caches["train"], caches["eval"], progress=not a.quiet)
     times["convergence"] = time.time() - t
     cost = series_cost(series, conv)
     print("convergence: token fraction a warm start needs to match scratch: " +
@@ -113,11 +106,16 @@ def cmd_figures(a):
     man = make_figures(out, a.figures)
     print(f"{len(man)} figure files in {a.figures}/ (see {a.figures}/MANIFEST.json)")
 
+def _series_out(a) -> Path:
+    "The run directory of a command that needs a trained series."
+    out = Path(a.out or f"runs/{a.preset}")
+    if not (out/"series"/"series.json").exists(): raise SaetrackError(f"no SAE series under '{out}'; run `saetrack track --out {out}` first")
+    return out
+
 def cmd_analyse(a) -> dict:
     "Stages, transitions, formation and drift for every feature of a series (cached under OUT/analysis)."
     from saetrack.analysis import analyse, summarise
-    out = Path(a.out or f"runs/{a.preset}")
-    if not (out/"series"/"series.json").exists(): raise SaetrackError(f"no SAE series under '{out}'; run `saetrack track --out {out}` first")
+    out = _series_out(a)
     s = summarise(analyse(out, progress=not a.quiet))
     fr = s["class_fractions"]
     print("class fractions (token / concept / noise / dead): " + "; ".join(
@@ -133,8 +131,7 @@ def cmd_analyse(a) -> dict:
 def cmd_explore(a):
     "One feature's story across checkpoints: class and pattern history, formation, drift."
     from saetrack.analysis import analyse, feature_report
-    out = Path(a.out or f"runs/{a.preset}")
-    if not (out/"series"/"series.json").exists(): raise SaetrackError(f"no SAE series under '{out}'; run `saetrack track --out {out}` first")
+    out = _series_out(a)
     r = analyse(out, progress=not a.quiet)
     if not 0 <= a.feature < r["n_features"]: raise SaetrackError(f"feature {a.feature} is outside the SAE (0..{r['n_features'] - 1})")
     print("\n".join(feature_report(r, a.feature)))
@@ -142,8 +139,7 @@ def cmd_explore(a):
 def cmd_baseline(a):
     "Independent from-scratch SAEs matched to the series (Reviewer 3's baseline), cached under OUT/baseline."
     from saetrack.matching import run_baseline
-    out = Path(a.out or f"runs/{a.preset}")
-    if not (out/"series"/"series.json").exists(): raise SaetrackError(f"no SAE series under '{out}'; run `saetrack track --out {out}` first")
+    out = _series_out(a)
     r = run_baseline(out, progress=not a.quiet)
     print(f"baseline: independent SAEs at steps {r['baseline']['steps']} (seeds {r['baseline']['seeds']}) under {out/'baseline'}; "
           f"{r['seconds']:.0f}s; `saetrack figures --out {out}` draws the matching figures")

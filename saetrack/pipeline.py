@@ -6,7 +6,7 @@
 from __future__ import annotations
 import time
 from pathlib import Path
-from .activations import cache_activations, load_activations, token_stream
+from .activations import cache_activations, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import Preset
 from .core import SaetrackError
@@ -32,8 +32,9 @@ def activations_for(source, preset: Preset, root, hook: str | None = None, corpu
     return out[0], out[1]
 
 def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
-          progress: bool = True, times: dict | None = None) -> SAESeries:
-    "Build whatever is missing under `out` (training run, activations) and then the SAE series."
+          progress: bool = True, times: dict | None = None, caches: dict | None = None) -> SAESeries:
+    """Build whatever is missing under `out` (training run, activations) and then the SAE series. `times`
+    receives stage seconds and `caches` the activation cache dirs ({"train": {step: dir}, "eval": ...})."""
     out = Path(out)
     times = {} if times is None else times
     t = time.time()
@@ -45,11 +46,10 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     hook = hook or preset.acts.hook
     train_acts, eval_acts = activations_for(source, preset, out/"activations", hook, corpus, progress=progress)
     times["activations"] = time.time() - t; t = time.time()
+    if caches is not None: caches.update(train=train_acts, eval=eval_acts)
 
-    def quality_fn(step, sae):
-        model = source.hooked(step)
-        rows = load_activations(eval_acts[step]).tokens[:CE_ROWS]
-        return ce_recovered(model, sae, hook, rows)
+    def quality_fn(step, sae, eval_entry):
+        return ce_recovered(source.hooked(step), sae, hook, eval_entry.tokens[:CE_ROWS])
     series = train_series(preset.sae, train_acts, eval_acts, out/"series", hook, progress=progress, quality_fn=quality_fn)
     times["series"] = time.time() - t
     return series

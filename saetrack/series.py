@@ -52,9 +52,9 @@ def _order(steps, direction):
     return sorted(steps) if direction == "forward" else sorted(steps, reverse=True)
 
 def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: str, progress: bool = True,
-                 quality_fn=None, stop_after: int | None = None) -> "SAESeries":
+                 quality_fn=None) -> "SAESeries":
     """Train (or resume) the series over the steps of `train_acts` ({step: activation-cache dir}) into `out`.
-    `quality_fn(step, sae) -> dict` adds metrics that need the model (CE-loss recovered)."""
+    `quality_fn(step, sae, eval_entry) -> dict` adds metrics that need the model (CE-loss recovered)."""
     out = Path(out)
     clean_stale_tmp(out) if out.exists() else None
     steps = _order(train_acts, cfg.direction)
@@ -66,7 +66,7 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         man = {}
     man.update(config=dataclasses.asdict(cfg), config_hash=cfg_key, hook=hook, steps=steps, direction=cfg.direction)
     man.setdefault("entries", {})
-    prev_key, prev_dir, trained = cfg_key, None, 0
+    prev_key, prev_dir = cfg_key, None
     bar = tqdm(steps, desc="SAE series", disable=not progress)
     for step in bar:
         a = load_activations(train_acts[step])
@@ -76,11 +76,11 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         if e and e["key"] == key and _entry_ok(d, e):
             prev_key, prev_dir = key, d; continue
         t0 = time.time()
-        ev = load_activations(eval_acts[step]).acts
+        ev = load_activations(eval_acts[step])
         sae, curve = train_one(cfg, a.acts, step, init_from=prev_dir)
         seconds = time.time() - t0
-        m = sae_metrics(sae, ev)
-        if quality_fn is not None: m.update(quality_fn(step, sae))
+        m = sae_metrics(sae, ev.acts)
+        if quality_fn is not None: m.update(quality_fn(step, sae, ev))
         m.update(step=step, tokens=curve["tokens"][-1], seconds=round(seconds, 3), recurrent=prev_dir is not None)
         save_sae(sae, d, extra_metadata=dict(hook_name=hook, checkpoint_step=step, saetrack_key=key),
                  extra_files={"metrics.json": m, "curve.json": curve})
@@ -88,9 +88,7 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         atomic_write_json(man_path, man)
         prev_key, prev_dir = key, d
         bar.set_postfix(step=step, nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}")
-        trained += 1
-        if stop_after is not None and trained >= stop_after: break
-    return SAESeries.load(out) if stop_after is None else None
+    return SAESeries.load(out)
 
 def _entry_ok(d: Path, e: dict) -> bool:
     try: return (d/"metrics.json").exists() and file_sha256(d/"sae_weights.safetensors") == e["sha256"]
