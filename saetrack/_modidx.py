@@ -118,6 +118,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'saetrack.config.SAEConfig': ('config.html#saeconfig', 'saetrack/config.py'),
                                  'saetrack.config.SAEConfig.__post_init__': ('config.html#saeconfig.__post_init__', 'saetrack/config.py'),
                                  'saetrack.config._override': ('config.html#_override', 'saetrack/config.py'),
+                                 'saetrack.config._width': ('config.html#_width', 'saetrack/config.py'),
                                  'saetrack.config.checkpoint_steps': ('config.html#checkpoint_steps', 'saetrack/config.py'),
                                  'saetrack.config.get_preset': ('config.html#get_preset', 'saetrack/config.py'),
                                  'saetrack.config.pythia_plan': ('config.html#pythia_plan', 'saetrack/config.py')},

@@ -86,8 +86,15 @@ class Preset:
     sae: SAEConfig = field(default_factory=SAEConfig)
 
 # %% ../nbs/01_config.ipynb #47329d11
+def _width(name: str, d_model: int) -> Preset:
+    "The tiny run at another width (scaling study): same corpus, depth, steps and hook; heads of 32 dims, MLP 4x, SAE 8x."
+    return Preset(name, LMConfig(d_model=d_model, n_heads=d_model // 32, d_mlp=4 * d_model), ActsConfig(),
+                  SAEConfig(d_sae=8 * d_model))
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny"),
+    "tiny-s": _width("tiny-s", 64),     # scaling study: half the width of tiny
+    "tiny-l": _width("tiny-l", 256),    # scaling study: twice the width of tiny (~3x the compute)
     "micro": Preset("micro",
         LMConfig(corpus_max_bytes=400_000, vocab_size=512, d_model=32, n_layers=2, n_heads=2, d_mlp=128,
                  ctx=32, batch_size=8, steps=24, lr=3e-3, ckpt_every=8, eval_tokens=4096),
