@@ -241,6 +241,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'saetrack.pipeline': { 'saetrack.pipeline._commit': ('pipeline.html#_commit', 'saetrack/pipeline.py'),
                                    'saetrack.pipeline.activations_for': ('pipeline.html#activations_for', 'saetrack/pipeline.py'),
                                    'saetrack.pipeline.make_figures': ('pipeline.html#make_figures', 'saetrack/pipeline.py'),
+                                   'saetrack.pipeline.notebook_run': ('pipeline.html#notebook_run', 'saetrack/pipeline.py'),
+                                   'saetrack.pipeline.repo_root': ('pipeline.html#repo_root', 'saetrack/pipeline.py'),
                                    'saetrack.pipeline.track': ('pipeline.html#track', 'saetrack/pipeline.py')},
             'saetrack.plotting': { 'saetrack.plotting.save_figure': ('plotting.html#save_figure', 'saetrack/plotting.py'),
                                    'saetrack.plotting.step_axis': ('plotting.html#step_axis', 'saetrack/plotting.py')},

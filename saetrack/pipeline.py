@@ -15,7 +15,7 @@ from .quality import ce_recovered
 from .series import SAESeries, train_series
 
 # %% auto #0
-__all__ = ['CE_ROWS', 'activations_for', 'track', 'make_figures']
+__all__ = ['CE_ROWS', 'activations_for', 'track', 'repo_root', 'notebook_run', 'make_figures']
 
 # %% ../nbs/80_pipeline.ipynb #2cee686f
 CE_ROWS = 32   # held-out rows (of ctx tokens) for CE-loss recovered at every checkpoint
@@ -55,6 +55,25 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     return series
 
 # %% ../nbs/80_pipeline.ipynb #a86ea436
+def repo_root(start=None) -> Path:
+    "The nearest directory at or above `start` (default: cwd) holding `pyproject.toml`; else cwd."
+    here = Path(start or Path.cwd()).resolve()
+    return next((d for d in (here, *here.parents) if (d/"pyproject.toml").exists()), here)
+
+def notebook_run(preset: str = "tiny", progress: bool = False) -> Path:
+    "The run directory a notebook reads: `runs/<preset>` if it has a series (not under test), else `runs/micro`."
+    import fcntl, os
+    from saetrack.config import get_preset
+    runs = repo_root()/"runs"
+    if not os.environ.get("IN_TEST") and (runs/preset/"series"/"series.json").exists(): return runs/preset
+    out = runs/"micro"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(runs/".micro.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        track(get_preset("micro"), out, progress=progress)   # cached: a no-op once built
+    return out
+
+# %% ../nbs/80_pipeline.ipynb #417cb90c
 def _commit() -> str:
     import subprocess
     try: return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
