@@ -109,6 +109,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'saetrack.cli.cmd_info': ('cli.html#cmd_info', 'saetrack/cli.py'),
                               'saetrack.cli.cmd_lm': ('cli.html#cmd_lm', 'saetrack/cli.py'),
                               'saetrack.cli.cmd_reproduce': ('cli.html#cmd_reproduce', 'saetrack/cli.py'),
+                              'saetrack.cli.cmd_scaling': ('cli.html#cmd_scaling', 'saetrack/cli.py'),
                               'saetrack.cli.cmd_track': ('cli.html#cmd_track', 'saetrack/cli.py'),
                               'saetrack.cli.main': ('cli.html#main', 'saetrack/cli.py')},
             'saetrack.config': { 'saetrack.config.ActsConfig': ('config.html#actsconfig', 'saetrack/config.py'),

@@ -13,7 +13,8 @@ from .plotting import save_figure
 from .series import train_one
 
 # %% auto #0
-__all__ = ['pick_steps', 'tokens_to_match', 'nmse_only_fractions', 'convergence_study', 'series_cost', 'plot_convergence']
+__all__ = ['pick_steps', 'tokens_to_match', 'fraction_text', 'nmse_only_fractions', 'convergence_study', 'series_cost',
+           'plot_convergence']
 
 # %% ../nbs/13_convergence.ipynb #a2bb8d12
 def pick_steps(steps: list[int], n: int = 5) -> list[int]:
@@ -28,19 +29,29 @@ def tokens_to_match(curve: list[dict], nmse: float, l0: float) -> float:
         if e["nmse"] <= nmse and e["l0"] <= l0: return e["tokens"]
     return math.inf
 
+def fraction_text(v: float, cap: float) -> str:
+    "A token fraction for print: '> cap' when the warm start never matched within its capped budget."
+    return f"> {cap:g}" if math.isinf(v) else f"{v:.3f}"
+
 def nmse_only_fractions(conv: dict) -> list[float]:
     "A looser reading of the claim: the token fraction to reach the scratch SAE's nMSE whatever the L0."
     return [tokens_to_match(r["recurrent_curve"], r["scratch"]["nmse"], math.inf) / conv["tokens_first"] for r in conv["rows"]]
 
 # %% ../nbs/13_convergence.ipynb #e61471f8
+def _eval_subset(acts: np.ndarray, n: int) -> np.ndarray:
+    "About `n` rows taken evenly through `acts` (so they span its documents), as a contiguous array."
+    return np.ascontiguousarray(acts[::max(1, len(acts) // n)][:n])
+
 def convergence_study(series, train_acts: dict, eval_acts: dict, steps=None, n_evals: int = 32,
-                      progress: bool = True) -> dict:
-    "Scratch vs recurrent at `steps` (default: 5 spread over the series); cached in the series directory."
+                      max_fraction: float = 0.5, eval_tokens: int = 16384, progress: bool = True) -> dict:
+    """Scratch vs recurrent at `steps` (default: 5 spread over the series); the warm start gets at most
+    `max_fraction` of the scratch budget; both are evaluated on `eval_tokens` held-out activations. Cached
+    in the series directory."""
     from saetrack.config import SAEConfig
     cfg = SAEConfig(**series.manifest["config"])
     order = series.manifest["steps"]
     steps = steps or pick_steps(order)
-    key = stable_hash([series.manifest["config_hash"], [series.manifest["entries"][str(s)]["key"] for s in order], steps, n_evals])
+    key = stable_hash([series.manifest["config_hash"], [series.manifest["entries"][str(s)]["key"] for s in order], steps, n_evals, max_fraction, eval_tokens])
     path = series.path/"convergence.json"
     if path.exists() and (old := read_json(path)).get("key") == key: return old
     per_step_first = cfg.tokens_first // cfg.batch_size
@@ -48,14 +59,15 @@ def convergence_study(series, train_acts: dict, eval_acts: dict, steps=None, n_e
     rows = []
     for step in tqdm(steps, desc="convergence", disable=not progress):
         prev = order[order.index(step) - 1]
-        acts, ev = load_activations(train_acts[step]).acts, load_activations(eval_acts[step]).acts
+        acts, ev = load_activations(train_acts[step]).acts, _eval_subset(load_activations(eval_acts[step]).acts, eval_tokens)
         t0 = time.time()
         _, sc = train_one(cfg, acts, step, eval_acts=ev, eval_every=max(1, per_step_first // n_evals))
         t_scratch = time.time() - t0
         target = sc["eval"][-1]
         t0 = time.time()
-        _, rc = train_one(cfg, acts, step, init_from=series.dir(prev), eval_acts=ev, tokens=cfg.tokens_first,
-                          eval_every=max(1, per_step_next // 8),
+        cap = max(cfg.batch_size, int(cfg.tokens_first * max_fraction) // cfg.batch_size * cfg.batch_size)
+        _, rc = train_one(cfg, acts, step, init_from=series.dir(prev), eval_acts=ev, tokens=cap,
+                          eval_every=max(1, per_step_next // 4),
                           until=lambda e: e["nmse"] <= target["nmse"] and e["l0"] <= target["l0"])
         t_rec = time.time() - t0
         need = tokens_to_match(rc["eval"], target["nmse"], target["l0"])
@@ -66,6 +78,7 @@ def convergence_study(series, train_acts: dict, eval_acts: dict, steps=None, n_e
                          scratch_curve=sc["eval"], recurrent_curve=rc["eval"]))
     fr = np.array([r["fraction"] for r in rows])
     res = dict(key=key, tokens_first=cfg.tokens_first, tokens_next=cfg.tokens_next, steps=steps, rows=rows,
+               max_fraction=max_fraction, eval_tokens=len(ev),
                median_fraction=float(np.median(fr)), worst_fraction=float(fr.max()))
     atomic_write_json(path, res)
     return res
@@ -106,8 +119,9 @@ def plot_convergence(conv: dict, path=None):
             if i == 0:
                 f = r["fraction"]
                 g = nmse_only_fractions(dict(conv, rows=[r]))[0]
-                fmt = lambda v: "never" if math.isinf(v) else f"{v:.3f}"
-                ax.set_title(f"step {r['step']} (warm start from {r['prev']})\nmatch nMSE & L0: {fmt(f)}; nMSE only: {fmt(g)}", fontsize=9)
+                cap = conv.get("max_fraction", 1.0)
+                ax.set_title(f"step {r['step']} (warm start from {r['prev']})\nmatch nMSE & L0: {fraction_text(f, cap)}; "
+                             f"nMSE only: {fraction_text(g, cap)}", fontsize=9)
     axes[0, 0].legend(frameon=False, fontsize=7)
     fig.supxlabel("open circles: the SAE before training on this checkpoint; dashed: the scratch SAE's final value", fontsize=8)
     fig.suptitle("Warm-started SAE-Track SAE vs from-scratch SAE on the same checkpoint: token fraction of the scratch budget "

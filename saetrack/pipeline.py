@@ -108,6 +108,12 @@ def make_figures(out, figures="figures", progress: bool = True) -> dict:
         if (out/"baseline"/"baseline.json").exists():      # `saetrack baseline` has been run
             from saetrack.matching import plot_matching
             made.update(plot_matching(out, figures))
+        from saetrack.scaling import plot_scaling, scaling_runs
+        runs = scaling_runs(out.parent)                    # `saetrack scaling` has analysed other widths beside this run
+        if len(runs) >= 2 and out.name in runs:
+            plot_scaling(runs, figures/"scaling")
+            made["scaling"] = dict(shows=f"feature classes and decoder drift of the same pipeline at {len(runs)} model widths ({', '.join(runs)}), side by side",
+                                   paper="Figs 9-16 (the 160m / 1.4b validation of the 410m results)")
     plt.close("all")
     man = {f"{k}.{ext}": dict(v, config_hash=cfg_hash, commit=_commit(), command="saetrack figures")
            for k, v in made.items() for ext in ("png", "pdf")}

@@ -58,8 +58,11 @@ def test_corrupt_cache_reported_then_rebuilt(capsys, micro_run, micro, tmp_path)
 def test_reproduce_micro(tmp_path):
     code, out, err = run_cli("reproduce", "--preset", "micro", "--out", tmp_path / "run", "--figures", tmp_path / "figs", "--quiet")
     assert code == 0, err
-    assert "stage times" in out and "convergence:" in out
+    assert "reproduce stage times" in out and "convergence:" in out
     import json
+    times = json.loads((tmp_path / "run" / "reproduce.json").read_text())["seconds"]
+    assert {"lm", "activations", "series", "convergence", "analysis", "figures", "total"} <= set(times)
+    assert times["total"] >= sum(v for k, v in times.items() if k != "total") - 1
     man = json.loads((tmp_path / "figs" / "MANIFEST.json").read_text())
     assert {"lm_loss.png", "sae_quality.pdf", "convergence.png"} <= set(man)
     for name, entry in man.items():
