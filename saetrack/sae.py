@@ -17,8 +17,8 @@ from .core import SaetrackError, atomic_path
 _ARCHES = ("relu", "topk")
 
 # %% auto #0
-__all__ = ['make_sae', 'normalise_decoder_', 'geometric_median', 'paper_loss', 'remove_parallel_grad_', 'train_sae', 'save_sae',
-           'load_sae', 'load_training_sae', 'sae_metrics']
+__all__ = ['make_sae', 'normalise_decoder_', 'geometric_median', 'relu_step', 'paper_loss', 'remove_parallel_grad_', 'train_sae',
+           'save_sae', 'load_sae', 'load_training_sae', 'sae_metrics']
 
 # %% ../nbs/10_sae.ipynb #e234cf56
 def make_sae(
@@ -133,25 +133,35 @@ def _has_hooks(sae: TrainingSAE) -> bool:
     )
 
 
-class _CentredLinear(torch.autograd.Function):
-    """hidden_pre = (x - b_dec) @ W_enc + b_enc, with no gradient w.r.t. x.
+def _buffer(buf: dict, name: str, shape, dtype=torch.float32) -> torch.Tensor:
+    t = buf.get(name)
+    if t is None or t.shape != shape:
+        t = buf[name] = torch.empty(shape, dtype=dtype)
+    return t
 
-    backward: dW_enc = (x - b_dec)^T g, db_enc = sum_rows g, db_dec = -(sum_rows g) @ W_enc^T.
-    The last is algebraically what autograd gets from -(g @ W_enc^T).sum(0), at d_sae x d_in
-    cost instead of B x d_sae x d_in.
-    """
 
-    @staticmethod
-    def forward(ctx, x, b_dec, w_enc, b_enc):  # type: ignore[override]
-        sae_in = x - b_dec
-        ctx.save_for_backward(sae_in, w_enc)
-        return sae_in @ w_enc + b_enc
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        sae_in, w_enc = ctx.saved_tensors
-        g_sum = g.sum(dim=0)
-        return None, -(w_enc @ g_sum), sae_in.T @ g, g_sum
+@torch.no_grad()
+def relu_step(sae: StandardTrainingSAE, x: torch.Tensor, inv_norm: torch.Tensor, l1_coefficient: float,
+              buf: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`paper_loss` of a ReLU SAE on x [B, d_in] with its gradients computed by hand and stored in each
+    parameter's `.grad`. Returns (loss, mse_loss, l1, f, err) like `paper_loss`, detached; `f` lives in
+    `buf` (the [B, d_sae] buffers, reused from call to call) and is overwritten by the next call."""
+    B, d = x.shape
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    S = W_enc.shape[1]
+    sae_in = x - b_dec
+    f = torch.addmm(b_enc, sae_in, W_enc, out=_buffer(buf, "f", (B, S))).relu_()
+    err = torch.addmm(b_dec, f, W_dec).sub_(x)
+    mse_loss = (err.square() * inv_norm).mean()
+    l1 = f.sum(dim=1).mean()
+    g_out = err * (inv_norm * (2.0 / (B * d)))
+    W_dec.grad = f.T @ g_out
+    g = torch.addmm(torch.full((S,), l1_coefficient / B), g_out, W_dec.T, out=_buffer(buf, "g", (B, S)))
+    g.mul_(torch.gt(f, 0, out=_buffer(buf, "on", (B, S), torch.bool)))
+    b_enc.grad = g.sum(dim=0)
+    W_enc.grad = sae_in.T @ g
+    b_dec.grad = g_out.sum(dim=0) - W_enc @ b_enc.grad
+    return mse_loss + l1_coefficient * l1, mse_loss, l1, f, err
 
 
 def paper_loss(
@@ -159,7 +169,6 @@ def paper_loss(
     x: torch.Tensor,
     inv_norm: torch.Tensor | None = None,
     l1_coefficient: float = 0.0,
-    fast: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The paper code's training loss on one batch x [B, d_in].
 
@@ -169,23 +178,15 @@ def paper_loss(
       l1       = mean_{tokens} sum_i |f_i|
       loss     = mse_loss + l1_coefficient * l1  for ReLU SAEs, mse_loss alone for TopK SAEs
       f = SAELens encode (via encode_with_hidden_pre), err = x_hat - x.
-    fast=True (ReLU SAEs without hooks): same forward computed by hand with a custom
-    encoder backward (see _CentredLinear); fast=False: SAELens encode/decode + plain autograd.
+    Differentiable (SAELens encode/decode + autograd): the reference for `relu_step`, and the training
+    loss of TopK SAEs and of SAEs with hooks attached.
     """
     if inv_norm is None:
         with torch.no_grad():
             inv_norm = torch.linalg.vector_norm(x - x.mean(dim=0), dim=1, keepdim=True)
             inv_norm = inv_norm.clamp_min_(1e-12).reciprocal_()
-    if fast and type(sae) is StandardTrainingSAE and not _has_hooks(sae):
-        # Same ops as StandardTrainingSAE.encode_with_hidden_pre / decode (so identical
-        # forward values), but the encoder backward skips d(loss)/d(x - b_dec), a full
-        # [B, d_sae] x [d_sae, d_in] matmul that autograd would compute only to sum it for b_dec.
-        hidden_pre = _CentredLinear.apply(x, sae.b_dec, sae.W_enc, sae.b_enc)
-        f = torch.relu(hidden_pre)
-        x_hat = f @ sae.W_dec + sae.b_dec
-    else:
-        f, _ = sae.encode_with_hidden_pre(x)
-        x_hat = sae.decode(f)
+    f, _ = sae.encode_with_hidden_pre(x)
+    x_hat = sae.decode(f)
     err = x_hat - x
     mse_loss = (err.square() * inv_norm).mean()
     # f >= 0 (ReLU / TopK+ReLU), so |f| == f; summing f directly gives the same value and the
@@ -285,8 +286,8 @@ def train_sae(
     - Decoder constraint: W_dec rows renormalised to unit norm before every step (and once after
       the last), and the component of each W_dec-row gradient parallel to that row is removed
       before the optimiser step.  No ghost grads.
-    - fast: passed to ``paper_loss`` (False = SAELens encode/decode + plain autograd; same loss,
-      ~1e-8 relative differences in the b_dec gradient only).
+    - fast: ReLU SAEs without hooks take ``relu_step`` (gradients by hand, reused buffers); False, TopK
+      SAEs and SAEs with hooks take ``paper_loss`` + autograd (same loss and gradients to float rounding).
     - Determinism: same seed, inputs, initial weights and torch thread count -> bit-identical
       weights on CPU.
 
@@ -329,6 +330,7 @@ def train_sae(
     if eval_fn is not None:
         curve["eval"] = [dict(tokens=0, **eval_fn(sae))]
     sae.train()
+    by_hand, buf = fast and type(sae) is StandardTrainingSAE and not _has_hooks(sae), {}
     for step in range(n_steps):
         with torch.no_grad():
             x = x_all.index_select(0, stream.next())
@@ -338,9 +340,12 @@ def train_sae(
             w_dec.div_(w_dec.norm(dim=1, keepdim=True))
         group["lr"] = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
 
-        loss, mse_loss, l1, f, err = paper_loss(sae, x, inv_norm, l1_coef, fast=fast)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if by_hand:
+            loss, mse_loss, l1, f, err = relu_step(sae, x, inv_norm, l1_coef, buf)
+        else:
+            loss, mse_loss, l1, f, err = paper_loss(sae, x, inv_norm, l1_coef)
+            loss.backward()
         remove_parallel_grad_(w_dec)
         opt.step()
 

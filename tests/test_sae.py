@@ -115,19 +115,24 @@ def test_paper_loss_value():
     torch.testing.assert_close(loss, mse_ref + 0.25 * l1_ref, rtol=1e-6, atol=0)
 
 
-def test_fast_path_matches_saelens_autograd():
+def test_relu_step_matches_saelens_autograd():
     sae = sd.make_sae(16, 40, seed=0)
     random_biases(sae)
-    x = torch.randn(300, 16)
-    out = []
-    for fast in (True, False):
-        sae.zero_grad(set_to_none=True)
-        loss, *_ = sd.paper_loss(sae, x, None, 1e-2, fast=fast)
-        loss.backward()
-        out.append((loss.detach(), [p.grad.clone() for p in sae.parameters()]))
-    assert torch.equal(out[0][0], out[1][0])
-    for ga, gb in zip(out[0][1], out[1][1]):
-        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
+    x = torch.randn(300, 16) * 2 + 0.5
+    inv = 1 / (x - x.mean(0)).norm(dim=1, keepdim=True)
+    sae.zero_grad(set_to_none=True)
+    ref = sd.paper_loss(sae, x, inv, 1e-2)
+    ref[0].backward()
+    grads = [p.grad.clone() for p in sae.parameters()]
+    sae.zero_grad(set_to_none=True)
+    buf = {}
+    for _ in range(2):                                   # the second call reuses the buffers
+        out = sd.relu_step(sae, x, inv, 1e-2, buf)
+    for a, b in zip(out, ref):                           # loss, mse_loss, l1, f, err
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+    for p, g in zip(sae.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+    assert buf["f"].data_ptr() == out[3].data_ptr()      # f is the reused buffer
 
 
 def test_remove_parallel_grad():
