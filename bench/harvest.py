@@ -6,6 +6,12 @@ import torch
 from saetrack.activations import harvest, token_rows
 from bench.common import best_of
 
+def flops_per_token(cfg, n_layers: int, unembed: bool) -> float:
+    "Forward FLOPs per token of a TransformerLens GPT-NeoX: QKV/O projections, full ctx x ctx scores and mixing, MLP, unembedding."
+    d, ctx = cfg.d_model, cfg.n_ctx
+    layer = 8 * d * d + 4 * ctx * d + 4 * d * cfg.d_mlp
+    return n_layers * layer + (2 * d * cfg.d_vocab if unembed else 0)
+
 def run(run_dir: str = "runs/tiny", hook: str = "blocks.2.hook_resid_pre", n_tokens: int = 1 << 15, batch_rows: int = 64) -> dict:
     from saetrack.checkpoints import open_source
     from saetrack.lm import load_tokens
@@ -22,7 +28,11 @@ def run(run_dir: str = "runs/tiny", hook: str = "blocks.2.hook_resid_pre", n_tok
     t_naive = best_of(3, naive)
     assert np.allclose(ref, out, atol=1e-5), "the two harvesters disagree"
     n = out.shape[0]
-    return dict(tokens=n, ours_tokens_per_s=n / t_ours, naive_tokens_per_s=n / t_naive, ratio=t_naive / t_ours)
+    from saetrack.checkpoints import check_hook
+    layer = check_hook(model, hook)
+    ceiling = flops_per_token(model.cfg, model.cfg.n_layers, True) / flops_per_token(model.cfg, layer, False)
+    return dict(tokens=n, ours_tokens_per_s=n / t_ours, naive_tokens_per_s=n / t_naive, ratio=t_naive / t_ours,
+                flop_ratio=ceiling)
 
 if __name__ == "__main__":
     print(run())

@@ -11,6 +11,7 @@ def run(series_dir: str = "runs/tiny/series") -> dict:
     c["nmse_only_fractions"] = nmse_only_fractions(conv)
     c["both_fractions"] = [r["fraction"] for r in conv["rows"]]
     c["studied_steps"] = conv["steps"]
+    c["cap"] = conv["max_fraction"]
     return c
 
 if __name__ == "__main__":

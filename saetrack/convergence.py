@@ -111,7 +111,8 @@ def plot_convergence(conv: dict, path=None):
                 t = [e["tokens"] if e["tokens"] > 0 else x0 for e in c]
                 ax.plot(t, [e[k] for e in c], ".-", color=col, lw=1.6, ms=3, label=name)
                 ax.plot(t[:1], [c[0][k]], "o", color=col, ms=5, mfc="white")
-            ax.axvline(conv["tokens_next"], color="tab:red", ls=":", lw=1, label="1/20 budget")
+            ax.axvline(conv["tokens_next"], color="tab:red", ls=":", lw=1, label="1/20 budget (the claim)")
+            ax.axvline(conv.get("max_fraction", 1.0) * conv["tokens_first"], color="tab:blue", ls=":", lw=1, label="warm start's cap")
             ax.axhline(r["scratch"][k], color="0.45", ls="--", lw=0.8)
             ax.set_xscale("log"); ax.set_yscale("log")
             if i == 1: ax.set_xlabel("training tokens")

@@ -1,7 +1,9 @@
-"""Write README.md from nbs/index.ipynb (nbdev-readme needs quarto, which this project does not require).
+"""Write README.md from nbs/index.ipynb and figures/MANIFEST.json (nbdev-readme needs quarto, which this
+project does not require).
 
 Markdown cells are copied verbatim; code cells become ```python blocks with their text output below;
-cells marked `#| hide` are skipped; image paths are taken relative to the repository root."""
+cells marked `#| hide` are skipped; image paths are taken relative to the repository root. The results
+gallery at the end lists every PNG of the manifest with the sentence `saetrack figures` recorded for it."""
 import json, sys
 from pathlib import Path
 
@@ -22,9 +24,24 @@ def render(nb_path: Path) -> str:
             if text.strip(): out.append(f"```\n{text.rstrip()}\n```")
     return "<!-- generated from nbs/index.ipynb by tools/readme.py: edit the notebook, not this file -->\n\n" + "\n\n".join(out) + "\n"
 
+ORDER = ["lm_loss", "sae_quality", "convergence", "class_fractions", "stages", "feature_panels", "pattern_counts",
+         "pattern_examples", "pattern_panels", "feature_region_toy", "progress_measure", "progress_robustness",
+         "umap_panels", "formation_steps", "drift_hist", "drift_curves", "drift_after_formation", "trajectories",
+         "matching_same_step", "matching_consecutive", "matching_cos_to_final", "matching_document003", "scaling"]
+
+def gallery(manifest: Path) -> str:
+    "A table of every PNG in the manifest: the image, what it shows, the paper figure it reproduces."
+    if not manifest.exists(): return ""
+    man = json.loads(manifest.read_text())
+    names = sorted((k[:-4] for k in man if k.endswith(".png")), key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    commits = sorted({v["commit"] for v in man.values()})
+    rows = [f"| ![{n}](figures/{n}.png) | **{n}**: {man[n + '.png']['shows']}. *Paper:* {man[n + '.png']['paper']} |" for n in names]
+    return ("\n## Results gallery\n\nEvery figure `saetrack figures` wrote into `figures/` (PNG and PDF), from the cached "
+            f"`tiny` run at commit {', '.join(commits)}, in pipeline order.\n\n| figure | what it shows |\n|---|---|\n" + "\n".join(rows) + "\n")
+
 if __name__ == "__main__":
     target = ROOT / "README.md"
-    text = render(ROOT / "nbs" / "index.ipynb")
+    text = render(ROOT / "nbs" / "index.ipynb") + gallery(ROOT / "figures" / "MANIFEST.json")
     if not target.exists() or target.read_text() != text:
         tmp = target.with_suffix(".md.tmp"); tmp.write_text(text); tmp.replace(target)
         print("wrote README.md", file=sys.stderr)
