@@ -87,9 +87,11 @@ class Preset:
 
 # %% ../nbs/01_config.ipynb #47329d11
 def _width(name: str, d_model: int) -> Preset:
-    "The tiny run at another width (scaling study): same corpus, depth, steps and hook; heads of 32 dims, MLP 4x, SAE 8x."
+    """The tiny run at another width (scaling study): same corpus, depth, steps and hook; heads of 32 dims, MLP 4x,
+    SAE 8x. The loss's MSE term is a mean over the d_model input dimensions while the L1 term sums over latents, so
+    a fixed L1 coefficient makes wider SAEs sparser; it is scaled by 128 / d_model to keep tiny's balance."""
     return Preset(name, LMConfig(d_model=d_model, n_heads=d_model // 32, d_mlp=4 * d_model), ActsConfig(),
-                  SAEConfig(d_sae=8 * d_model))
+                  SAEConfig(d_sae=8 * d_model, l1_coefficient=1e-3 * 128 / d_model))
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny"),
