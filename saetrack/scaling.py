@@ -88,8 +88,8 @@ def plot_scaling(runs: dict, path=None):
         for b in r["phases_3"]["breakpoint_steps"]: ax.axvline(b, color="tab:orange", ls=":", lw=1.2)
         step_axis(axes[0, j], label=""); step_axis(ax)
     axes[0, 0].set_ylabel("share of latents"); axes[1, 0].set_ylabel("cos(decoder row, final row)")
-    axes[0, 0].legend(frameon=False, fontsize=8, title="class", title_fontsize=8)
-    axes[1, 0].legend(frameon=False, fontsize=8, loc="lower right")
+    axes[0, -1].legend(frameon=False, fontsize=8, title="class", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    axes[1, -1].legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle(f"The same pipeline at {len(runs)} widths: feature classes (green dashed: stage boundaries) and decoder drift "
                  "(orange dotted: 3-phase breaks)", fontsize=10)
     if path is not None: save_figure(fig, path)
