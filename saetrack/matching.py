@@ -321,7 +321,7 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
     axs[0, 0].set_ylabel("fraction of live matched pairs ≤ x")
     fig.suptitle("Same checkpoint: independent SAEs (two seeds) vs each other (noise floor) and vs SAE-Track", fontsize=11)
     fig.tight_layout()
-    save(fig, "matching_same_step", "ECDFs of Hungarian-matched decoder cosines at four checkpoints: two independently trained SAEs (noise floor) and each vs the SAE-Track SAE")
+    save(fig, "matching_same_step", f"ECDFs of Hungarian-matched decoder cosines at {len(steps)} checkpoints ({', '.join(map(str, steps))}): two independently trained SAEs (noise floor) and each vs the SAE-Track SAE")
     pairs = list(b["consecutive"])
     fig, axs = plt.subplots(1, len(pairs), figsize=(3.6 * len(pairs), 3.4), sharey=True, squeeze=False)
     for ax, p in zip(axs[0], pairs):

@@ -71,6 +71,8 @@ def notebook_run(preset: str = "tiny", progress: bool = False) -> Path:
     with open(runs/".micro.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         track(get_preset("micro"), out, progress=progress)   # cached: a no-op once built
+        from saetrack.analysis import analyse
+        analyse(out, progress=progress)                        # likewise, so parallel notebooks do not each compute it
     return out
 
 # %% ../nbs/80_pipeline.ipynb #417cb90c

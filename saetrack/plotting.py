@@ -28,6 +28,7 @@ def save_figure(fig, path, formats=("png", "pdf"), dpi: int = 150) -> list[Path]
     for fmt in formats:
         target = path.with_suffix(f".{fmt}")
         with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+            meta = {"CreationDate": None} if fmt == "pdf" else None    # no timestamp: an unchanged figure is an unchanged file
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
         out.append(target)
     return out
