@@ -182,9 +182,9 @@ def cmd_reproduce(a):
 
 def cmd_scaling(a):
     "The pipeline at two (or, with --large, three) widths of the tiny model; the headline table."
-    from saetrack.scaling import SIZES, scaling_study, scaling_table
+    from saetrack.scaling import SIZES, scaling_study
     root = Path(a.root) if getattr(a, "root", None) else (Path(a.out).parent if a.out else Path("runs"))
-    table = scaling_table(scaling_study(SIZES if (a.large or a.full) else SIZES[:2], root, progress=not a.quiet))
+    table = scaling_study(SIZES if (a.large or a.full) else SIZES[:2], root, progress=not a.quiet)
     print(table.to_string(float_format=lambda v: f"{v:.3g}"))
     return table
 

@@ -57,6 +57,7 @@ def convergence_study(series, train_acts: dict, eval_acts: dict, steps=None, n_e
     per_step_first = cfg.tokens_first // cfg.batch_size
     per_step_next = cfg.tokens_next // cfg.batch_size
     rows = []
+    cap = max(cfg.batch_size, int(cfg.tokens_first * max_fraction) // cfg.batch_size * cfg.batch_size)
     for step in tqdm(steps, desc="convergence", disable=not progress):
         prev = order[order.index(step) - 1]
         acts, ev = load_activations(train_acts[step]).acts, _eval_subset(load_activations(eval_acts[step]).acts, eval_tokens)
@@ -65,7 +66,6 @@ def convergence_study(series, train_acts: dict, eval_acts: dict, steps=None, n_e
         t_scratch = time.time() - t0
         target = sc["eval"][-1]
         t0 = time.time()
-        cap = max(cfg.batch_size, int(cfg.tokens_first * max_fraction) // cfg.batch_size * cfg.batch_size)
         _, rc = train_one(cfg, acts, step, init_from=series.dir(prev), eval_acts=ev, tokens=cap,
                           eval_every=max(1, per_step_next // 4),
                           until=lambda e: e["nmse"] <= target["nmse"] and e["l0"] <= target["l0"])

@@ -117,7 +117,8 @@ def make_figures(out, figures="figures", progress: bool = True) -> dict:
             made["scaling"] = dict(shows=f"feature classes and decoder drift of the same pipeline at {len(runs)} model widths ({', '.join(runs)}), side by side",
                                    paper="Figs 9-16 (the 160m / 1.4b validation of the 410m results)")
     plt.close("all")
-    man = {f"{k}.{ext}": dict(v, config_hash=cfg_hash, commit=_commit(), command="saetrack figures")
-           for k, v in made.items() for ext in ("png", "pdf")}
+    commit = _commit()
+    man = {f"{k}.{ext}": dict(v, order=i, config_hash=cfg_hash, commit=commit, command="saetrack figures")
+           for i, (k, v) in enumerate(made.items()) for ext in ("png", "pdf")}
     atomic_write_json(figures/"MANIFEST.json", man)
     return man

@@ -4,7 +4,6 @@
 
 # %% ../nbs/85_scaling.ipynb #8e3cbbc7
 from __future__ import annotations
-import time
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -12,7 +11,7 @@ from .config import get_preset
 from .core import read_json
 
 # %% auto #0
-__all__ = ['SIZES', 'headline', 'scaling_study', 'scaling_table', 'scaling_runs', 'plot_scaling']
+__all__ = ['SIZES', 'headline', 'scaling_table', 'scaling_study', 'scaling_runs', 'plot_scaling']
 
 # %% ../nbs/85_scaling.ipynb #fdeac28b
 SIZES = ("tiny-s", "tiny", "tiny-l")
@@ -42,21 +41,17 @@ def headline(out, result: dict) -> dict:
         "series minutes": float(m["seconds"].sum()) / 60, "analysis minutes": float(result["timings"]["total"]) / 60,
     }
 
-def scaling_study(presets=SIZES[:2], root="runs", progress: bool = True) -> dict:
-    "Build (or reuse) run, activations, series and analysis of each preset in `root/<preset>`: {preset: run dir}."
+def scaling_table(runs: dict, progress: bool = False) -> pd.DataFrame:
+    "The headline table of runs {name: run dir}, one row per run (each analysed, or read from its cache)."
     from saetrack.analysis import analyse
-    from saetrack.pipeline import track
-    runs = {}
-    for name in presets:
-        runs[name] = Path(root)/name
-        track(get_preset(name), runs[name], progress=progress)
-        analyse(runs[name], progress=progress)
-    return runs
+    return pd.DataFrame({n: headline(p, analyse(p, progress=progress)) for n, p in runs.items()}).T
 
-def scaling_table(runs: dict) -> pd.DataFrame:
-    "The headline table of analysed runs {name: run dir}, one row per run (analyses read from the cache)."
-    from saetrack.analysis import analyse
-    return pd.DataFrame({n: headline(p, analyse(p, progress=False)) for n, p in runs.items()}).T
+def scaling_study(presets=SIZES[:2], root="runs", progress: bool = True) -> pd.DataFrame:
+    "Build (or reuse) run, activations and series of each preset in `root/<preset>`, analyse them: the headline table."
+    from saetrack.pipeline import track
+    runs = {name: Path(root)/name for name in presets}
+    for name, out in runs.items(): track(get_preset(name), out, progress=progress)
+    return scaling_table(runs, progress=progress)
 
 # %% ../nbs/85_scaling.ipynb #ad9cbf6f
 def scaling_runs(root) -> dict:

@@ -24,16 +24,11 @@ def render(nb_path: Path) -> str:
             if text.strip(): out.append(f"```\n{text.rstrip()}\n```")
     return "<!-- generated from nbs/index.ipynb by tools/readme.py: edit the notebook, not this file -->\n\n" + "\n\n".join(out) + "\n"
 
-ORDER = ["lm_loss", "sae_quality", "convergence", "class_fractions", "stages", "feature_panels", "pattern_counts",
-         "pattern_examples", "pattern_panels", "feature_region_toy", "progress_measure", "progress_robustness",
-         "umap_panels", "formation_steps", "drift_hist", "drift_curves", "drift_after_formation", "trajectories",
-         "matching_same_step", "matching_consecutive", "matching_cos_to_final", "matching_document003", "scaling"]
-
 def gallery(manifest: Path) -> str:
     "A table of every PNG in the manifest: the image, what it shows, the paper figure it reproduces."
     if not manifest.exists(): return ""
     man = json.loads(manifest.read_text())
-    names = sorted((k[:-4] for k in man if k.endswith(".png")), key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    names = sorted((k[:-4] for k in man if k.endswith(".png")), key=lambda n: (man[n + ".png"]["order"], n))   # make_figures' order
     commits = sorted({v["commit"] for v in man.values()})
     rows = [f"| ![{n}](figures/{n}.png) | **{n}**: {man[n + '.png']['shows']}. *Paper:* {man[n + '.png']['paper']} |" for n in names]
     return ("\n## Results gallery\n\nEvery figure `saetrack figures` wrote into `figures/` (PNG and PDF), from the cached "
