@@ -1,17 +1,15 @@
-"Series cost: an SAE-Track series against from-scratch SAEs at every checkpoint, from the convergence study's data."
+"Series cost: an SAE-Track series against converged from-scratch SAEs at every checkpoint, from the recipe study's data."
 import json
 from pathlib import Path
 
-def run(series_dir: str = "runs/tiny/series") -> dict:
-    from saetrack.convergence import nmse_only_fractions, series_cost
+def run(run_dir: str = "runs/tiny") -> dict:
+    from saetrack.convergence import recipe_summary, series_cost
     from saetrack.series import SAESeries
-    s = SAESeries.load(series_dir)
-    conv = json.loads((Path(series_dir)/"convergence.json").read_text())
-    c = series_cost(s, conv)
-    c["nmse_only_fractions"] = nmse_only_fractions(conv)
-    c["both_fractions"] = [r["fraction"] for r in conv["rows"]]
-    c["studied_steps"] = conv["steps"]
-    c["cap"] = conv["max_fraction"]
+    s = SAESeries.load(Path(run_dir)/"series")
+    study = json.loads((Path(run_dir)/"convergence"/"study.json").read_text())
+    c = series_cost(s, study)
+    c["summary"] = recipe_summary(study).to_dict(orient="index")
+    c["best"], c["cap"], c["studied_steps"] = study["best"], study["max_fraction"], study["steps"]
     return c
 
 if __name__ == "__main__":

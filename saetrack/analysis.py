@@ -49,7 +49,7 @@ def eval_caches(out, series: SAESeries, acts_root=None) -> dict:
     root = Path(acts_root) if acts_root is not None else Path(out)/"activations"
     caches = {}
     for s in series.steps:
-        d = root/series.hook/"eval"/f"step{s}"
+        d = root/series.hook/"eval"/f"step{series.acts_step(s)}"   # a null chain reads one checkpoint throughout
         if not (d/"manifest.json").exists():
             raise SaetrackError(f"no held-out activations for step {s} at {d}; build them with `saetrack track` "
                                 f"(or pass acts_root= where they are)")
@@ -184,19 +184,22 @@ def _load(path: Path, key: str) -> dict | None:
     return _join(arrays, meta)
 
 # %% ../nbs/60_analysis.ipynb #8ec781ef
-def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_root=None, force: bool = False) -> dict:
+def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_root=None, force: bool = False,
+            series_dir=None) -> dict:
     """Classes, patterns, stages, progress measure, formation, drift for all features at all checkpoints of the
     series in `out/series` on the eval caches in `out/activations` (or `acts_root`). Cached in `out/analysis/`
-    by series, caches and settings (`force` recomputes). Returns a dict of arrays and numbers (see the table
+    by series, caches and settings (`force` recomputes). `series_dir` analyses another series of the run (a control
+    chain) instead, cached beside it in `series_dir/../analysis`. Returns a dict of arrays and numbers (see the table
     at the top); `summarise` turns it into headline numbers."""
     import torch
     out, cfg = Path(out), cfg or AnalysisConfig()
     t_all = time.time(); times = {}
     t = time.time()
-    series = SAESeries.load(out/"series")
+    series = SAESeries.load(series_dir or out/"series")
+    where = Path(series_dir).parent/"analysis" if series_dir else out/"analysis"
     caches = eval_caches(out, series, acts_root)
     key = analysis_key(series, caches, cfg)
-    if not force and (cached := _load(out/"analysis", key)) is not None:
+    if not force and (cached := _load(where, key)) is not None:
         cached["cached"] = True
         return cached
     steps = np.asarray(series.steps, dtype=np.int64)
@@ -230,8 +233,8 @@ def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_
     r["n_features"], r["n_live"], r["n_eval"] = int(len(r["live"])), int(r["live"].sum()), int(caches[series.steps[-1]].acts.shape[0])
     times["total"] = time.time() - t_all
     r["timings"] = times
-    _save(out/"analysis", r)
-    res = _load(out/"analysis", key)   # return exactly what a later cache read returns
+    _save(where, r)
+    res = _load(where, key)   # return exactly what a later cache read returns
     res["cached"] = False
     return res
 

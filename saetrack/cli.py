@@ -9,8 +9,8 @@ from pathlib import Path
 from .core import SaetrackError, read_json
 
 # %% auto #0
-__all__ = ['cmd_lm', 'cmd_activations', 'cmd_track', 'cmd_figures', 'cmd_analyse', 'cmd_explore', 'cmd_baseline', 'cmd_reproduce',
-           'cmd_scaling', 'cmd_info', 'build_parser', 'main']
+__all__ = ['cmd_lm', 'cmd_activations', 'cmd_track', 'cmd_convergence', 'cmd_controls', 'cmd_figures', 'cmd_analyse',
+           'cmd_explore', 'cmd_baseline', 'cmd_reproduce', 'cmd_scaling', 'cmd_info', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #a62673ef
 def _lm_overrides(a) -> dict:
@@ -59,18 +59,28 @@ def cmd_activations(a) -> dict:
     return res
 
 def _preset(a):
-    from saetrack.config import get_preset
+    from dataclasses import replace
+    from saetrack.config import get_preset, paper_recipe
     sae = dict(d_sae=a.d_sae, l1_coefficient=a.l1, arch=a.arch, k=a.k, direction=a.direction,
                tokens_first=a.tokens_first, seed=a.sae_seed)
-    if a.tokens_first: sae["tokens_next"] = a.tokens_first // 20
+    if a.tokens_first: sae["tokens_next"] = a.tokens_first // 4
     acts = dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype)
-    return get_preset(a.preset, acts=acts, sae=sae, **_lm_overrides(a))
+    p = get_preset(a.preset, acts=acts, sae=sae, **_lm_overrides(a))
+    budget = getattr(a, "budget", None) or "adaptive"
+    if budget not in ("adaptive", "fixed"): raise SaetrackError(f"--budget must be 'adaptive' or 'fixed' (got '{budget}')")
+    return replace(p, sae=paper_recipe(p.sae)) if budget == "fixed" else p
 
 def _print_series(series, times):
+    from saetrack.convergence import series_cost
     m = series.metrics()
-    cols = [c for c in ("nmse", "explained_variance", "l0", "dead_frac", "shrinkage", "ce_recovered") if c in m]
-    print(f"series {series.path}: {len(series)} SAEs at steps {series.steps[0]}..{series.steps[-1]} on {series.hook}")
+    cols = [c for c in ("nmse", "explained_variance", "l0", "dead_frac", "shrinkage", "ce_recovered", "tokens", "verdict") if c in m]
+    print(f"series {series.path}: {len(series)} SAEs at steps {series.steps[0]}..{series.steps[-1]} on {series.hook} "
+          f"(budget {series.manifest['config'].get('budget', 'fixed')})")
     print(m[cols].to_string(float_format=lambda v: f"{v:.3f}"))
+    c = series_cost(series)
+    print(f"tokens: first SAE {c['first_tokens']:,}; later SAEs median {c['later_tokens_median']:,.0f} "
+          f"({c['later_fraction_median']:.3f} of the first's), worst {c['later_tokens_max']:,} ({c['later_fraction_max']:.3f}); "
+          "verdicts: " + ", ".join(f"{k} {v}" for k, v in c["verdicts"].items()))
     print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
 
 def cmd_track(a, times: dict | None = None):
@@ -80,24 +90,49 @@ def cmd_track(a, times: dict | None = None):
     out = Path(a.out or f"runs/{p.name}")
     times, caches = ({} if times is None else times), {}
     series = track(p, out, checkpoints=a.checkpoints, hook=a.hook, corpus=a.corpus, progress=not a.quiet, times=times, caches=caches)
-    if a.convergence: _convergence(series, caches, a, times)
     _print_series(series, times)
     return series
 
-def _convergence(series, caches, a, times):
-    from saetrack.convergence import convergence_study, fraction_text, nmse_only_fractions, series_cost
+def _run_caches(out: Path, hook: str) -> tuple[dict, dict]:
+    "The activation caches a run directory already holds for `hook`: ({step: train dir}, {step: eval dir})."
+    res = []
+    for split in ("train", "eval"):
+        root = out/"activations"/hook/split
+        res.append({int(d.name[4:]): d for d in sorted(root.glob("step*")) if (d/"manifest.json").exists()} if root.exists() else {})
+    if not res[0] or set(res[0]) != set(res[1]):
+        raise SaetrackError(f"no complete activation caches for {hook} under {out/'activations'}; run `saetrack track --out {out}` first")
+    return res[0], res[1]
+
+def cmd_convergence(a) -> dict:
+    "The recipe study (nbs/13_convergence) on a run's cached activations, cached under OUT/convergence."
+    from saetrack.convergence import PAPER, fraction_text, recipe_study, recipe_summary
+    p = _preset(a)
+    out = Path(a.out or f"runs/{p.name}")
+    tr, ev = _run_caches(out, p.acts.hook)
     t = time.time()
-    conv = convergence_study(series, caches["train"], caches["eval"], progress=not a.quiet)
-    times["convergence"] = time.time() - t
-    cost = series_cost(series, conv)
-    ft = lambda v: fraction_text(v, conv["max_fraction"])
-    print("convergence: token fraction a warm start needs to match scratch: " +
-          ", ".join(f"step {r['step']}: {ft(r['fraction'])}" for r in conv["rows"]) +
-          f"; median {ft(conv['median_fraction'])}, worst {ft(conv['worst_fraction'])} (paper: 0.05); matching nMSE alone: " +
-          ", ".join(ft(v) for v in nmse_only_fractions(conv)))
-    print(f"series cost: {cost['series_tokens']:,} tokens vs {cost['scratch_tokens']:,} for scratch SAEs at every checkpoint "
-          f"({cost['token_ratio']:.1f}x fewer)" + (f"; {cost['series_seconds']:.0f}s vs ~{cost['scratch_seconds_estimate']:.0f}s" if "time_ratio" in cost else ""))
-    return conv
+    res = recipe_study(p.sae, tr, ev, out/"convergence", progress=not a.quiet)
+    s = recipe_summary(res)
+    ft = lambda v: fraction_text(v, res["max_fraction"])
+    print(f"recipe study at steps {res['steps']} ({len(res['seeds'])} seeds; matched = loss within "
+          f"{res['match']['eps_loss']:.0%} and nMSE within {res['match']['eps_nmse']:.0%} of the frontier): token fraction of the reference's tokens")
+    for name, row in s.iterrows():
+        print(f"  {name:28s} median {ft(row['median_fraction']):>7s}  worst {ft(row['worst_fraction']):>7s}  "
+              f"at its plateau: {row['plateau_fraction']:.3f}, matched there in {row['matched_at_plateau']:.0%} of runs")
+    ok = s[s["worst_fraction"] <= 1 / 20]
+    print(f"best recipe: {res['best']}; the 1/20 claim " + (f"holds for: {', '.join(ok.index)}" if len(ok) else "holds for no recipe") +
+          f" (paper's recipe: worst {ft(s.loc[PAPER.name, 'worst_fraction'])}); {time.time() - t:.0f}s")
+    return res
+
+def cmd_controls(a) -> dict:
+    "The null, backward and paper-recipe chains of a run, analysed like the series (nbs/14_controls), cached under OUT/controls."
+    from saetrack.controls import controls_table, run_controls
+    out = _series_out(a)
+    from saetrack.series import SAESeries
+    tr, ev = _run_caches(out, SAESeries.load(out/"series").hook)
+    res = run_controls(out, tr, ev, progress=not a.quiet)
+    print(controls_table(res).to_string())
+    print("times: " + ", ".join(f"{k} {v:.0f}s" for k, v in res["seconds"].items()))
+    return res
 
 def cmd_figures(a):
     "Regenerate every figure from the cache under --out."
@@ -159,7 +194,7 @@ def _print_plan(name: str):
           f"which saetrack does not have yet; use reduced --tokens-first with `saetrack track --checkpoints {p['model'].split('/')[-1]}`")
 
 def cmd_reproduce(a):
-    "Everything on the embedded default: run, activations, SAE series, convergence study, analysis, figures."
+    "Everything on the embedded default: run, activations, SAE series, analysis, figures (--full: the recipe study, controls, baseline, scaling)."
     from saetrack.config import PYTHIA_SERIES
     if a.preset in PYTHIA_SERIES:
         if a.dry_run: return _print_plan(a.preset)
@@ -168,11 +203,12 @@ def cmd_reproduce(a):
     from saetrack.core import atomic_write_json
     from saetrack.pipeline import _commit
     t0 = time.time()
-    a.convergence, a.checkpoints = True, None
+    a.checkpoints = None
     times = {}
     cmd_track(a, times)
     stages = [("analysis", cmd_analyse)]
-    if a.full: stages = [("baseline", cmd_baseline), *stages, ("scaling", cmd_scaling)]
+    if a.full: stages = [("convergence", cmd_convergence), *stages, ("controls", cmd_controls), ("baseline", cmd_baseline),
+                         ("scaling", cmd_scaling)]
     for name, fn in stages + [("figures", cmd_figures)]:
         t = time.time(); fn(a); times[name] = time.time() - t
     times["total"] = time.time() - t0
@@ -233,7 +269,9 @@ def _track_args(sp):
     g.add_argument("--arch", help="relu (the paper) or topk")
     g.add_argument("--k", type=int, help="TopK k")
     g.add_argument("--direction", help="forward (from step 0, the paper) or backward (from the last step)")
-    g.add_argument("--tokens-first", type=int, help="first SAE's tokens (later SAEs get 1/20)")
+    g.add_argument("--tokens-first", type=int, help="first SAE's token cap (later SAEs' cap: 1/4 of it)")
+    g.add_argument("--budget", help="adaptive (default: every SAE trains until its held-out loss plateaus, capped) or "
+                                    "fixed (the paper's recipe: 1/20 of the first SAE's tokens at 1/10 of its lr)")
     g.add_argument("--sae-seed", type=int, help="SAE seed")
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sp); _lm_args(sp); _acts_args(sp); _track_args(sp)
     sp.add_argument("--figures", default="figures", help="where figures are written (default ./figures)")
     sp.add_argument("--dry-run", action="store_true", help="with a Pythia preset: print the paper's plan (steps, tokens, memory, disk, GPU time)")
-    sp.add_argument("--full", action="store_true", help="also the independent-SAE baseline and the scaling study at all three widths (hours)")
+    sp.add_argument("--full", action="store_true", help="also the recipe study, the controls, the independent-SAE baseline and "
+                                                         "the scaling study at all three widths (hours)")
     sp.set_defaults(fn=cmd_reproduce, large=False)
     sp = sub.add_parser("scaling", help="the same pipeline at half and (with --large) twice the tiny model's width")
     sp.add_argument("--root", default="runs", help="where the runs live, one directory per preset (default runs/)")
@@ -255,7 +294,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("track", help="train an SAE-Track series (building the run and activations if needed)")
     _common(sp, "output directory: run, activations, series (default runs/<preset>)"); _lm_args(sp); _acts_args(sp); _track_args(sp)
     sp.add_argument("--checkpoints", help="a directory of someone else's step<N>/ HF checkpoints, or a Pythia name (needs the Hub)")
-    sp.add_argument("--convergence", action="store_true", help="also run the warm-start vs scratch study")
     sp.set_defaults(fn=cmd_track)
     sp = sub.add_parser("activations", help="cache hook activations at every checkpoint")
     _common(sp, "cache root (default RUN/activations)")
@@ -264,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--corpus", help="corpus to tokenise for checkpoints not trained by saetrack (default stdlib)")
     sp.add_argument("--at-steps", help="comma-separated checkpoint steps (default: all)")
     _acts_args(sp); sp.set_defaults(fn=cmd_activations)
+    sp = sub.add_parser("convergence", help="the recipe study: which warm start reaches a converged scratch SAE, with how many tokens (slow)")
+    _common(sp, "run directory with cached activations (default runs/<preset>)"); _acts_args(sp); _track_args(sp)
+    sp.set_defaults(fn=cmd_convergence, **{k: None for k in ("corpus", "steps", "seed", "vocab_size", "d_model", "n_layers", "ctx", "batch_size", "lr")})
+    sp = sub.add_parser("controls", help="null, backward and paper-recipe chains analysed like the series (cached)")
+    _common(sp, "run directory holding series/ (default runs/<preset>)"); sp.set_defaults(fn=cmd_controls)
     sp = sub.add_parser("analyse", help="stages, transitions, formation and drift of every feature (cached)")
     _common(sp, "run directory holding series/ (default runs/<preset>)"); sp.set_defaults(fn=cmd_analyse)
     sp = sub.add_parser("explore", help="one feature's story across checkpoints")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'ActsConfig', 'SAEConfig', 'Preset', 'get_preset',
+__all__ = ['PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'ActsConfig', 'SAEConfig', 'paper_recipe', 'Preset', 'get_preset',
            'checkpoint_steps', 'pythia_plan']
 
 # %% ../nbs/01_config.ipynb #2bae2830
@@ -53,21 +53,34 @@ class ActsConfig:
 
 @dataclass(frozen=True)
 class SAEConfig:
-    """The SAE series (PAPER.md §1.4). The paper's first SAE saw 300M tokens at lr 4e-4 with a 5,000-step
-    warm-up, each later one 15M tokens (1/20) at lr 4e-5 with a 3-step warm-up, batch 4,096, L1 8e-5,
-    expansion 64. Width, budgets, learning rates and L1 are scaled to the tiny model; the ratios
-    (1/20 of the tokens, 1/10 of the learning rate for later SAEs) are the paper's."""
+    """The SAE series (PAPER.md §1.4). The paper's first SAE saw 300M tokens at lr 4e-4 with a 5,000-step warm-up
+    (~73k Adam steps), each later one 15M tokens (1/20, ~3.7k steps) at lr 4e-5 with a 3-step warm-up, batch 4,096,
+    L1 8e-5, expansion 64: every SAE of the paper's series gets thousands of optimiser steps. A tiny run cannot
+    keep both the 1/20 token ratio and that regime, so by default (`budget="adaptive"`) every SAE trains until its
+    held-out loss plateaus (the rule in nbs/11_series), with `tokens_first` / `tokens_next` as caps, and the
+    later SAEs use the recipe the recipe study (nbs/13_convergence) found best. `paper_recipe(cfg)` gives the
+    paper's fixed budgets and ratios at the same scale, for comparison."""
     d_sae: int = 1024                # expansion 8 of d_model 128
     arch: str = "relu"               # 'relu' (paper: ReLU + L1) or 'topk'
     k: int | None = None             # TopK only
     l1_coefficient: float = 1e-3     # gives L0 ~ 30 of 1024 at the final checkpoint (sweep in the README)
-    lr_first: float = 4e-3           # 10x the paper's: ~1k steps here instead of ~73k; later SAEs keep the paper's 1/10
-    lr_next: float = 4e-4
-    tokens_first: int = 4 << 20
-    tokens_next: int = (4 << 20) // 20
+    lr_first: float = 4e-3           # 10x the paper's: ~1-4k steps here instead of ~73k
+    lr_next: float = 4e-3            # later SAEs (recipe study: see nbs/13_convergence)
+    tokens_first: int = 16 << 20     # the first SAE's cap ('adaptive') or budget ('fixed')
+    tokens_next: int = 4 << 20       # each later SAE's cap or budget
     batch_size: int = 4096
-    warmup_first: int = 64           # ~6% of the first SAE's steps (paper: 5,000 of ~73k)
-    warmup_next: int = 3
+    batch_next: int | None = None    # later SAEs' batch (None: batch_size)
+    warmup_first: float = 64         # steps (paper: 5,000 of ~73k); a value < 1 is a fraction of the SAE's steps
+    warmup_next: float = 3
+    carry_adam: bool = False         # later SAEs start from the previous SAE's Adam moments (the paper: a fresh Adam)
+    refit_b_dec: bool = False        # later SAEs refit b_dec to the geometric median (the paper: inherited)
+    budget: str = "adaptive"         # 'adaptive': train to the plateau rule, capped; 'fixed': exactly the tokens above
+    plateau_tol: float = 0.01        # plateau: best held-out loss improved < 1% ...
+    plateau_window: float = 0.25     # ... over the last quarter of the tokens
+    plateau_min_evals: int = 4
+    eval_every_first: int = 32       # steps between held-out evaluations
+    eval_every_next: int = 8
+    eval_tokens: int = 16384         # held-out rows the curve (and the plateau rule) is scored on
     direction: str = "forward"       # 'forward' from step 0 (the paper) or 'backward' from the last step
     seed: int = 42
 
@@ -75,8 +88,17 @@ class SAEConfig:
         if self.arch not in ("relu", "topk"): raise SaetrackError(f"SAE arch must be 'relu' or 'topk' (got '{self.arch}')")
         if self.arch == "topk" and not self.k: raise SaetrackError("a TopK SAE needs k (e.g. --k 32)")
         if self.direction not in ("forward", "backward"): raise SaetrackError(f"direction must be 'forward' or 'backward' (got '{self.direction}')")
-        if min(self.tokens_first, self.tokens_next) < self.batch_size:
+        if self.budget not in ("adaptive", "fixed"): raise SaetrackError(f"budget must be 'adaptive' or 'fixed' (got '{self.budget}')")
+        if min(self.tokens_first, self.tokens_next) < max(self.batch_size, self.batch_next or 0):
             raise SaetrackError(f"token budgets must be at least one batch ({self.batch_size} tokens)")
+        if not (0 < self.plateau_tol < 1 and 0 < self.plateau_window < 1):
+            raise SaetrackError("plateau_tol and plateau_window must be in (0, 1)")
+
+def paper_recipe(cfg: SAEConfig) -> SAEConfig:
+    """The paper's recipe at this scale: fixed budgets, each later SAE 1/20 of the first's tokens at 1/10 of its lr,
+    a 3-step warm-up, a fresh Adam and the inherited b_dec."""
+    return replace(cfg, budget="fixed", tokens_next=cfg.tokens_first // 20, lr_next=cfg.lr_first / 10, warmup_next=3,
+                   batch_next=None, carry_adam=False, refit_b_dec=False)
 
 @dataclass(frozen=True)
 class Preset:
@@ -101,8 +123,9 @@ PRESETS: dict[str, Preset] = {
         LMConfig(corpus_max_bytes=400_000, vocab_size=512, d_model=32, n_layers=2, n_heads=2, d_mlp=128,
                  ctx=32, batch_size=8, steps=24, lr=3e-3, ckpt_every=8, eval_tokens=4096),
         ActsConfig(hook="blocks.1.hook_resid_pre", train_tokens=8192, eval_tokens=2048),
-        SAEConfig(d_sae=128, l1_coefficient=1e-3, lr_first=4e-3, lr_next=4e-4, tokens_first=1 << 16,
-                  tokens_next=1 << 13, batch_size=256, warmup_first=16)),
+        SAEConfig(d_sae=128, l1_coefficient=1e-3, lr_first=4e-3, lr_next=4e-3, tokens_first=1 << 17,
+                  tokens_next=1 << 16, batch_size=256, warmup_first=16, eval_every_first=16, eval_every_next=4,
+                  eval_tokens=2048)),
 }
 
 def _override(obj, over: dict, what: str):
@@ -139,7 +162,8 @@ PYTHIA_SERIES = {
                         steps=sorted(_PY_410 + [2000])),
 }
 PAPER_SAE = SAEConfig(d_sae=0, l1_coefficient=8e-5, lr_first=4e-4, lr_next=4e-5, tokens_first=300_000_000,
-                      tokens_next=15_000_000, batch_size=4096, warmup_first=5000, warmup_next=3, seed=42)
+                      tokens_next=15_000_000, batch_size=4096, warmup_first=5000, warmup_next=3, seed=42,
+                      budget="fixed")
 
 def pythia_plan(name: str, expansion: int = 64, gpu_tflops: float = 50.0) -> dict:
     """What the paper's series for `name` costs: SAEs, tokens, SAE memory, activation disk if cached, and a

@@ -116,7 +116,7 @@ def independent_sae(series: SAESeries, train_dir, step: int, seed: int, cfg: SAE
     if (d/"baseline.json").exists() and read_json(d/"baseline.json").get("key") == key:
         return load_sae(d)
     t = time.time()
-    sae, _ = train_one(cfg, a.acts, step, progress=progress)
+    sae, _, _ = train_one(cfg, a.acts, step, eval_acts=eval_acts, progress=progress)   # eval_acts: the plateau rule
     info = dict(key=key, step=step, seed=seed, config=dataclasses.asdict(cfg), seconds=round(time.time() - t, 2))
     if eval_acts is not None: info["metrics"] = sae_metrics(sae, eval_acts)
     save_sae(sae, d, extra_metadata=dict(hook_name=series.hook, checkpoint_step=step, saetrack_key=key),

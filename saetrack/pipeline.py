@@ -85,7 +85,7 @@ def _commit() -> str:
 def make_figures(out, figures="figures", progress: bool = True) -> dict:
     "Every figure that the cache under `out` supports, as PNG + PDF in `figures`, plus MANIFEST.json."
     import matplotlib.pyplot as plt
-    from saetrack.convergence import plot_convergence
+    from saetrack.convergence import plot_convergence, plot_recipes
     from saetrack.core import atomic_write_json, read_json
     from saetrack.lm import plot_lm_loss
     from saetrack.quality import plot_quality
@@ -98,13 +98,25 @@ def make_figures(out, figures="figures", progress: bool = True) -> dict:
                                paper="(none: the paper used Pythia's published run)")
     if (out/"series"/"series.json").exists():
         s = SAESeries.load(out/"series")
-        plot_quality(s.metrics(), figures/"sae_quality")
-        made["sae_quality"] = dict(shows="SAE quality (nMSE, EV, L0, dead, shrinkage, CE recovered) at every checkpoint",
+        paper = out/"controls"/"paper"/"series"
+        compare = {"paper's recipe (1/20 tokens, lr/10)": SAESeries.load(paper).metrics()} if (paper/"series.json").exists() else None
+        plot_quality(s.metrics(), figures/"sae_quality", compare=compare)
+        made["sae_quality"] = dict(shows="SAE quality (nMSE, EV, L0, dead, shrinkage, CE recovered) and tokens used at every checkpoint"
+                                         + (", beside the paper's recipe" if compare else ""),
                                    paper="the per-checkpoint quality table reviewers asked for")
-        if (out/"series"/"convergence.json").exists():
-            plot_convergence(read_json(out/"series"/"convergence.json"), figures/"convergence")
-            made["convergence"] = dict(shows="warm-started vs from-scratch SAE: quality against tokens at 5 checkpoints",
+        if (out/"convergence"/"study.json").exists():
+            study = read_json(out/"convergence"/"study.json")
+            plot_recipes(study, figures/"recipes")
+            made["recipes"] = dict(shows=f"token fraction each warm-start recipe needs to match a converged scratch SAE against the checkpoint gap, at {len(study['steps'])} checkpoints x {len(study['seeds'])} seeds",
+                                   paper="Appendix I's 1/20 claim, as a recipe study")
+            plot_convergence(study, figures/"convergence")
+            made["convergence"] = dict(shows="held-out loss against tokens: converged scratch SAEs vs the paper's and the best warm-start recipe",
                                        paper="Appendix I convergence figure (1/20 tokens claim)")
+        if (out/"controls"/"controls.json").exists():
+            from saetrack.controls import plot_controls
+            plot_controls(read_json(out/"controls"/"controls.json"), figures/"controls")
+            made["controls"] = dict(shows="per-link angle against checkpoint gap, drift, classes and transition patterns of the series beside the paper's recipe, a null chain and a backward chain",
+                                    paper="(none: the controls the reviewers found missing)")
         from saetrack.analysis import plot_analysis
         made.update(plot_analysis(out, figures, progress=progress))
         if (out/"baseline"/"baseline.json").exists():      # `saetrack baseline` has been run

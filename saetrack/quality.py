@@ -45,19 +45,36 @@ def recovered_score(clean, sae, zero, min_gap: float = MIN_CE_GAP):
 QUALITY_PANELS = [("nmse", "normalised MSE", False), ("explained_variance", "explained variance", False),
                   ("l0", "L0 (active latents / token)", False), ("dead_frac", "dead latents (fraction)", False),
                   ("shrinkage", "shrinkage ‖x̂−b‖/‖x−b‖", False), ("ce_recovered", "CE-loss recovered", False),
-                  ("mse", "MSE", True), ("ce_sae", "CE with SAE spliced (nats)", False)]
+                  ("token_frac", "tokens / first SAE's (open: hit its cap)", True), ("ce_sae", "CE with SAE spliced (nats)", False)]
 
-def plot_quality(metrics, path=None, title: str | None = None):
-    "Each quality metric against training step (symlog axis); `metrics` is `SAESeries.metrics()`."
+def _with_token_frac(m):
+    m = m.copy()
+    if "tokens" in m: m["token_frac"] = m["tokens"] / m["tokens"].loc[~m["recurrent"].astype(bool)].iloc[0]
+    return m
+
+def plot_quality(metrics, path=None, title: str | None = None, compare: dict | None = None):
+    """Each quality metric against training step (symlog axis); `metrics` is `SAESeries.metrics()`, `compare`
+    {label: metrics} other series drawn beside it (e.g. the paper's recipe). SAEs whose curve ended at the token cap
+    (verdict 'cap', not plateaued) are drawn open."""
     import matplotlib.pyplot as plt
-    cols = [p for p in QUALITY_PANELS if p[0] in metrics.columns]
-    fig, axes = plt.subplots(2, 4, figsize=(13, 5.6), constrained_layout=True)
-    steps = metrics.index.values
+    series = {"SAE-Track (adaptive budget)" if compare else "SAE-Track": _with_token_frac(metrics)}
+    series.update({k: _with_token_frac(v) for k, v in (compare or {}).items()})
+    cols = [p for p in QUALITY_PANELS if p[0] in metrics.columns or p[0] == "token_frac" and "tokens" in metrics]
+    fig, axes = plt.subplots(2, 4, figsize=(13, 5.8), constrained_layout=True)
+    colors = ["tab:blue", "tab:red", "tab:green", "tab:purple"]
     for ax, (col, label, logy) in zip(axes.flat, cols):
-        ax.plot(steps, metrics[col].values, "o-", ms=3.5, color="tab:blue")
-        if col == "ce_sae" and "ce_clean" in metrics:
-            ax.plot(steps, metrics["ce_clean"].values, "s--", ms=3, color="gray", label="clean model")
-            ax.legend(frameon=False, fontsize=8)
+        for (name, m), color in zip(series.items(), colors):
+            if col not in m: continue
+            steps = m.index.values
+            ax.plot(steps, m[col].values, "-", lw=1.3, color=color, label=name)
+            cap = (m["verdict"] == "cap").values if "verdict" in m else np.zeros(len(m), bool)
+            ax.plot(steps[~cap], m[col].values[~cap], "o", ms=3.5, color=color)
+            ax.plot(steps[cap], m[col].values[cap], "o", ms=4.5, mfc="white", color=color)
+            if col == "ce_sae" and "ce_clean" in m and name == next(iter(series)):
+                ax.plot(steps, m["ce_clean"].values, "s--", ms=3, color="gray", label="clean model")
+        if col in ("ce_sae", "token_frac") and len(series) > 1 or col == "ce_sae":
+            ax.legend(frameon=False, fontsize=7)
+        if col == "token_frac": ax.axhline(1 / 20, color="k", ls=":", lw=1); ax.text(steps[-1], 1 / 20, "1/20", fontsize=7, va="bottom", ha="right")
         if logy: ax.set_yscale("log")
         step_axis(ax, "training step"); ax.set_title(label, fontsize=10)
     for ax in list(axes.flat)[len(cols):]: ax.axis("off")

@@ -17,8 +17,8 @@ from .core import SaetrackError, atomic_path
 _ARCHES = ("relu", "topk")
 
 # %% auto #0
-__all__ = ['make_sae', 'normalise_decoder_', 'geometric_median', 'relu_step', 'paper_loss', 'remove_parallel_grad_', 'train_sae',
-           'save_sae', 'load_sae', 'load_training_sae', 'sae_metrics']
+__all__ = ['ADAM_FILE', 'make_sae', 'normalise_decoder_', 'geometric_median', 'relu_step', 'paper_loss', 'remove_parallel_grad_',
+           'train_sae', 'save_sae', 'load_sae', 'load_training_sae', 'load_adam_state', 'sae_metrics']
 
 # %% ../nbs/10_sae.ipynb #e234cf56
 def make_sae(
@@ -270,6 +270,7 @@ def train_sae(
     eval_fn=None,
     eval_every: int = 0,
     until=None,
+    opt_state: dict | None = None,
 ) -> dict[str, list[float]]:
     """Train ``sae`` in place on rows of ``acts`` for n_tokens // batch_size steps.
 
@@ -293,7 +294,11 @@ def train_sae(
 
     - eval_fn(sae) -> dict of floats, called before the first step, every ``eval_every`` steps and
       after the last; its values are collected in ``curve["eval"]`` with the tokens seen so far.
-      ``until(eval_dict) -> bool`` ends training early at the first evaluation where it is true.
+      ``until(evals) -> bool`` (evals: the list so far) ends training early at the first evaluation
+      where it is true; ``curve["stop"]`` says why training ended ("until" or "budget").
+    - opt_state: Adam's state to start from (a dict from an earlier call: moments carried over from the
+      previous SAE) or ``{}`` for a fresh optimiser; either way it is replaced by the final state.
+      None (the default, the paper) starts fresh and keeps nothing.
 
     Returns a training curve dict of lists, one entry per ``log_every`` steps plus the last step:
     step, tokens, lr, loss, mse_loss (the paper's normalised term), mse (plain mean squared error
@@ -315,6 +320,7 @@ def train_sae(
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     assert {id(p) for p in params} == {id(p) for p in sae.parameters()}
     opt = torch.optim.Adam(params, lr=lr)
+    if opt_state: opt.load_state_dict(opt_state)     # the lr is set at every step below
     group = opt.param_groups[0]
     w_dec = sae.W_dec
     l1_coef = float(l1_coefficient)
@@ -367,22 +373,29 @@ def train_sae(
         if eval_fn is not None and eval_every and (step + 1) % eval_every == 0 and step != n_steps - 1:
             normalise_decoder_(sae)
             curve["eval"].append(dict(tokens=(step + 1) * batch_size, **eval_fn(sae)))
-            if until is not None and until(curve["eval"][-1]): break
+            if until is not None and until(curve["eval"]):
+                curve["stop"] = "until"; break
     else:
+        curve["stop"] = "budget"
         normalise_decoder_(sae)
         if eval_fn is not None:
             curve["eval"].append(dict(tokens=n_steps * batch_size, **eval_fn(sae)))
     opt.zero_grad(set_to_none=True)
+    if opt_state is not None:
+        opt_state.clear(); opt_state.update(opt.state_dict())
     if pbar is not None:
         pbar.n = n_steps
         pbar.close()
     return curve
 
 # %% ../nbs/10_sae.ipynb #062e67d6
+ADAM_FILE = "adam.safetensors"    # optimiser state beside an SAE, when the series carries it over
+
 def save_sae(sae: TrainingSAE, path, extra_metadata: dict[str, Any] | None = None,
-             extra_files: dict[str, Any] | None = None) -> Path:
+             extra_files: dict[str, Any] | None = None, adam_state: dict | None = None) -> Path:
     """Write `sae` in SAELens format at `path` atomically. `extra_metadata` (JSON-able) goes into
-    SAELens' `cfg.json` metadata (e.g. hook name, checkpoint step); `extra_files` are JSON files beside it."""
+    SAELens' `cfg.json` metadata (e.g. hook name, checkpoint step); `extra_files` are JSON files beside it;
+    `adam_state` (an Adam `state_dict()`) is written beside it too, for the next SAE to carry over."""
     path = Path(path)
     saved = dict(sae.cfg.metadata.__dict__)
     try:
@@ -391,6 +404,7 @@ def save_sae(sae: TrainingSAE, path, extra_metadata: dict[str, Any] | None = Non
             sae.save_inference_model(tmp)
             for name, obj in (extra_files or {}).items():
                 (tmp/name).write_text(json.dumps(obj, indent=1, sort_keys=True))
+            if adam_state is not None: _write_adam(adam_state, tmp/ADAM_FILE)
     finally:                                  # the caller's SAE is not changed
         sae.cfg.metadata.__dict__.clear(); sae.cfg.metadata.__dict__.update(saved)
     return path
@@ -421,6 +435,23 @@ def load_training_sae(path: str | Path) -> TrainingSAE:
     for p in sae.parameters():
         p.requires_grad_(True)
     return sae
+
+def _write_adam(state: dict, file: Path) -> None:
+    "An Adam `state_dict()` as safetensors: moments and step counts per parameter, hyperparameters as metadata."
+    from safetensors.torch import save_file
+    tensors = {f"{i}.{k}": v.detach().contiguous() for i, st in state["state"].items() for k, v in st.items()}
+    save_file(tensors, str(file), metadata={"param_groups": json.dumps(state["param_groups"])})
+
+def load_adam_state(path) -> dict:
+    "The Adam `state_dict()` that `save_sae(..., adam_state=)` wrote into the SAE directory `path`."
+    from safetensors import safe_open
+    state: dict = {}
+    with safe_open(str(Path(path)/ADAM_FILE), framework="pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+        for name in f.keys():
+            i, k = name.split(".", 1)
+            state.setdefault(int(i), {})[k] = f.get_tensor(name)
+    return {"state": state, "param_groups": groups}
 
 # %% ../nbs/10_sae.ipynb #7a03e4e5
 def sae_metrics(

@@ -14,53 +14,96 @@ from .activations import load_activations
 from .config import SAEConfig
 from .core import (CorruptCacheError, SaetrackError, atomic_write_json, clean_stale_tmp, file_sha256,
                            read_json, stable_hash)
-from .sae import (geometric_median, load_sae, load_training_sae, make_sae, sae_metrics, save_sae,
-                          train_sae)
+from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_training_sae, make_sae,
+                          sae_metrics, save_sae, train_sae)
 
 # %% auto #0
-__all__ = ['step_seed', 'train_one', 'train_series', 'SAESeries']
+__all__ = ['step_seed', 'plateaued', 'verdict', 'eval_subset', 'held_out_fn', 'train_one', 'train_series', 'SAESeries']
 
 # %% ../nbs/11_series.ipynb #7fa3b5ae
 def step_seed(seed: int, step: int) -> int:
     "The training seed of the SAE at `step`: independent of which steps came before."
     return int(stable_hash([seed, step], 8), 16)
 
-def train_one(cfg: SAEConfig, acts: np.ndarray, step: int, init_from=None, eval_acts=None,
-              progress: bool = False, eval_every: int = 0, until=None, tokens: int | None = None, lr: float | None = None):
-    """Train the SAE of `step`: from scratch (`init_from=None`: geometric-median b_dec, first-SAE budget,
-    warm-up and learning rate) or recurrently from the SAE saved at `init_from` (later-SAE settings)."""
+def plateaued(evals: list[dict], window: float = 0.25, tol: float = 0.01, min_evals: int = 4, key: str = "loss") -> bool:
+    """The plateau rule on held-out evaluations `[{tokens, loss, ...}]` (the first one before training): the best
+    `key` improved by less than `tol` (relative) over the last `window` of the tokens, and the latest value is within
+    `tol` of the best. Needs `min_evals` evaluations after the first."""
+    if len(evals) < min_evals + 1: return False
+    t = evals[-1]["tokens"]
+    before = [e[key] for e in evals if e["tokens"] <= (1 - window) * t]
+    if not before: return False
+    best = min(e[key] for e in evals)
+    return best >= (1 - tol) * min(before) and evals[-1][key] <= (1 + tol) * best
+
+def verdict(cfg: SAEConfig, evals: list[dict]) -> str:
+    "'plateau' if the plateau rule holds at the last evaluation, else 'cap' (stopped by its token budget)."
+    return "plateau" if plateaued(evals, cfg.plateau_window, cfg.plateau_tol, cfg.plateau_min_evals) else "cap"
+
+def eval_subset(acts: np.ndarray, n: int) -> np.ndarray:
+    "About `n` rows taken evenly through `acts` (so they span its documents), as a contiguous float32 array."
+    return np.ascontiguousarray(acts[::max(1, len(acts) // n)][:n], dtype=np.float32)
+
+def held_out_fn(cfg: SAEConfig, eval_acts: np.ndarray):
+    "The evaluation an SAE's curve records: the paper's loss, nMSE, EV, L0 and dead fraction on `eval_acts`."
+    lam = cfg.l1_coefficient if cfg.arch == "relu" else 0.0
+    def fn(sae):
+        m = sae_metrics(sae, eval_acts)
+        return dict(loss=m["mse_loss"] + lam * m["l1"], **{k: m[k] for k in ("nmse", "explained_variance", "l0", "dead_frac")})
+    return fn
+
+def train_one(cfg: SAEConfig, acts: np.ndarray, step: int, init_from=None, eval_acts=None, progress: bool = False,
+              until=None, seed: int | None = None):
+    """Train the SAE of `step`: from scratch (`init_from=None`: geometric-median b_dec, the first SAE's budget,
+    warm-up and lr) or from the SAE saved in the directory `init_from` (the later SAEs' settings; with
+    `cfg.carry_adam` its Adam state too, with `cfg.refit_b_dec` a fresh geometric-median b_dec). `eval_acts`
+    (held-out rows) are scored every `eval_every_*` steps; with `budget="adaptive"` training stops when the plateau
+    rule holds. `until(evals)` replaces that stopping rule (the recipe study stops at a match). `seed` defaults to
+    `step_seed(cfg.seed, step)`. Returns (sae, curve, adam_state or None); `curve["verdict"]` is 'plateau' or 'cap'."""
     first = init_from is None
+    seed = step_seed(cfg.seed, step) if seed is None else seed
     if first:
-        sae = make_sae(acts.shape[1], cfg.d_sae, seed=step_seed(cfg.seed, step), arch=cfg.arch, k=cfg.k,
+        sae = make_sae(acts.shape[1], cfg.d_sae, seed=seed, arch=cfg.arch, k=cfg.k,
                        b_dec_init=geometric_median(np.asarray(acts[:4096])))
     else:
         sae = load_training_sae(init_from)
-    eval_fn = None
-    if eval_acts is not None:
-        def eval_fn(s):
-            m = sae_metrics(s, eval_acts)
-            return {k: m[k] for k in ("nmse", "explained_variance", "l0", "dead_frac")}
-    curve = train_sae(sae, acts, n_tokens=tokens or (cfg.tokens_first if first else cfg.tokens_next),
-                      lr=lr or (cfg.lr_first if first else cfg.lr_next), l1_coefficient=cfg.l1_coefficient,
-                      batch_size=cfg.batch_size, warmup_steps=cfg.warmup_first if first else cfg.warmup_next,
-                      seed=step_seed(cfg.seed, step), progress=progress, eval_fn=eval_fn, eval_every=eval_every,
-                      until=until)
-    return sae, curve
+        if cfg.refit_b_dec:
+            with torch.no_grad(): sae.b_dec.copy_(geometric_median(np.asarray(acts[:4096])))
+    batch = cfg.batch_size if first or not cfg.batch_next else cfg.batch_next
+    tokens = cfg.tokens_first if first else cfg.tokens_next
+    n_steps = tokens // batch
+    warmup = cfg.warmup_first if first else cfg.warmup_next
+    warmup = max(1, round(warmup * n_steps)) if 0 < warmup < 1 else int(warmup)      # < 1: a fraction of its steps
+    adam = None
+    if not first and cfg.carry_adam:
+        adam = load_adam_state(init_from) if (Path(init_from)/ADAM_FILE).exists() else {}
+    elif cfg.carry_adam:
+        adam = {}
+    ev = eval_subset(eval_acts, cfg.eval_tokens) if eval_acts is not None else None
+    if until is None and cfg.budget == "adaptive" and ev is not None:
+        until = lambda evals: plateaued(evals, cfg.plateau_window, cfg.plateau_tol, cfg.plateau_min_evals)
+    curve = train_sae(sae, acts, n_tokens=tokens, lr=cfg.lr_first if first else cfg.lr_next,
+                      l1_coefficient=cfg.l1_coefficient, batch_size=batch, warmup_steps=warmup, seed=seed,
+                      progress=progress, eval_fn=held_out_fn(cfg, ev) if ev is not None else None,
+                      eval_every=cfg.eval_every_first if first else cfg.eval_every_next, until=until, opt_state=adam)
+    if ev is not None: curve["verdict"] = verdict(cfg, curve["eval"])
+    return sae, curve, adam
 
 # %% ../nbs/11_series.ipynb #04fa47b5
 def _order(steps, direction):
     return sorted(steps) if direction == "forward" else sorted(steps, reverse=True)
 
 def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: str, progress: bool = True,
-                 quality_fn=None) -> "SAESeries":
+                 quality_fn=None, budgets: dict | None = None) -> "SAESeries":
     """Train (or resume) the series over the steps of `train_acts` ({step: activation-cache dir}) into `out`.
-    `quality_fn(step, sae, eval_entry) -> dict` adds metrics that need the model (CE-loss recovered)."""
+    `quality_fn(step, sae, eval_entry) -> dict` adds metrics that need the model (CE-loss recovered).
+    The null chain passes the same cache for every step and `budgets` ({step: tokens}: a fixed budget per link)."""
     out = Path(out)
     clean_stale_tmp(out) if out.exists() else None
     steps = _order(train_acts, cfg.direction)
     man_path = out/"series.json"
     man = read_json(man_path) if man_path.exists() else {}
-    cfg_key = stable_hash(dataclasses.asdict(cfg))
+    cfg_key = stable_hash([dataclasses.asdict(cfg), budgets or {}])
     if man.get("config_hash") not in (None, cfg_key) or man.get("hook") not in (None, hook):
         if progress: print(f"{out}: SAE config or hook changed; retraining the series")
         man = {}
@@ -77,17 +120,20 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
             prev_key, prev_dir = key, d; continue
         t0 = time.time()
         ev = load_activations(eval_acts[step])
-        sae, curve = train_one(cfg, a.acts, step, init_from=prev_dir)
+        c = cfg if not budgets or step not in budgets else dataclasses.replace(
+            cfg, budget="fixed", **{("tokens_first" if prev_dir is None else "tokens_next"): budgets[step]})
+        sae, curve, adam = train_one(c, a.acts, step, init_from=prev_dir, eval_acts=ev.acts)
         seconds = time.time() - t0
         m = sae_metrics(sae, ev.acts)
         if quality_fn is not None: m.update(quality_fn(step, sae, ev))
-        m.update(step=step, tokens=curve["tokens"][-1], seconds=round(seconds, 3), recurrent=prev_dir is not None)
+        m.update(step=step, tokens=curve["eval"][-1]["tokens"], seconds=round(seconds, 3), recurrent=prev_dir is not None,
+                 verdict=curve["verdict"], acts_step=int(a.manifest.get("step", step)))
         save_sae(sae, d, extra_metadata=dict(hook_name=hook, checkpoint_step=step, saetrack_key=key),
-                 extra_files={"metrics.json": m, "curve.json": curve})
-        man["entries"][str(step)] = dict(key=key, sha256=file_sha256(d/"sae_weights.safetensors"))
+                 extra_files={"metrics.json": m, "curve.json": curve}, adam_state=adam)
+        man["entries"][str(step)] = dict(key=key, sha256=file_sha256(d/"sae_weights.safetensors"), acts_step=m["acts_step"])
         atomic_write_json(man_path, man)
         prev_key, prev_dir = key, d
-        bar.set_postfix(step=step, nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}")
+        bar.set_postfix(step=step, nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}", tokens=m["tokens"], verdict=m["verdict"])
     return SAESeries.load(out)
 
 def _entry_ok(d: Path, e: dict) -> bool:
@@ -143,3 +189,7 @@ class SAESeries:
         return m
 
     def curve(self, step: int) -> dict: return read_json(self.dir(step)/"curve.json")
+
+    def acts_step(self, step: int) -> int:
+        "The checkpoint whose activations the SAE of `step` was trained on (itself, except in a null chain)."
+        return int(self.manifest["entries"][str(step)].get("acts_step", step))

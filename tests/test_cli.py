@@ -58,19 +58,34 @@ def test_corrupt_cache_reported_then_rebuilt(capsys, micro_run, micro, tmp_path)
 def test_reproduce_micro(tmp_path):
     code, out, err = run_cli("reproduce", "--preset", "micro", "--out", tmp_path / "run", "--figures", tmp_path / "figs", "--quiet")
     assert code == 0, err
-    assert "reproduce stage times" in out and "convergence:" in out
+    assert "reproduce stage times" in out and "later SAEs median" in out and "verdicts:" in out
     import json
     times = json.loads((tmp_path / "run" / "reproduce.json").read_text())["seconds"]
-    assert {"lm", "activations", "series", "convergence", "analysis", "figures", "total"} <= set(times)
+    assert {"lm", "activations", "series", "analysis", "figures", "total"} <= set(times)
     assert times["total"] >= sum(v for k, v in times.items() if k != "total") - 1
     man = json.loads((tmp_path / "figs" / "MANIFEST.json").read_text())
-    assert {"lm_loss.png", "sae_quality.pdf", "convergence.png"} <= set(man)
+    assert {"lm_loss.png", "sae_quality.pdf", "class_fractions.png"} <= set(man)
     for name, entry in man.items():
         assert (tmp_path / "figs" / name).stat().st_size > 5000 and entry["shows"] and entry["config_hash"]
     # the figures command alone regenerates them from the cache
     code, out, err = run_cli("figures", "--preset", "micro", "--out", tmp_path / "run", "--figures", tmp_path / "again")
     assert code == 0, err
     assert set(json.loads((tmp_path / "again" / "MANIFEST.json").read_text())) == set(man)
+    # the controls: three more chains analysed like the series, then drawn by `figures` beside it
+    code, out, err = run_cli("controls", "--preset", "micro", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    assert "per-link angle, median (deg)" in out and "features that change pattern" in out
+    res = json.loads((tmp_path / "run" / "controls" / "controls.json").read_text())
+    assert set(res["chains"]) == {"series", "paper", "null", "backward"}
+    assert res["chains"]["null"]["tokens"] == res["chains"]["series"]["tokens"]          # same optimiser budget
+    code, out, err = run_cli("figures", "--preset", "micro", "--out", tmp_path / "run", "--figures", tmp_path / "again")
+    assert code == 0, err
+    assert {"controls.png", "controls.pdf"} <= set(json.loads((tmp_path / "again" / "MANIFEST.json").read_text()))
+
+def test_convergence_and_controls_need_a_run(tmp_path, capsys):
+    _one_line_error(capsys, ["convergence", "--preset", "micro", "--out", tmp_path], "saetrack track")
+    _one_line_error(capsys, ["controls", "--preset", "micro", "--out", tmp_path], "saetrack track")
+    _one_line_error(capsys, ["track", "--preset", "micro", "--out", tmp_path / "x", "--budget", "sometimes"], "--budget")
 
 def test_pythia_dry_run_prints_the_papers_plan(capsys):
     assert main(["reproduce", "--preset", "pythia-410m", "--dry-run"]) == 0

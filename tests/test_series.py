@@ -26,7 +26,11 @@ def test_series_layout_and_metrics(series, micro):
     assert list(m.index) == series.steps
     assert {"mse", "nmse", "explained_variance", "l0", "dead_frac", "shrinkage", "ce_recovered"} <= set(m.columns)
     assert not m.loc[0, "recurrent"] and m.loc[24, "recurrent"]
-    assert m.loc[0, "tokens"] == micro.sae.tokens_first and (m["tokens"].iloc[1:] == micro.sae.tokens_next).all()
+    assert m.loc[0, "tokens"] <= micro.sae.tokens_first and (m["tokens"].iloc[1:] <= micro.sae.tokens_next).all()
+    assert set(m["verdict"]) <= {"plateau", "cap"} and (m.loc[m["verdict"] == "cap", "tokens"].iloc[1:] == micro.sae.tokens_next).all()
+    assert (m["tokens"].iloc[1:] < micro.sae.tokens_next).any()        # the adaptive budget stopped some links early
+    c = series.curve(8)
+    assert c["eval"][0]["tokens"] == 0 and c["eval"][-1]["tokens"] == m.loc[8, "tokens"] and "loss" in c["eval"][-1]
     assert (m["explained_variance"] > 0.3).all() and (m["l0"] > 0).all()
     assert np.isfinite(m[["ce_clean", "ce_sae", "ce_zero"]].values).all()
     assert (m["ce_sae"] - m["ce_clean"]).abs().max() < 0.05           # splicing the SAE in costs little loss
