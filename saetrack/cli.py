@@ -110,10 +110,11 @@ def cmd_convergence(a) -> dict:
     out = Path(a.out or f"runs/{p.name}")
     tr, ev = _run_caches(out, p.acts.hook)
     t = time.time()
-    res = recipe_study(p.sae, tr, ev, out/"convergence", progress=not a.quiet)
+    quick = dict(n_steps=3, n_seeds=1, l1_factors=(2.0,)) if a.quick else {}
+    res = recipe_study(p.sae, tr, ev, out/"convergence", progress=not a.quiet, **quick)
     s = recipe_summary(res)
     ft = lambda v: fraction_text(v, res["max_fraction"])
-    print(f"recipe study at steps {res['steps']} ({len(res['seeds'])} seeds; matched = loss within "
+    print(f"recipe study at steps {res['steps']} ({len(res['seeds'])} seed{'s' if len(res['seeds']) > 1 else ''}; matched = loss within "
           f"{res['match']['eps_loss']:.0%} and nMSE within {res['match']['eps_nmse']:.0%} of the frontier): token fraction of the reference's tokens")
     for name, row in s.iterrows():
         print(f"  {name:28s} median {ft(row['median_fraction']):>7s}  worst {ft(row['worst_fraction']):>7s}  "
@@ -121,15 +122,24 @@ def cmd_convergence(a) -> dict:
     ok = s[s["worst_fraction"] <= 1 / 20]
     print(f"best recipe: {res['best']}; the 1/20 claim " + (f"holds for: {', '.join(ok.index)}" if len(ok) else "holds for no recipe") +
           f" (paper's recipe: worst {ft(s.loc[PAPER.name, 'worst_fraction'])}); {time.time() - t:.0f}s")
+    from saetrack.series import SAESeries
+    try: series = SAESeries.load(out/"series")
+    except SaetrackError: series = None                   # no (complete) series yet: nothing to hold against the references
+    if series is not None:
+        from saetrack.convergence import series_vs_reference
+        acc = series_vs_reference(series, res)
+        print(f"the series against the references (nMSE within 10% at no higher L0): {int(acc['ok'].sum())} of {len(acc)} steps")
+        print(acc.round(4).to_string())
     return res
 
 def cmd_controls(a) -> dict:
     "The null, backward and paper-recipe chains of a run, analysed like the series (nbs/14_controls), cached under OUT/controls."
-    from saetrack.controls import controls_table, run_controls
+    from saetrack.controls import CHAINS, controls_table, run_controls
     out = _series_out(a)
     from saetrack.series import SAESeries
     tr, ev = _run_caches(out, SAESeries.load(out/"series").hook)
-    res = run_controls(out, tr, ev, progress=not a.quiet)
+    chains = [c.strip() for c in a.chains.split(",")] if getattr(a, "chains", None) else list(CHAINS)
+    res = run_controls(out, tr, ev, progress=not a.quiet, chains=chains)
     print(controls_table(res).to_string())
     print("times: " + ", ".join(f"{k} {v:.0f}s" for k, v in res["seconds"].items()))
     return res
@@ -304,9 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     _acts_args(sp); sp.set_defaults(fn=cmd_activations)
     sp = sub.add_parser("convergence", help="the recipe study: which warm start reaches a converged scratch SAE, with how many tokens (slow)")
     _common(sp, "run directory with cached activations (default runs/<preset>)"); _acts_args(sp); _track_args(sp)
+    sp.add_argument("--quick", action="store_true", help="3 checkpoints, 1 seed, one extra L1 for the frontier "
+                    "(~35 min on 2 cores; the default, 5 checkpoints x 3 seeds, takes hours)")
     sp.set_defaults(fn=cmd_convergence, **{k: None for k in ("corpus", "steps", "seed", "vocab_size", "d_model", "n_layers", "ctx", "batch_size", "lr")})
     sp = sub.add_parser("controls", help="null, backward and paper-recipe chains analysed like the series (cached)")
-    _common(sp, "run directory holding series/ (default runs/<preset>)"); sp.set_defaults(fn=cmd_controls)
+    _common(sp, "run directory holding series/ (default runs/<preset>)")
+    sp.add_argument("--chains", help="comma-separated subset of paper,null,backward (default: all)"); sp.set_defaults(fn=cmd_controls)
     sp = sub.add_parser("analyse", help="stages, transitions, formation and drift of every feature (cached)")
     _common(sp, "run directory holding series/ (default runs/<preset>)"); sp.set_defaults(fn=cmd_analyse)
     sp = sub.add_parser("explore", help="one feature's story across checkpoints")

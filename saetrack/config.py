@@ -65,11 +65,11 @@ class SAEConfig:
     k: int | None = None             # TopK only
     l1_coefficient: float = 1e-3     # gives L0 ~ 30 of 1024 at the final checkpoint (sweep in the README)
     lr_first: float = 4e-3           # 10x the paper's: ~1-4k steps here instead of ~73k
-    lr_next: float = 4e-3            # later SAEs (recipe study: see nbs/13_convergence)
-    tokens_first: int = 16 << 20     # the first SAE's cap ('adaptive') or budget ('fixed')
-    tokens_next: int = 4 << 20       # each later SAE's cap or budget
+    lr_next: float = 4e-3            # later SAEs: the recipe study's best (nbs/13_convergence): lr x1, batch 1024
+    tokens_first: int = 8 << 20      # the first SAE's cap ('adaptive') or budget ('fixed'); ~2.5 min here
+    tokens_next: int = 2 << 20       # each later SAE's cap or budget
     batch_size: int = 4096
-    batch_next: int | None = None    # later SAEs' batch (None: batch_size)
+    batch_next: int | None = 1024    # later SAEs' batch (None: batch_size): 4x the Adam steps per token
     warmup_first: float = 64         # steps (paper: 5,000 of ~73k); a value < 1 is a fraction of the SAE's steps
     warmup_next: float = 3
     carry_adam: bool = False         # later SAEs start from the previous SAE's Adam moments (the paper: a fresh Adam)
@@ -79,7 +79,7 @@ class SAEConfig:
     plateau_window: float = 0.25     # ... over the last quarter of the tokens
     plateau_min_evals: int = 4
     eval_every_first: int = 32       # steps between held-out evaluations
-    eval_every_next: int = 8
+    eval_every_next: int = 16
     eval_tokens: int = 16384         # held-out rows the curve (and the plateau rule) is scored on
     direction: str = "forward"       # 'forward' from step 0 (the paper) or 'backward' from the last step
     seed: int = 42
@@ -124,7 +124,7 @@ PRESETS: dict[str, Preset] = {
                  ctx=32, batch_size=8, steps=24, lr=3e-3, ckpt_every=8, eval_tokens=4096),
         ActsConfig(hook="blocks.1.hook_resid_pre", train_tokens=8192, eval_tokens=2048),
         SAEConfig(d_sae=128, l1_coefficient=1e-3, lr_first=4e-3, lr_next=4e-3, tokens_first=1 << 17,
-                  tokens_next=1 << 16, batch_size=256, warmup_first=16, eval_every_first=16, eval_every_next=4,
+                  tokens_next=1 << 16, batch_size=256, batch_next=64, warmup_first=16, eval_every_first=16, eval_every_next=4,
                   eval_tokens=2048)),
 }
 

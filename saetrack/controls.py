@@ -17,7 +17,7 @@ from .series import SAESeries, train_series
 
 # %% auto #0
 __all__ = ['CHAINS', 'CHAIN_STYLE', 'chain_dir', 'null_chain', 'paper_chain', 'backward_chain', 'link_angles', 'gap_slope',
-           'headline', 'run_controls', 'controls_table', 'independent_check', 'plot_controls']
+           'headline', 'run_controls', 'controls_table', 'independent_table', 'independent_check', 'plot_controls']
 
 # %% ../nbs/14_controls.ipynb #784e60ee
 CHAINS = {"series": "SAE-Track (converged links)", "paper": "paper's recipe (1/20 tokens, lr/10)",
@@ -90,7 +90,8 @@ def headline(result: dict, angles: pd.DataFrame) -> dict:
                 formation={c: v["median_step"] for c, v in s["median_formation_step"][s["formation_space"]].items()},
                 link_angle=gap_slope(angles), angles=angles.to_dict(orient="list"))
 
-def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, null_at: int | None = None) -> dict:
+def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, null_at: int | None = None,
+                 chains=tuple(CHAINS)) -> dict:
     """Build (or reuse) the paper-recipe, null and backward chains of the run in `out`, analyse each exactly like the
     series, and save the headline numbers of all four chains in `out/controls/controls.json`."""
     from saetrack.analysis import analyse
@@ -100,7 +101,9 @@ def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, 
     build = dict(paper=paper_chain, null=lambda *a, **k: null_chain(*a, at=null_at, **k), backward=backward_chain)
     from saetrack import semantics as sm
     times, heads, fractions = {}, {}, {}
-    for name in CHAINS:
+    chains = ["series"] + [c for c in chains if c != "series"]
+    for name in chains:
+        if name not in CHAINS: raise SaetrackError(f"unknown chain '{name}'; choose from: {', '.join(CHAINS)}")
         t = time.time()
         s = series if name == "series" else build[name](series, train_acts, eval_acts, out, progress=progress)
         r = analyse(out, progress=progress, series_dir=None if name == "series" else s.path)
@@ -109,11 +112,14 @@ def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, 
         fractions[name] = {sm.CLASS_NAMES[c]: r["class_fractions"][:, c].round(4).tolist() for c in range(4)}
         if name == "series": main = r
         times[name] = round(time.time() - t, 1)
+        atomic_write_json(out/"controls"/"controls.json", dict(chains=heads, fractions=fractions, independent=None, names=CHAINS,
+                          null_at=int(series.steps[-1] if null_at is None else null_at), steps=series.steps, seconds=times,
+                          partial=True))                  # what is done so far survives an interruption
     t = time.time()
     indep = independent_check(out, main, progress) if (out/"convergence"/"study.json").exists() else None
     times["independent"] = round(time.time() - t, 1)
     res = dict(chains=heads, fractions=fractions, independent=indep, names=CHAINS, null_at=int(series.steps[-1] if null_at is None else null_at),
-               steps=series.steps, seconds=times, total_seconds=round(time.time() - t0, 1))
+               steps=series.steps, seconds=times, total_seconds=round(time.time() - t0, 1), partial=set(chains) != set(CHAINS))
     atomic_write_json(out/"controls"/"controls.json", res)
     return res
 
@@ -131,11 +137,26 @@ def controls_table(res: dict) -> pd.DataFrame:
         first, mid = list(h["cos_to_final"])[0], list(h["cos_to_final"])[len(h["cos_to_final"]) // 2]
         col[f"median cos to final, {first}"] = h["cos_to_final"][first]
         col[f"median cos to final, {mid}"] = h["cos_to_final"][mid]
+        col["median formation step (token / concept)"] = " / ".join(str(h["formation"].get(k)) for k in ("token", "concept"))
         col["per-link angle, median (deg)"] = round(h["link_angle"]["median_deg"], 2)
         col["per-link angle vs gap, Spearman"] = round(h["link_angle"]["spearman"], 2)
         col["SAE tokens"] = h["tokens"]
         rows[name] = col
     return pd.DataFrame(rows)
+
+def independent_table(res: dict) -> pd.DataFrame:
+    "(c) Per studied step: class shares of the converged independent SAEs (mean over seeds) beside the series', and matching."
+    ind = res.get("independent")
+    if not ind: return pd.DataFrame()
+    rows = []
+    for r in ind["rows"]:
+        row = dict(step=r["step"], seeds=r["n_seeds"])
+        for i, c in enumerate(ind["classes"]):
+            if c == "dead": continue
+            row[f"{c}: independent"], row[f"{c}: series"] = r["independent_fractions"][i], r["series_fractions"][i]
+        row.update(seed_floor=r["seed_floor"], series_vs_independent=r["series_vs_independent"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("step")
 
 # %% ../nbs/14_controls.ipynb #b85ffa5e
 def independent_check(out, result: dict, progress: bool = True) -> dict:

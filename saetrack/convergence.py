@@ -19,7 +19,7 @@ from .series import eval_subset, held_out_fn, plateaued, step_seed, train_one
 # %% auto #0
 __all__ = ['PAPER', 'Recipe', 'recipe_grid', 'frontier_nmse', 'Match', 'first_at', 'fraction_text', 'pick_steps',
            'scratch_reference', 'warm_start', 'recipe_study', 'recipe_summary', 'best_recipe', 'series_cost',
-           'plot_recipes', 'plot_convergence']
+           'series_vs_reference', 'plot_recipes', 'plot_convergence']
 
 # %% ../nbs/13_convergence.ipynb #66ad2b94
 @dataclass(frozen=True)
@@ -138,17 +138,17 @@ def warm_start(cfg: SAEConfig, recipe: Recipe, train_dir, eval_rows, step: int, 
 
 def _median(xs): return float(np.median(xs))
 
-def recipe_study(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, steps=None, n_seeds: int = 3,
+def recipe_study(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, steps=None, n_steps: int = 5, n_seeds: int = 3,
                  recipes: list[Recipe] | None = None, match: Match = Match(), max_fraction: float = 0.5,
                  l1_factors=(0.5, 2.0), progress: bool = True) -> dict:
-    """The recipe study at `steps` (default: 5 spread over training), each warm-started from the step before it.
+    """The recipe study at `steps` (default: `n_steps` spread over training), each warm-started from the step before it.
     References: scratch SAEs to the plateau rule, `n_seeds` seeds, plus one seed at L1 x `l1_factors` for the
     nMSE-L0 frontier; the sources are scratch SAEs at the previous step. Every recipe and seed warm-starts from the
     source of its seed and runs until matched and plateaued, or `max_fraction` of the reference's tokens. Cached
     under `out` run by run; returns the table as a dict (also `out/study.json`)."""
     out = Path(out)
     order = sorted(train_acts)
-    steps = list(steps or pick_steps(order))
+    steps = list(steps or pick_steps(order, n_steps))
     recipes = list(recipes or recipe_grid())
     seeds = [cfg.seed + i for i in range(n_seeds)]
     n_runs = len(steps) * (2 * n_seeds + len(l1_factors) + len(recipes) * n_seeds)
@@ -228,6 +228,31 @@ def series_cost(series, study: dict | None = None) -> dict:
                 later_fraction_median=float(np.median(later)) / first, later_fraction_max=float(later.max()) / first,
                 scratch_tokens=int(T * ref), token_ratio=T * ref / float(m["tokens"].sum()),
                 series_seconds=float(m["seconds"].sum()), verdicts={str(k): int(v) for k, v in verdicts.items()})
+
+# %% ../nbs/13_convergence.ipynb #3fabb021
+def series_vs_reference(series, res: dict, tol: float = 0.10) -> "pd.DataFrame":
+    """At every studied step: the series' SAE against the converged scratch references (median over seeds) on the
+    study's held-out subset. `ok` = nMSE within `tol` (10%) of the reference's at no higher L0 (1% slack)."""
+    import pandas as pd
+    from saetrack.activations import load_activations
+    rows = []
+    for ref in res["references"]:
+        step = ref["step"]
+        if step not in series.steps: continue
+        first = [r for r in ref["refs"] if r["l1"] == ref["refs"][0]["l1"]]
+        cfg = SAEConfig(**series.manifest["config"])
+        m = held_out_fn(cfg, _study_rows(series, step, res["eval_tokens"]))(series.sae(step))
+        r_nmse, r_l0 = _median([r["final"]["nmse"] for r in first]), _median([r["final"]["l0"] for r in first])
+        rows.append(dict(step=step, series_nmse=m["nmse"], reference_nmse=r_nmse, series_l0=m["l0"], reference_l0=r_l0,
+                         series_loss=m["loss"], reference_loss=ref["ref_loss"], nmse_ratio=m["nmse"] / r_nmse,
+                         ok=bool(m["nmse"] <= (1 + tol) * r_nmse and m["l0"] <= 1.01 * r_l0)))
+    return pd.DataFrame(rows).set_index("step")
+
+def _study_rows(series, step: int, n: int) -> np.ndarray:
+    "The held-out subset the study scored `step` on, from the run's eval cache beside the series."
+    from saetrack.activations import load_activations
+    d = series.path.parent/"activations"/series.hook/"eval"/f"step{series.acts_step(step)}"
+    return eval_subset(load_activations(d).acts, n)
 
 # %% ../nbs/13_convergence.ipynb #e3c56b9c
 def plot_recipes(res: dict, path=None):

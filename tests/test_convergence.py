@@ -109,3 +109,16 @@ def test_link_angles_against_gap():
     an = link_angles(W, steps)
     assert np.allclose(an["gap"], 1.0) and np.allclose(an["median_deg"], 4.0, atol=1e-6)
     assert math.isnan(gap_slope(an)["slope_deg_per_log2"])            # no spread of gaps: no slope to fit
+
+@pytest.mark.parametrize("arch,k", [("relu", None), ("topk", 6)])
+def test_held_out_fn_equals_sae_metrics(arch, k):
+    from saetrack.sae import sae_metrics
+    from saetrack.series import held_out_fn
+    x = planted(3000, seed=3) + 0.2
+    sae = make_sae(32, 48, seed=1, arch=arch, k=k)
+    with torch.no_grad(): sae.b_enc.fill_(0.05)
+    cfg = replace(SMALL, arch=arch, k=k)
+    got, m = held_out_fn(cfg, x, batch=1024)(sae), sae_metrics(sae, x)
+    lam = cfg.l1_coefficient if arch == "relu" else 0.0
+    assert got["loss"] == pytest.approx(m["mse_loss"] + lam * m["l1"], rel=1e-5)
+    for key in ("nmse", "explained_variance", "l0", "dead_frac"): assert got[key] == pytest.approx(m[key], rel=1e-5, abs=1e-7)
