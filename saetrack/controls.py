@@ -123,6 +123,10 @@ def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, 
     atomic_write_json(out/"controls"/"controls.json", res)
     return res
 
+def _by_step(d: dict) -> dict:
+    "{'step N': v} in step order (JSON files store keys sorted as text)."
+    return dict(sorted(d.items(), key=lambda kv: int(kv[0].split()[1])))
+
 def controls_table(res: dict) -> pd.DataFrame:
     "One row per headline number, one column per chain."
     rows = {}
@@ -134,9 +138,10 @@ def controls_table(res: dict) -> pd.DataFrame:
         col.update({f"pattern: {p}": h["pattern_counts"].get(p, 0) for p in ("maintaining", "shifting", "grouping", "emerging", "dissolving")})
         col["stage boundaries"] = ", ".join(map(str, h["stage_boundaries"]))
         col["drift breaks (3 segments)"] = ", ".join(map(str, h["drift_breaks"]))
-        first, mid = list(h["cos_to_final"])[0], list(h["cos_to_final"])[len(h["cos_to_final"]) // 2]
-        col[f"median cos to final, {first}"] = h["cos_to_final"][first]
-        col[f"median cos to final, {mid}"] = h["cos_to_final"][mid]
+        cos = _by_step(h["cos_to_final"])
+        first, mid = list(cos)[0], list(cos)[len(cos) // 2]
+        col[f"median cos to final, {first}"] = cos[first]
+        col[f"median cos to final, {mid}"] = cos[mid]
         col["median formation step (token / concept)"] = " / ".join(str(h["formation"].get(k)) for k in ("token", "concept"))
         col["per-link angle, median (deg)"] = round(h["link_angle"]["median_deg"], 2)
         col["per-link angle vs gap, Spearman"] = round(h["link_angle"]["spearman"], 2)
@@ -214,7 +219,7 @@ def plot_controls(res: dict, path=None):
         lab = res["names"][name]
         an = h["angles"]
         a.plot(an["gap"], an["median_deg"], mk, color=col, ms=5, label=lab, mfc="none" if name == "backward" else col)
-        cos = h["cos_to_final"]
+        cos = _by_step(h["cos_to_final"])
         b.plot(x([int(k.split()[1]) for k in cos]), list(cos.values()), ls, color=col, lw=1.6, label=lab)
     a.set_xlabel("checkpoint gap of the link: log2((step + 1) / (previous + 1))")
     a.set_ylabel("median decoder angle between linked SAEs (deg)"); a.set_ylim(bottom=0)

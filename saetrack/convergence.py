@@ -264,23 +264,27 @@ def plot_recipes(res: dict, path=None):
     names = res["recipes"]
     colors = plt.get_cmap("tab10")(np.arange(len(names)) % 10)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True, gridspec_kw=dict(width_ratios=[1.4, 1]))
+    floor = 1e-3                                             # a match before any training (fraction 0) is drawn here
     for j, (name, col) in enumerate(zip(names, colors)):
         rows = sorted((r for r in t if r["recipe"] == name), key=lambda r: r["gap"])
-        x = np.array([r["gap"] for r in rows]) * (1 + 0.012 * (j - len(names) / 2))    # small dodge
-        fr = [[min(u["fraction"], cap) for u in r["runs"]] for r in rows]
+        x = np.array([r["gap"] for r in rows]) + 0.012 * (j - len(names) / 2)    # small dodge
+        fr = [[min(max(u["fraction"], floor), cap) for u in r["runs"]] for r in rows]
         med = np.array([np.median(f) for f in fr])
         ax.vlines(x, [min(f) for f in fr], [max(f) for f in fr], color=col, lw=1, alpha=0.6)
         ax.plot(x, med, "-", color=col, lw=1.2, alpha=0.7, label=name)
         hit = np.array([np.isfinite(r["fraction"]) for r in rows])
-        ax.plot(x[hit], med[hit], "o", color=col, ms=5)
+        zero = np.array([r["fraction"] == 0 for r in rows])
+        ax.plot(x[hit & ~zero], med[hit & ~zero], "o", color=col, ms=5)
+        ax.plot(x[zero], np.full(zero.sum(), floor), "v", color=col, ms=6)
         ax.plot(x[~hit], np.full((~hit).sum(), cap), "^", color=col, mfc="white", ms=7)
     ax.axhline(1 / 20, color="k", ls="--", lw=1); ax.text(ax.get_xlim()[0], 1 / 20 * 1.08, " 1/20 (the paper's claim)", fontsize=8)
     ax.axhline(cap, color="0.5", ls=":", lw=1); ax.text(ax.get_xlim()[0], cap * 1.06, f" cap ({cap:g}): open triangles never matched", fontsize=8, color="0.35")
-    ax.set_yscale("log"); ax.set_xscale("log")
+    ax.text(ax.get_xlim()[0], floor * 1.15, " filled triangles: matched before any training", fontsize=8, color="0.35")
+    ax.set_yscale("log"); ax.set_ylim(floor / 1.6, cap * 1.6)
     ax.set_xlabel("checkpoint gap: log2((step + 1) / (previous step + 1))"); ax.set_ylabel("tokens to match / reference's tokens")
     ax.set_title("Token fraction a warm start needs to match a converged scratch SAE", fontsize=10)
-    for r in {r["step"]: r for r in t}.values():
-        ax.annotate(f"step {r['step']}", (r["gap"], ax.get_ylim()[0]), xytext=(0, 3), textcoords="offset points",
+    for i, r in enumerate(sorted({r["step"]: r for r in t}.values(), key=lambda r: r["gap"])):
+        ax.annotate(f"step {r['prev']} -> {r['step']}", (r["gap"], floor / 1.6), xytext=(0, 3 + 9 * (i % 2)), textcoords="offset points",
                     fontsize=7, ha="center", color="0.4")
     s = recipe_summary(res).reindex(names)
     y = np.arange(len(names))
@@ -309,7 +313,7 @@ def plot_convergence(res: dict, path=None):
         x0 = ref["ref_tokens"] / 400
         for i, r in enumerate(q for q in ref["refs"] if q["l1"] == ref["refs"][0]["l1"]):
             ax.plot([max(e["tokens"], x0) for e in r["eval"]], [e["loss"] for e in r["eval"]], color="0.55", lw=1.2,
-                    label="from scratch (to plateau)" if i == 0 else None)
+                    label="from scratch (to plateau or cap)" if i == 0 else None)
         for name in pick:
             row = next(r for r in res["table"] if r["step"] == step and r["recipe"] == name)
             for i, u in enumerate(row["runs"]):

@@ -281,7 +281,9 @@ def test_continue_from_reload_equals_in_memory(tmp_path):
     assert_same_params(sae, reloaded)
     _train(sae, X2, steps=30, lr=1e-3, warmup=3, seed=42)
     _train(reloaded, X2, steps=30, lr=1e-3, warmup=3, seed=42)
-    assert_same_params(sae, reloaded)
+    # equal to float rounding: on some CPUs a reloaded tensor's alignment changes the reduction order of one sum
+    for (k, p), q in zip(params(sae).items(), params(reloaded).values()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=k)
 
 
 # ------------------------------------------------------------------------------ disk format
