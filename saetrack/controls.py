@@ -244,7 +244,10 @@ def plot_controls(res: dict, path=None):
               color=col, alpha=0.8, label=res["names"][name])
     d.set_xticks(np.arange(len(pats)), pats); d.set_ylabel("features"); d.legend(frameon=False, fontsize=8)
     d.set_title("Transition patterns: what a chain over one fixed checkpoint already produces", fontsize=9)
-    fig.suptitle(f"Controls: SAE-Track's series, the paper's recipe, a null chain (every link on step {res['null_at']}'s activations) "
-                 "and a backward chain", fontsize=11)
+    parts = {"paper": "the paper's recipe", "null": f"a null chain (every link on step {res['null_at']}'s activations)",
+             "backward": "a backward chain"}
+    shown = [parts[c] for c in ("paper", "null", "backward") if c in res["chains"]]
+    fig.suptitle("Controls: SAE-Track's series against " + (", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else "".join(shown)),
+                 fontsize=11)
     if path is not None: save_figure(fig, path)
     return fig
