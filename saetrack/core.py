@@ -59,9 +59,10 @@ def atomic_write_json(path, obj):
 def read_json(path):
     return json.loads(Path(path).read_text())
 
-def clean_stale_tmp(root):
-    "Remove temporaries left by a killed run (`.NAME.XXXX.tmp`) under `root`."
-    for p in Path(root).rglob(".*.tmp"): _remove(p)
+def clean_stale_tmp(root, recursive: bool = True):
+    """Remove temporaries left by a killed run (`.NAME.XXXX.tmp`) under `root` (only directly in it with
+    `recursive=False`, so a stage never deletes another stage's writes in progress below it)."""
+    for p in (Path(root).rglob if recursive else Path(root).glob)(".*.tmp"): _remove(p)
 
 # %% ../nbs/00_core.ipynb #eb75b8bd
 def _json_default(o):

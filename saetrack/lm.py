@@ -143,7 +143,8 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
     """Train (or resume, or reuse) the run in `run`; returns the log. `stop_after` ends early after that
     many optimiser steps in this call (used to test resuming)."""
     run = Path(run)
-    clean_stale_tmp(run) if run.exists() else None
+    for d in (run, run/"tokens"):               # the LM's own writes only: other stages write below the run too
+        if d.exists(): clean_stale_tmp(d, recursive=False)
     meta = prepare_data(cfg, run, progress)
     ckpts = meta["checkpoint_steps"]
     if (run/"log.json").exists() and read_json(run/"log.json").get("complete") and saved_steps(run)[-1:] == ckpts[-1:]:
