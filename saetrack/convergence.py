@@ -234,13 +234,11 @@ def series_vs_reference(series, res: dict, tol: float = 0.10) -> "pd.DataFrame":
     """At every studied step: the series' SAE against the converged scratch references (median over seeds) on the
     study's held-out subset. `ok` = nMSE within `tol` (10%) of the reference's at no higher L0 (1% slack)."""
     import pandas as pd
-    from saetrack.activations import load_activations
-    rows = []
+    cfg, rows = SAEConfig(**series.manifest["config"]), []
     for ref in res["references"]:
         step = ref["step"]
         if step not in series.steps: continue
         first = [r for r in ref["refs"] if r["l1"] == ref["refs"][0]["l1"]]
-        cfg = SAEConfig(**series.manifest["config"])
         m = held_out_fn(cfg, _study_rows(series, step, res["eval_tokens"]))(series.sae(step))
         r_nmse, r_l0 = _median([r["final"]["nmse"] for r in first]), _median([r["final"]["l0"] for r in first])
         rows.append(dict(step=step, series_nmse=m["nmse"], reference_nmse=r_nmse, series_l0=m["l0"], reference_l0=r_l0,
@@ -250,7 +248,6 @@ def series_vs_reference(series, res: dict, tol: float = 0.10) -> "pd.DataFrame":
 
 def _study_rows(series, step: int, n: int) -> np.ndarray:
     "The held-out subset the study scored `step` on, from the run's eval cache beside the series."
-    from saetrack.activations import load_activations
     d = series.path.parent/"activations"/series.hook/"eval"/f"step{series.acts_step(step)}"
     return eval_subset(load_activations(d).acts, n)
 
