@@ -11,12 +11,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .checkpoints import TL_PROCESSING, check_hook, hook_layer, open_source
-from .core import CorruptCacheError, SaetrackError, atomic_path, atomic_write_json, file_sha256, read_json, stable_hash
+from .core import (CorruptCacheError, SaetrackError, atomic_path, atomic_write_json, file_sha256, read_json,
+                           resolve_device, stable_hash)
 
 CACHE_VERSION = 1
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'token_rows', 'harvest', 'Activations', 'load_activations', 'cache_activations', 'token_stream']
+__all__ = ['CACHE_VERSION', 'BF16_TOL', 'token_rows', 'harvest', 'bf16_error', 'forward_dtype', 'Activations', 'load_activations',
+           'cache_activations', 'token_stream']
 
 # %% ../nbs/06_activations.ipynb #a7afac19
 def token_rows(stream: np.ndarray, n_tokens: int, ctx: int, bos: int = 0) -> np.ndarray:
@@ -37,22 +39,46 @@ def _stop_layer(hook: str, layer: int) -> tuple[int, bool]:
     if hook == f"blocks.{layer}.hook_resid_pre": return layer, True
     return layer + 1, False
 
+def _forward(model, x: torch.Tensor, hook: str, stop: int, is_resid: bool, autocast=None) -> torch.Tensor:
+    "`hook`'s activations [B, ctx, d] for token ids `x`, running the model only as far as `stop`."
+    with torch.autocast(torch.device(model.cfg.device).type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        if is_resid: return model(x, stop_at_layer=stop)
+        saved = {}
+        def save(act, hook): saved["x"] = act
+        model.run_with_hooks(x, fwd_hooks=[(hook, save)], stop_at_layer=stop)
+        return saved["x"]
+
 @torch.inference_mode()
-def harvest(model, rows: np.ndarray, hook: str, out: np.ndarray, batch_rows: int = 64, progress: bool = False):
-    "Write `hook`'s activations at positions 1.. of every row into `out` [n_rows*(ctx-1), d]."
+def harvest(model, rows: np.ndarray, hook: str, out: np.ndarray, batch_rows: int = 64, progress: bool = False,
+            autocast: torch.dtype | None = None):
+    "Write `hook`'s activations at positions 1.. of every row into `out` [n_rows*(ctx-1), d] (`autocast`: e.g. bfloat16)."
     layer = check_hook(model, hook)
     stop, is_resid = _stop_layer(hook, layer)
     per = rows.shape[1] - 1
     dev = model.cfg.device
-    saved = {}
-    def save(act, hook): saved["x"] = act
     for i in tqdm(range(0, len(rows), batch_rows), desc="harvest", disable=not progress, leave=False):
         x = torch.from_numpy(rows[i:i+batch_rows]).long().to(dev)
-        if is_resid: a = model(x, stop_at_layer=stop)
-        else:
-            model.run_with_hooks(x, fwd_hooks=[(hook, save)], stop_at_layer=stop); a = saved.pop("x")
+        a = _forward(model, x, hook, stop, is_resid, autocast)
         a = a[:, 1:, :].reshape(-1, a.shape[-1])
         out[i * per:i * per + len(a)] = a.to("cpu", torch.float32).numpy()
+
+# %% ../nbs/06_activations.ipynb #e30ee622
+BF16_TOL = 0.02   # largest relative error of bfloat16-autocast activations against float32 for harvest to use them
+
+@torch.inference_mode()
+def bf16_error(model, rows: np.ndarray, hook: str) -> float:
+    "Relative Frobenius error of `hook`'s activations under bfloat16 autocast against float32, on token `rows`."
+    stop, is_resid = _stop_layer(hook, check_hook(model, hook))
+    x = torch.from_numpy(np.asarray(rows)).long().to(model.cfg.device)
+    ref = _forward(model, x, hook, stop, is_resid)[:, 1:].float()
+    low = _forward(model, x, hook, stop, is_resid, torch.bfloat16)[:, 1:].float()
+    return float(torch.linalg.vector_norm(low - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
+
+def forward_dtype(model, rows: np.ndarray, hook: str, tol: float = BF16_TOL) -> tuple[str, float | None]:
+    "('bfloat16', error) on a GPU where `bf16_error` of the first rows is within `tol`; else ('float32', error or None)."
+    if torch.device(model.cfg.device).type != "cuda": return "float32", None
+    err = bf16_error(model, rows[:64], hook)
+    return ("bfloat16" if err <= tol else "float32"), err
 
 # %% ../nbs/06_activations.ipynb #dd332400
 @dataclass
@@ -79,13 +105,13 @@ def _file_ok(path: Path, shape, dtype, sha) -> bool:
         return tuple(a.shape) == tuple(shape) and a.dtype == np.dtype(dtype) and file_sha256(path) == sha
     except (OSError, ValueError, EOFError): return False
 
-def load_activations(path, key: str | None = None) -> Activations:
-    "Open a cache entry, checking sizes and checksums; `CorruptCacheError` names the fix if it is damaged."
+def load_activations(path, key: str | tuple | None = None) -> Activations:
+    "Open a cache entry (whose key is `key`, or one of them), checking sizes and checksums; `CorruptCacheError` names the fix if it is damaged."
     path = Path(path)
     fix = "rerun `saetrack activations` (or delete it) to rebuild"
     try: m = read_json(path/"manifest.json")
     except (OSError, json.JSONDecodeError): raise CorruptCacheError(f"activation cache {path} has no readable manifest; {fix}") from None
-    if key is not None and m.get("key") != key:
+    if key is not None and m.get("key") not in ((key,) if isinstance(key, str) else key):
         raise CorruptCacheError(f"activation cache {path} was built with a different config; {fix}")
     for name in ("acts", "tokens"):
         f = m["files"][name]
@@ -100,40 +126,49 @@ def _write_npy(path: Path, arr: np.ndarray) -> dict:
 # %% ../nbs/06_activations.ipynb #bc4ae8d2
 def cache_activations(source, hook: str, stream: np.ndarray, n_tokens: int, root, split: str = "train",
                       steps=None, dtype: str = "float32", batch_rows: int = 64, corpus_sha256: str | None = None,
-                      device: str = "cpu", progress: bool = True) -> dict[int, Path]:
-    "Harvest (or reuse) `hook` activations of `n_tokens` tokens of `stream` at each step; returns entry paths."
-    source = open_source(source)
+                      device="cpu", progress: bool = True) -> dict[int, Path]:
+    """Harvest (or reuse) `hook` activations of `n_tokens` tokens of `stream` at each step; returns entry paths.
+    The model runs on `device`, in bfloat16 where `forward_dtype` finds that faithful."""
+    source, device = open_source(source), resolve_device(device)
     steps = source.steps if steps is None else list(steps)
     for s in steps: source.check_step(s)
     hook_layer(hook, _n_layers(source))      # fail before any work on a hook outside the model
-    if dtype not in ("float32", "float16", "bfloat16"): raise SaetrackError(f"dtype must be float32, float16 or bfloat16 (got {dtype})")
+    if dtype == "bfloat16": raise SaetrackError("--dtype bfloat16 cannot be stored in .npy files; use float16 (half the disk) or float32")
+    if dtype not in ("float32", "float16"): raise SaetrackError(f"--dtype must be float32 or float16 (got {dtype})")
     rows, out = None, {}
     for step in tqdm(steps, desc=f"activations {hook} [{split}]", disable=not progress):
         ctx = _ctx(source, step)
         if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx); rows_hash = _rows_hash(rows)
-        key = stable_hash(dict(v=CACHE_VERSION, source=source.identity(step), hook=hook, split=split, dtype=dtype,
-                               rows=rows_hash, processing=TL_PROCESSING))
+        key = dict(v=CACHE_VERSION, source=source.identity(step), hook=hook, split=split, dtype=dtype,
+                   rows=rows_hash, processing=TL_PROCESSING)
         d = _entry_dir(root, hook, split, step)
         if (d/"manifest.json").exists():
-            try:
-                load_activations(d, key); out[step] = d; continue
+            try:                                        # harvested in float32 or, on a GPU, in bfloat16
+                load_activations(d, (_key(key, "float32"), _key(key, "bfloat16"))); out[step] = d; continue
             except CorruptCacheError as e:
                 if progress: tqdm.write(f"rebuilding: {e}")
         model = source.hooked(step, device)
         check_hook(model, hook)
+        fwd, fwd_err = forward_dtype(model, rows, hook)
+        key = _key(key, fwd)
         n, dim = rows.shape[0] * (ctx - 1), model.cfg.d_model
         with atomic_path(d, is_dir=True) as tmp:
             mm = np.lib.format.open_memmap(tmp/"acts.npy", mode="w+", dtype=np.float32 if dtype == "float32" else np.float16, shape=(n, dim))
-            harvest(model, rows, hook, mm, batch_rows)
+            harvest(model, rows, hook, mm, batch_rows, autocast=torch.bfloat16 if fwd == "bfloat16" else None)
             mm.flush(); del mm
             files = dict(acts=dict(shape=[n, dim], dtype="float32" if dtype == "float32" else "float16",
                                    sha256=file_sha256(tmp/"acts.npy")),
                          tokens=_write_npy(tmp/"tokens.npy", rows))
             atomic_write_json(tmp/"manifest.json", dict(key=key, step=step, hook=hook, split=split, source=str(source),
                               identity=source.identity(step), corpus_sha256=corpus_sha256, n_tokens=n, ctx=ctx,
-                              processing=TL_PROCESSING, files=files, version=CACHE_VERSION))
+                              processing=TL_PROCESSING, files=files, version=CACHE_VERSION, forward_dtype=fwd,
+                              forward_rel_err=fwd_err))
         out[step] = d
     return out
+
+def _key(key: dict, forward: str) -> str:
+    "The cache key: float32 entries keep the key they always had; a bfloat16 forward pass is part of the key."
+    return stable_hash(key if forward == "float32" else dict(key, forward=forward))
 
 def _rows_hash(rows: np.ndarray) -> str:
     import hashlib

@@ -85,6 +85,11 @@ class LocalRun:
     def hooked(self, step: int, device: str = "cpu"):
         return hooked_from_hf(self.hf_model(step), self.tokenizer(step), device)
 
+    def sae_metadata(self, step: int) -> dict:
+        "How SAELens should describe an SAE of `step`: a local checkpoint, loaded by `hooked_from_hf` (`model_path`)."
+        return dict(model_name=self.name, model_class_name="HookedTransformer", model_from_pretrained_kwargs={},
+                    model_path=str(self.check_step(step).resolve()))
+
     def identity(self, step: int) -> str:
         "sha256 of the step's weights file: a cache keyed by it is invalidated by retraining."
         if step not in self._ids:
@@ -111,19 +116,32 @@ class PythiaHub:
         if step not in self.steps: raise SaetrackError(f"step {step} is not a {self.name} checkpoint (available: {_fmt_steps(self.steps)})")
         return f"step{step}"
 
-    def hf_model(self, step: int):
-        try: return GPTNeoXForCausalLM.from_pretrained(self.repo, revision=self.check_step(step)).eval()
-        except SaetrackError: raise
-        except Exception as e:
-            raise SaetrackError(f"could not download {self.repo}@step{step} ({type(e).__name__}); Pythia needs Hub access, "
-                                f"or download the revisions and pass their directory instead") from None
-
     def tokenizer(self, step: int | None = None):
         from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(self.repo)
+        try: return AutoTokenizer.from_pretrained(self.repo)
+        except Exception as e: raise self._unreachable(e) from None
 
     def hooked(self, step: int, device: str = "cpu"):
-        return hooked_from_hf(self.hf_model(step), self.tokenizer(), device)
+        "`step` through TransformerLens' `from_pretrained` (downloads the revision once, into the HF cache)."
+        from transformer_lens import HookedTransformer
+        self.check_step(step)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = HookedTransformer.from_pretrained(self.repo, checkpoint_value=step, device=str(device), **TL_PROCESSING)
+        except Exception as e: raise self._unreachable(e, step) from None
+        return model.eval()
+
+    def _unreachable(self, e: Exception, step: int | None = None) -> SaetrackError:
+        s = self.steps[-1] if step is None else step
+        return SaetrackError(f"could not load {self.repo}{'' if step is None else f'@step{step}'} ({type(e).__name__}): the Hugging "
+                             f"Face Hub cannot be reached; download the revisions (`huggingface-cli download {self.repo} --revision "
+                             f"step{s} --local-dir DIR/step{s}`, one per step) and pass --checkpoints DIR")
+
+    def sae_metadata(self, step: int) -> dict:
+        "What SAELens needs to load the model of `step` for an SAE trained on it."
+        return dict(model_name=self.repo, model_class_name="HookedTransformer",
+                    model_from_pretrained_kwargs=dict(checkpoint_value=int(step)))
 
     def identity(self, step: int) -> str: return f"{self.repo}@step{step}"
 

@@ -13,9 +13,16 @@ __all__ = ['cmd_lm', 'cmd_activations', 'cmd_track', 'cmd_convergence', 'cmd_con
            'cmd_explore', 'cmd_baseline', 'cmd_reproduce', 'cmd_scaling', 'cmd_info', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #a62673ef
+_LM_FLAGS = ("corpus", "lm_steps", "lm_seed", "vocab_size", "d_model", "n_layers", "ctx", "lm_batch_size", "lm_lr")
+
 def _lm_overrides(a) -> dict:
-    return dict(corpus=a.corpus, steps=a.steps, seed=a.seed, vocab_size=a.vocab_size, d_model=a.d_model,
-                n_layers=a.n_layers, ctx=a.ctx, batch_size=a.batch_size, lr=a.lr)
+    return {k[3:] if k.startswith("lm_") else k: getattr(a, k) for k in _LM_FLAGS}
+
+def _at_steps(a):
+    "--at-steps as a list of ints (None: every checkpoint, or the preset's)."
+    at = getattr(a, "at_steps", None)
+    try: return [int(s) for s in at.split(",")] if at else None
+    except ValueError: raise SaetrackError(f"--at-steps must be comma-separated integers (got '{at}')") from None
 
 def cmd_lm(a) -> dict:
     "Train (or resume) a tiny Pythia-style run."
@@ -45,12 +52,9 @@ def cmd_activations(a) -> dict:
     from saetrack.pipeline import activations_for
     p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype))
     src = open_source(a.checkpoints or a.run or f"runs/{p.name}")
-    hook = p.acts.hook
-    at = getattr(a, "at_steps", None)
-    try: steps = [int(s) for s in at.split(",")] if at else None
-    except ValueError: raise SaetrackError(f"--at-steps must be comma-separated integers (got '{at}')") from None
+    hook, steps = p.acts.hook, _at_steps(a)
     root = Path(a.out) if a.out else (src.path/"activations" if hasattr(src, "path") else Path("activations"))
-    tr, ev = activations_for(src, p, root, corpus=a.corpus, steps=steps, progress=not a.quiet)
+    tr, ev = activations_for(src, p, root, corpus=a.corpus, steps=steps, progress=not a.quiet, device=a.device)
     res = dict(train=tr, eval=ev)
     n_files = sum(len(v) for v in res.values())
     size = sum(f.stat().st_size for v in res.values() for d in v.values() for f in d.iterdir())
@@ -60,15 +64,17 @@ def cmd_activations(a) -> dict:
 
 def _preset(a):
     from dataclasses import replace
-    from saetrack.config import get_preset, paper_recipe
-    sae = dict(d_sae=a.d_sae, l1_coefficient=a.l1, arch=a.arch, k=a.k, direction=a.direction,
-               tokens_first=a.tokens_first, seed=a.sae_seed)
-    if a.tokens_first: sae["tokens_next"] = a.tokens_first // 4
+    from saetrack.config import _override, get_preset, paper_recipe
+    sae = dict(d_sae=a.d_sae, l1_coefficient=a.l1, arch=a.arch, k=a.k, direction=a.direction, tokens_first=a.tokens_first,
+               tokens_next=a.tokens_next, lr_first=a.sae_lr, lr_next=a.sae_lr_next, warmup_first=a.sae_warmup,
+               warmup_next=a.sae_warmup_next, batch_size=a.sae_batch, batch_next=a.sae_batch_next, epochs=a.epochs, seed=a.sae_seed)
+    if a.tokens_first and not a.tokens_next: sae["tokens_next"] = a.tokens_first // 4
     acts = dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype)
-    p = get_preset(a.preset, acts=acts, sae=sae, **_lm_overrides(a))
-    budget = getattr(a, "budget", None) or "adaptive"
-    if budget not in ("adaptive", "fixed"): raise SaetrackError(f"--budget must be 'adaptive' or 'fixed' (got '{budget}')")
-    return replace(p, sae=paper_recipe(p.sae)) if budget == "fixed" else p
+    p = get_preset(a.preset, acts=acts, **_lm_overrides(a))
+    budget = getattr(a, "budget", None)                    # None: the preset's (adaptive; fixed for the Pythia presets)
+    if budget not in (None, "adaptive", "fixed"): raise SaetrackError(f"--budget must be 'adaptive' or 'fixed' (got '{budget}')")
+    base = paper_recipe(p.sae) if budget == "fixed" else replace(p.sae, budget=budget or p.sae.budget)
+    return replace(p, sae=_override(base, sae, "SAE"))    # flags win over the recipe
 
 def _print_series(series, times):
     from saetrack.convergence import series_cost
@@ -89,7 +95,8 @@ def cmd_track(a, times: dict | None = None):
     p = _preset(a)
     out = Path(a.out or f"runs/{p.name}")
     times, caches = ({} if times is None else times), {}
-    series = track(p, out, checkpoints=a.checkpoints, hook=a.hook, corpus=a.corpus, progress=not a.quiet, times=times, caches=caches)
+    series = track(p, out, checkpoints=a.checkpoints or p.checkpoints, hook=a.hook, corpus=a.corpus, progress=not a.quiet,
+                   times=times, caches=caches, device=a.device, steps=_at_steps(a) or p.steps)
     _print_series(series, times)
     return series
 
@@ -111,7 +118,7 @@ def cmd_convergence(a) -> dict:
     tr, ev = _run_caches(out, p.acts.hook)
     t = time.time()
     quick = dict(n_steps=3, n_seeds=1, l1_factors=(2.0,)) if a.quick else {}
-    res = recipe_study(p.sae, tr, ev, out/"convergence", progress=not a.quiet, **quick)
+    res = recipe_study(p.sae, tr, ev, out/"convergence", progress=not a.quiet, device=a.device, **quick)
     s = recipe_summary(res)
     ft = lambda v: fraction_text(v, res["max_fraction"])
     print(f"recipe study at steps {res['steps']} ({len(res['seeds'])} seed{'s' if len(res['seeds']) > 1 else ''}; matched = loss within "
@@ -198,17 +205,21 @@ def _print_plan(name: str):
     print(f"  {p['n_saes']} SAEs at steps {', '.join(map(str, p['steps']))}")
     print(f"  tokens: {p['tokens_first']:,} for the first SAE (lr {p['lr_first']:g}), {p['tokens_next']:,} for each later one "
           f"(lr {p['lr_next']:g}); {p['total_tokens']:,} in all")
-    print(f"  SAE memory with Adam: {p['sae_gib_with_adam']:.1f} GiB; SAE training ~{p['sae_gpu_hours']:.1f} GPU-hours at "
-          f"{p['gpu_tflops_assumed']:.0f} TFLOP/s sustained, plus activation harvesting")
-    print(f"  activations if cached on disk (float32): {p['activation_disk_tib']:.2f} TiB: this needs streamed activations, "
-          f"which saetrack does not have yet; use reduced --tokens-first with `saetrack track --checkpoints {p['model'].split('/')[-1]}`")
+    print(f"  SAE training: {p['flops'] / 1e15:,.0f} PFLOP (10 d_in d_sae per token), ~{p['sae_gpu_hours']:.1f} GPU-hours at an assumed "
+          f"{p['gpu_tflops_assumed']:.0f} TFLOP/s sustained, plus harvesting; GPU memory ~{p['gpu_gib']:.1f} GiB (SAE with Adam "
+          f"{p['sae_gib_with_adam']:.1f}, one step's buffers, the model)")
+    print(f"  disk, float32: the activation caches (15M training tokens per checkpoint) {p['cache_disk_tib']:.2f} TiB, of which the "
+          f"held-out caches {p['eval_disk_gib']:.0f} GiB; streamed activations, which would keep only those, are not built yet")
+    print(f"  run it: saetrack track --preset {name} --device cuda (with --epochs 20 the first SAE re-reads the 15M tokens "
+          f"cached per checkpoint; or lower --tokens-first)")
 
 def cmd_reproduce(a):
     "Everything on the embedded default: run, activations, SAE series, analysis, figures (--full: the recipe study, controls, baseline, scaling)."
     from saetrack.config import PYTHIA_SERIES
     if a.preset in PYTHIA_SERIES:
         if a.dry_run: return _print_plan(a.preset)
-        raise SaetrackError(f"the {a.preset} series needs a GPU and Hugging Face Hub access; `--dry-run` prints its plan")
+        raise SaetrackError(f"reproduce runs the embedded default; the paper's {a.preset} series is `saetrack track --preset {a.preset} "
+                            f"--device cuda` (a GPU and Hugging Face Hub access), and `reproduce --preset {a.preset} --dry-run` prints its plan")
     if a.dry_run: raise SaetrackError("--dry-run is for the Pythia presets (pythia-160m, pythia-410m, pythia-1.4b)")
     from saetrack.core import atomic_write_json
     from saetrack.pipeline import _commit
@@ -254,15 +265,16 @@ def cmd_info(a):
 
 # %% ../nbs/90_cli.ipynb #8aeaa435
 def _common(sp, out_help="run directory (default runs/<preset>)"):
-    sp.add_argument("--preset", default="tiny", help="micro (tests, seconds) or tiny (the default, minutes)")
+    sp.add_argument("--preset", default="tiny", help="micro (tests, seconds), tiny (the default, minutes), tiny-s / tiny-l "
+                    "(scaling), or pythia-160m / pythia-410m / pythia-1.4b (the paper's series: a GPU and Hub access)")
     sp.add_argument("--out", help=out_help)
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
 def _lm_args(sp):
-    g = sp.add_argument_group("training overrides")
+    g = sp.add_argument_group("LM training (saetrack lm; no effect with --checkpoints or a Pythia preset)")
     g.add_argument("--corpus", help="'stdlib' (default), a directory or glob of text files, or a HF dataset name")
-    for k, t in (("steps", int), ("seed", int), ("vocab-size", int), ("d-model", int), ("n-layers", int),
-                 ("ctx", int), ("batch-size", int), ("lr", float)):
+    for k, t in (("lm-steps", int), ("lm-seed", int), ("vocab-size", int), ("d-model", int), ("n-layers", int),
+                 ("ctx", int), ("lm-batch-size", int), ("lm-lr", float)):
         g.add_argument(f"--{k}", type=t)
 
 def _acts_args(sp):
@@ -271,6 +283,7 @@ def _acts_args(sp):
     g.add_argument("--tokens", type=int, help="training-split tokens per checkpoint")
     g.add_argument("--eval-tokens", type=int, help="held-out tokens per checkpoint")
     g.add_argument("--dtype", help="float32 (paper, default) or float16")
+    g.add_argument("--device", default="cpu", help="auto, cpu (default) or cuda[:N]: where the model's forward passes and SAE training run")
 
 def _track_args(sp):
     g = sp.add_argument_group("SAE series")
@@ -279,7 +292,15 @@ def _track_args(sp):
     g.add_argument("--arch", help="relu (the paper) or topk")
     g.add_argument("--k", type=int, help="TopK k")
     g.add_argument("--direction", help="forward (from step 0, the paper) or backward (from the last step)")
-    g.add_argument("--tokens-first", type=int, help="first SAE's token cap (later SAEs' cap: 1/4 of it)")
+    g.add_argument("--tokens-first", type=int, help="first SAE's token cap (adaptive) or budget (fixed)")
+    g.add_argument("--tokens-next", type=int, help="each later SAE's cap or budget (default with --tokens-first: 1/4 of it)")
+    g.add_argument("--sae-lr", type=float, help="first SAE's learning rate (tiny 4e-3, paper 4e-4)")
+    g.add_argument("--sae-lr-next", type=float, help="later SAEs' learning rate (tiny 4e-3, paper 4e-5)")
+    g.add_argument("--sae-warmup", type=float, help="first SAE's warm-up steps (a value < 1: a fraction of its steps)")
+    g.add_argument("--sae-warmup-next", type=float, help="later SAEs' warm-up steps")
+    g.add_argument("--sae-batch", type=int, help="SAE batch in tokens (paper 4096)")
+    g.add_argument("--sae-batch-next", type=int, help="later SAEs' batch (tiny 1024)")
+    g.add_argument("--epochs", type=float, help="most passes an SAE may make over its cached activations (default: the preset's)")
     g.add_argument("--budget", help="adaptive (default: every SAE trains until its held-out loss plateaus, capped) or "
                                     "fixed (the paper's recipe: 1/20 of the first SAE's tokens at 1/10 of its lr)")
     g.add_argument("--sae-seed", type=int, help="SAE seed")
@@ -304,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("track", help="train an SAE-Track series (building the run and activations if needed)")
     _common(sp, "output directory: run, activations, series (default runs/<preset>)"); _lm_args(sp); _acts_args(sp); _track_args(sp)
     sp.add_argument("--checkpoints", help="a directory of someone else's step<N>/ HF checkpoints, or a Pythia name (needs the Hub)")
+    sp.add_argument("--at-steps", help="comma-separated checkpoint steps (default: all, or the Pythia preset's)")
     sp.set_defaults(fn=cmd_track)
     sp = sub.add_parser("activations", help="cache hook activations at every checkpoint")
     _common(sp, "cache root (default RUN/activations)")
@@ -316,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sp, "run directory with cached activations (default runs/<preset>)"); _acts_args(sp); _track_args(sp)
     sp.add_argument("--quick", action="store_true", help="3 checkpoints, 1 seed, one extra L1 for the frontier "
                     "(~35 min on 2 cores; the default, 5 checkpoints x 3 seeds, takes hours)")
-    sp.set_defaults(fn=cmd_convergence, **{k: None for k in ("corpus", "steps", "seed", "vocab_size", "d_model", "n_layers", "ctx", "batch_size", "lr")})
+    sp.set_defaults(fn=cmd_convergence, **{k: None for k in _LM_FLAGS})
     sp = sub.add_parser("controls", help="null, backward and paper-recipe chains analysed like the series (cached)")
     _common(sp, "run directory holding series/ (default runs/<preset>)")
     sp.add_argument("--chains", help="comma-separated subset of paper,null,backward (default: all)"); sp.set_defaults(fn=cmd_controls)

@@ -82,6 +82,7 @@ class SAEConfig:
     eval_every_next: int = 16
     eval_tokens: int = 16384         # held-out rows the curve (and the plateau rule) is scored on
     direction: str = "forward"       # 'forward' from step 0 (the paper) or 'backward' from the last step
+    epochs: float = 1                # most passes an SAE may make over its checkpoint's cached activations (no silent reuse)
     seed: int = 42
 
     def __post_init__(self):
@@ -93,6 +94,7 @@ class SAEConfig:
             raise SaetrackError(f"token budgets must be at least one batch ({self.batch_size} tokens)")
         if not (0 < self.plateau_tol < 1 and 0 < self.plateau_window < 1):
             raise SaetrackError("plateau_tol and plateau_window must be in (0, 1)")
+        if not self.epochs > 0: raise SaetrackError(f"--epochs must be positive (got {self.epochs})")
 
 def paper_recipe(cfg: SAEConfig) -> SAEConfig:
     """The paper's recipe at this scale: fixed budgets, each later SAE 1/20 of the first's tokens at 1/10 of its lr,
@@ -106,6 +108,8 @@ class Preset:
     lm: LMConfig = field(default_factory=LMConfig)
     acts: ActsConfig = field(default_factory=ActsConfig)
     sae: SAEConfig = field(default_factory=SAEConfig)
+    checkpoints: str | None = None   # someone else's run (a Pythia name or a directory); None: train the LM above
+    steps: tuple[int, ...] | None = None   # the checkpoints the series uses (None: all)
 
 # %% ../nbs/01_config.ipynb #47329d11
 def _width(name: str, d_model: int) -> Preset:
@@ -113,10 +117,11 @@ def _width(name: str, d_model: int) -> Preset:
     SAE 8x. The loss's MSE term is a mean over the d_model input dimensions while the L1 term sums over latents, so
     a fixed L1 coefficient makes wider SAEs sparser; it is scaled by 128 / d_model to keep tiny's balance."""
     return Preset(name, LMConfig(d_model=d_model, n_heads=d_model // 32, d_mlp=4 * d_model), ActsConfig(),
-                  SAEConfig(d_sae=8 * d_model, l1_coefficient=1e-3 * 128 / d_model))
+                  SAEConfig(d_sae=8 * d_model, l1_coefficient=1e-3 * 128 / d_model, epochs=9))
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("tiny"),
+    # the first SAE's cap of 8,388,608 tokens is 8.0005 passes over the 1,048,512 activations cached per checkpoint
+    "tiny": Preset("tiny", sae=SAEConfig(epochs=9)),
     "tiny-s": _width("tiny-s", 64),     # scaling study: half the width of tiny
     "tiny-l": _width("tiny-l", 256),    # scaling study: twice the width of tiny (~3x the compute)
     "micro": Preset("micro",
@@ -125,7 +130,7 @@ PRESETS: dict[str, Preset] = {
         ActsConfig(hook="blocks.1.hook_resid_pre", train_tokens=8192, eval_tokens=2048),
         SAEConfig(d_sae=128, l1_coefficient=1e-3, lr_first=4e-3, lr_next=4e-3, tokens_first=1 << 17,
                   tokens_next=1 << 16, batch_size=256, batch_next=64, warmup_first=16, eval_every_first=16, eval_every_next=4,
-                  eval_tokens=2048)),
+                  eval_tokens=2048, epochs=17)),      # 16.02 passes over 8,184 cached activations
 }
 
 def _override(obj, over: dict, what: str):
@@ -161,22 +166,34 @@ PYTHIA_SERIES = {
     "pythia-1.4b": dict(model="pythia-1.4b-deduped", hook="blocks.3.hook_resid_pre", d_model=2048, n_layers=24,
                         steps=sorted(_PY_410 + [2000])),
 }
-PAPER_SAE = SAEConfig(d_sae=0, l1_coefficient=8e-5, lr_first=4e-4, lr_next=4e-5, tokens_first=300_000_000,
-                      tokens_next=15_000_000, batch_size=4096, warmup_first=5000, warmup_next=3, seed=42,
-                      budget="fixed")
+PAPER_SAE = paper_recipe(SAEConfig(d_sae=0, l1_coefficient=8e-5, lr_first=4e-4, tokens_first=300_000_000, batch_size=4096,
+                                   warmup_first=5000, eval_every_first=1000, eval_every_next=100, seed=42))
+_PYTHIA_PARAMS = {"pythia-160m": 162e6, "pythia-410m": 405e6, "pythia-1.4b": 1.41e9}   # the models' parameter counts
+
+def _pythia(name: str, expansion: int = 64) -> Preset:
+    p = PYTHIA_SERIES[name]
+    rows = -(-PAPER_SAE.tokens_next // 127)           # the fewest whole rows (BOS + 127 tokens) that hold a later SAE's 15M tokens
+    return Preset(name, LMConfig(), ActsConfig(hook=p["hook"], train_tokens=rows * 127, eval_tokens=1 << 16),
+                  replace(PAPER_SAE, d_sae=expansion * p["d_model"]), checkpoints=p["model"], steps=tuple(p["steps"]))
+
+PRESETS.update({name: _pythia(name) for name in PYTHIA_SERIES})
 
 def pythia_plan(name: str, expansion: int = 64, gpu_tflops: float = 50.0) -> dict:
     """What the paper's series for `name` costs: SAEs, tokens, SAE memory, activation disk if cached, and a
-    rough GPU time for SAE training at `gpu_tflops` sustained (fp32/TF32; an assumption, not a measurement)."""
+    the disk its activation caches take (15M training tokens per checkpoint, float32), a
+    rough GPU time for SAE training at `gpu_tflops` sustained (fp32/TF32; an assumption, not a measurement), and GPU
+    memory: the SAE with its gradients and Adam moments, one step's [batch, d_sae] buffers, the model in float32."""
     if name not in PYTHIA_SERIES: raise SaetrackError(f"unknown Pythia preset '{name}'; choose one of: {', '.join(PYTHIA_SERIES)}")
     p = PYTHIA_SERIES[name]
     d_in, d_sae, T = p["d_model"], p["d_model"] * expansion, len(p["steps"])
     tokens = PAPER_SAE.tokens_first + (T - 1) * PAPER_SAE.tokens_next
     n_params = 2 * d_in * d_sae + d_sae + d_in
-    flops = 6 * d_in * d_sae * tokens                  # forward + backward of encoder and decoder
+    flops = 10 * d_in * d_sae * tokens                 # relu_step: 2 matmuls forward, 3 backward, 2·d·S each
     return dict(preset=name, model=f"EleutherAI/{p['model']}", hook=p["hook"], d_in=d_in, d_sae=d_sae, n_saes=T, steps=p["steps"],
                 tokens_first=PAPER_SAE.tokens_first, tokens_next=PAPER_SAE.tokens_next, total_tokens=tokens,
                 l1_coefficient=PAPER_SAE.l1_coefficient, lr_first=PAPER_SAE.lr_first, lr_next=PAPER_SAE.lr_next,
                 sae_params=n_params, sae_gib_with_adam=n_params * 4 * 4 / 2**30,
-                activation_disk_tib=tokens * d_in * 4 / 2**40, sae_gpu_hours=flops / (gpu_tflops * 1e12) / 3600,
-                gpu_tflops_assumed=gpu_tflops)
+                cache_disk_tib=T * PAPER_SAE.tokens_next * d_in * 4 / 2**40, sae_gpu_hours=flops / (gpu_tflops * 1e12) / 3600,
+                gpu_tflops_assumed=gpu_tflops, flops=flops,
+                eval_disk_gib=T * (1 << 16) * d_in * 4 / 2**30,
+                gpu_gib=(n_params * 4 * 4 + PAPER_SAE.batch_size * d_sae * 9 + _PYTHIA_PARAMS[name] * 4) / 2**30)

@@ -101,7 +101,8 @@ def _cached_run(path: Path, key: str, fn) -> dict:
 
 _LATER = ("lr_next", "tokens_next", "batch_next", "warmup_next", "carry_adam", "refit_b_dec", "eval_every_next", "direction")
 
-def scratch_reference(cfg: SAEConfig, train_dir, eval_rows, step: int, seed: int, out: Path, l1: float | None = None) -> dict:
+def scratch_reference(cfg: SAEConfig, train_dir, eval_rows, step: int, seed: int, out: Path, l1: float | None = None,
+                      device="cpu") -> dict:
     """A from-scratch SAE trained to the plateau rule (cap `cfg.tokens_first`), saved (with its Adam state) under
     `out` for warm starts; returns its held-out curve and final evaluation. Cached."""
     c = dataclasses.replace(cfg, seed=seed, budget="adaptive", carry_adam=True,
@@ -110,7 +111,7 @@ def scratch_reference(cfg: SAEConfig, train_dir, eval_rows, step: int, seed: int
     tag = f"step{step}_seed{seed}" + ("" if l1 is None else f"_l1{l1:g}")
     def run():
         t = time.time()
-        sae, curve, adam = train_one(c, a.acts, step, eval_acts=eval_rows)
+        sae, curve, adam = train_one(c, a.acts, step, eval_acts=eval_rows, device=device)
         save_sae(sae, out/"refs"/tag, adam_state=adam)
         return dict(step=step, seed=seed, l1=c.l1_coefficient, seconds=round(time.time() - t, 2), verdict=curve["verdict"],
                     eval=curve["eval"], final=curve["eval"][-1], dir=str(out/"refs"/tag))
@@ -118,11 +119,11 @@ def scratch_reference(cfg: SAEConfig, train_dir, eval_rows, step: int, seed: int
     key = stable_hash([first_only, a.manifest["key"], step, len(eval_rows), "reference"])
     r = _cached_run(out/"refs"/f"{tag}.json", key, run)
     if not (Path(r["dir"])/"sae_weights.safetensors").exists():     # weights lost: retrain
-        (out/"refs"/f"{tag}.json").unlink(); return scratch_reference(cfg, train_dir, eval_rows, step, seed, out, l1)
+        (out/"refs"/f"{tag}.json").unlink(); return scratch_reference(cfg, train_dir, eval_rows, step, seed, out, l1, device)
     return r
 
 def warm_start(cfg: SAEConfig, recipe: Recipe, train_dir, eval_rows, step: int, source: dict, seed: int, cap: int,
-               matched, match_key: str, out: Path) -> dict:
+               matched, match_key: str, out: Path, device="cpu") -> dict:
     """`recipe` from the SAE in `source["dir"]` on `step`'s activations, scored on `eval_rows`, until it is `matched`
     (`matched(evals)`, identified by `match_key`) and has plateaued, or used `cap` tokens. Cached."""
     c = recipe.config(cfg, cap)
@@ -131,7 +132,7 @@ def warm_start(cfg: SAEConfig, recipe: Recipe, train_dir, eval_rows, step: int, 
     def run():
         t = time.time()
         _, curve, _ = train_one(c, a.acts, step, init_from=source["dir"], eval_acts=eval_rows, until=stop,
-                                seed=step_seed(seed, step))
+                                seed=step_seed(seed, step), device=device)
         return dict(seconds=round(time.time() - t, 2), eval=curve["eval"])
     key = stable_hash([dataclasses.asdict(c), a.manifest["key"], step, source["key"], seed, len(eval_rows), match_key, "warm"])
     return _cached_run(out/"warm"/f"step{step}_seed{seed}_{stable_hash(recipe.name, 8)}.json", key, run)
@@ -140,12 +141,12 @@ def _median(xs): return float(np.median(xs))
 
 def recipe_study(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, steps=None, n_steps: int = 5, n_seeds: int = 3,
                  recipes: list[Recipe] | None = None, match: Match = Match(), max_fraction: float = 0.5,
-                 l1_factors=(0.5, 2.0), progress: bool = True) -> dict:
+                 l1_factors=(0.5, 2.0), progress: bool = True, device="cpu") -> dict:
     """The recipe study at `steps` (default: `n_steps` spread over training), each warm-started from the step before it.
     References: scratch SAEs to the plateau rule, `n_seeds` seeds, plus one seed at L1 x `l1_factors` for the
     nMSE-L0 frontier; the sources are scratch SAEs at the previous step. Every recipe and seed warm-starts from the
     source of its seed and runs until matched and plateaued, or `max_fraction` of the reference's tokens. Cached
-    under `out` run by run; returns the table as a dict (also `out/study.json`)."""
+    under `out` run by run; returns the table as a dict (also `out/study.json`). SAEs train on `device`."""
     out = Path(out)
     order = sorted(train_acts)
     steps = list(steps or pick_steps(order, n_steps))
@@ -160,21 +161,22 @@ def recipe_study(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, steps=N
         ev_prev = eval_subset(load_activations(eval_acts[prev]).acts, cfg.eval_tokens)
         refs = []
         for s in seeds:
-            refs.append(scratch_reference(cfg, train_acts[step], ev, step, s, out)); bar.update()
-        front = [scratch_reference(cfg, train_acts[step], ev, step, cfg.seed, out, l1=cfg.l1_coefficient * f) for f in l1_factors]
+            refs.append(scratch_reference(cfg, train_acts[step], ev, step, s, out, device=device)); bar.update()
+        front = [scratch_reference(cfg, train_acts[step], ev, step, cfg.seed, out, l1=cfg.l1_coefficient * f, device=device)
+                 for f in l1_factors]
         bar.update(len(l1_factors))
         ref_loss, ref_tokens = _median([r["final"]["loss"] for r in refs]), _median([r["final"]["tokens"] for r in refs])
         frontier = [(r["final"]["l0"], r["final"]["nmse"]) for r in refs + front]
         sources = {}
         for s in seeds:
-            sources[s] = scratch_reference(cfg, train_acts[prev], ev_prev, prev, s, out); bar.update()
+            sources[s] = scratch_reference(cfg, train_acts[prev], ev_prev, prev, s, out, device=device); bar.update()
         ok = lambda evals: match(evals[-1], ref_loss, frontier)
         mkey = stable_hash([dataclasses.asdict(match), ref_loss, frontier])
         cap = int(max_fraction * ref_tokens)
         for rc in recipes:
             runs = []
             for s in seeds:
-                r = warm_start(cfg, rc, train_acts[step], ev, step, sources[s], s, cap, ok, mkey, out); bar.update()
+                r = warm_start(cfg, rc, train_acts[step], ev, step, sources[s], s, cap, ok, mkey, out, device); bar.update()
                 c = rc.config(cfg, cap)
                 need = first_at(r["eval"], ok)
                 plat = first_at(r["eval"], lambda e: plateaued(e, c.plateau_window, c.plateau_tol, c.plateau_min_evals))

@@ -13,7 +13,7 @@ import torch
 
 # %% auto #0
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
-           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'seed_everything']
+           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'seed_everything', 'resolve_device']
 
 # %% ../nbs/00_core.ipynb #97a638e0
 class SaetrackError(Exception):
@@ -87,3 +87,19 @@ def file_sha256(path, chunk: int = 1 << 22) -> str:
 def seed_everything(seed: int):
     "Seed Python, NumPy and torch (CPU) global generators."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #477e3e46
+def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:
+    "`auto`, `cpu`, `cuda` or `cuda:N` as a `torch.device`; a one-line error naming the fix for anything else."
+    spec = "cpu" if spec is None else str(spec)
+    if spec == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu": return torch.device("cpu")
+    kind, _, idx = spec.partition(":")
+    if kind != "cuda" or (idx and not idx.isdigit()):
+        raise SaetrackError(f"--device must be auto, cpu, cuda or cuda:N (got '{spec}')")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(idx or 0) >= n:
+        raise SaetrackError(f"--device {spec}: torch sees {n} CUDA GPU{'s' if n != 1 else ''}"
+                            + (f" (this torch {torch.__version__} is a CPU build)" if torch.version.cuda is None else "")
+                            + "; use --device cpu, or auto to take a GPU only when there is one")
+    return torch.device("cuda", int(idx or 0))

@@ -6,13 +6,13 @@
 from __future__ import annotations
 import time
 from pathlib import Path
-from .activations import cache_activations, token_stream
+from .activations import _ctx, cache_activations, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import Preset
-from .core import SaetrackError
+from .core import SaetrackError, read_json, resolve_device
 from .lm import train_lm
 from .quality import ce_recovered
-from .series import SAESeries, train_series
+from .series import SAESeries, check_reuse, train_series
 
 # %% auto #0
 __all__ = ['CE_ROWS', 'activations_for', 'track', 'repo_root', 'notebook_run', 'make_figures']
@@ -21,36 +21,52 @@ __all__ = ['CE_ROWS', 'activations_for', 'track', 'repo_root', 'notebook_run', '
 CE_ROWS = 32   # held-out rows (of ctx tokens) for CE-loss recovered at every checkpoint
 
 def activations_for(source, preset: Preset, root, hook: str | None = None, corpus: str | None = None,
-                    steps=None, progress: bool = True) -> tuple[dict, dict]:
-    "Train and eval activation caches of every checkpoint: ({step: dir}, {step: dir})."
+                    steps=None, progress: bool = True, device="cpu") -> tuple[dict, dict]:
+    "Train and eval activation caches of every checkpoint (the model on `device`): ({step: dir}, {step: dir})."
     hook = hook or preset.acts.hook
     out = []
     for split, n in (("train", preset.acts.train_tokens), ("eval", preset.acts.eval_tokens)):
         stream, sha = token_stream(source, split, corpus)
         out.append(cache_activations(source, hook, stream, n, root, split=split, steps=steps, dtype=preset.acts.dtype,
-                                     corpus_sha256=sha, progress=progress))
+                                     corpus_sha256=sha, device=device, progress=progress))
     return out[0], out[1]
 
+def _dataset_name(source, corpus) -> str:
+    "The corpus the activations' tokens come from, as SAELens' `dataset_path` records it."
+    run = getattr(source, "path", None)
+    if corpus is None and run is not None and (run/"run.json").exists(): return read_json(run/"run.json")["corpus"]["name"]
+    return corpus or "stdlib"
+
 def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
-          progress: bool = True, times: dict | None = None, caches: dict | None = None) -> SAESeries:
+          progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None) -> SAESeries:
     """Build whatever is missing under `out` (training run, activations) and then the SAE series. `times`
-    receives stage seconds and `caches` the activation cache dirs ({"train": {step: dir}, "eval": ...})."""
-    out = Path(out)
+    receives stage seconds and `caches` the activation cache dirs ({"train": {step: dir}, "eval": ...}). The model's
+    forward passes and SAE training run on `device` (the tiny LM itself trains on the CPU); `steps` restricts the
+    series to those checkpoints (default: all)."""
+    out, device = Path(out), resolve_device(device)
     times = {} if times is None else times
     t = time.time()
-    if checkpoints is None:
+    source = None if checkpoints is None else open_source(checkpoints)
+    ctx = preset.lm.ctx if source is None else _ctx(source, source.steps[-1])
+    rows = preset.acts.train_tokens // (ctx - 1) * (ctx - 1)          # before any work: the budgets fit the caches
+    check_reuse(preset.sae, preset.sae.tokens_first, rows, "the first SAE")
+    check_reuse(preset.sae, preset.sae.tokens_next, rows, "each later SAE")
+    if source is None:
         train_lm(preset.lm, out, progress=progress); source = LocalRun(out)
-    else:
-        source = open_source(checkpoints)
     times["lm"] = time.time() - t; t = time.time()
     hook = hook or preset.acts.hook
-    train_acts, eval_acts = activations_for(source, preset, out/"activations", hook, corpus, progress=progress)
+    train_acts, eval_acts = activations_for(source, preset, out/"activations", hook, corpus, steps=steps, progress=progress,
+                                            device=device)
     times["activations"] = time.time() - t; t = time.time()
     if caches is not None: caches.update(train=train_acts, eval=eval_acts)
 
     def quality_fn(step, sae, eval_entry):
-        return ce_recovered(source.hooked(step), sae, hook, eval_entry.tokens[:CE_ROWS])
-    series = train_series(preset.sae, train_acts, eval_acts, out/"series", hook, progress=progress, quality_fn=quality_fn)
+        return ce_recovered(source.hooked(step, device), sae, hook, eval_entry.tokens[:CE_ROWS])
+    ctx, dataset = int(read_json(next(iter(train_acts.values()))/"manifest.json")["ctx"]), _dataset_name(source, corpus)
+    def metadata(step):
+        return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
+    series = train_series(preset.sae, train_acts, eval_acts, out/"series", hook, progress=progress, quality_fn=quality_fn,
+                          device=device, metadata=metadata)
     times["series"] = time.time() - t
     return series
 

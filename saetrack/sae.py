@@ -12,7 +12,7 @@ import torch
 from sae_lens import SAE, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.constants import SAE_CFG_FILENAME
 from sae_lens.saes.sae import SAEMetadata, TrainingSAE
-from .core import SaetrackError, atomic_path
+from .core import SaetrackError, atomic_path, resolve_device
 
 _ARCHES = ("relu", "topk")
 
@@ -29,14 +29,15 @@ def make_sae(
     k: int | None = None,
     b_dec_init: torch.Tensor | np.ndarray | None = None,
     metadata: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> TrainingSAE:
-    """Build a float32 CPU SAELens *training* SAE with the paper's initialisation.
+    """Build a float32 SAELens *training* SAE with the paper's initialisation, on `device`.
 
     W_enc [d_in, d_sae] and W_dec [d_sae, d_in] are drawn independently with
     ``kaiming_uniform_`` (torch defaults, as in the paper's code), W_dec rows are scaled to unit
     L2 norm, b_enc = 0 and b_dec = 0 (or ``b_dec_init``, e.g. a geometric median).  All random
     numbers come from a private ``torch.Generator`` seeded with ``seed``, so the global torch RNG
-    is left untouched and the same seed gives identical weights.
+    is left untouched and the same seed gives identical weights (drawn on the CPU, then moved: the same on every device).
 
     arch: "relu" -> StandardTrainingSAE (ReLU + L1); "topk" -> TopKTrainingSAE with ``k``.
     """
@@ -84,7 +85,10 @@ def make_sae(
         if b_dec_init is None:
             sae.b_dec.zero_()
         else:
-            sae.b_dec.copy_(torch.as_tensor(np.asarray(b_dec_init), dtype=torch.float32))
+            sae.b_dec.copy_(torch.as_tensor(np.asarray(b_dec_init.cpu() if isinstance(b_dec_init, torch.Tensor) else b_dec_init),
+                                            dtype=torch.float32))
+    dev = resolve_device(device)
+    if dev.type != "cpu": sae.to(dev)             # SAELens' `to` records the device in sae.cfg
     return sae
 
 def normalise_decoder_(sae: TrainingSAE) -> None:
@@ -133,10 +137,10 @@ def _has_hooks(sae: TrainingSAE) -> bool:
     )
 
 
-def _buffer(buf: dict, name: str, shape, dtype=torch.float32) -> torch.Tensor:
+def _buffer(buf: dict, name: str, shape, device, dtype=torch.float32) -> torch.Tensor:
     t = buf.get(name)
-    if t is None or t.shape != shape:
-        t = buf[name] = torch.empty(shape, dtype=dtype)
+    if t is None or t.shape != shape or t.device != device:
+        t = buf[name] = torch.empty(shape, dtype=dtype, device=device)
     return t
 
 
@@ -150,14 +154,14 @@ def relu_step(sae: StandardTrainingSAE, x: torch.Tensor, inv_norm: torch.Tensor,
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     S = W_enc.shape[1]
     sae_in = x - b_dec
-    f = torch.addmm(b_enc, sae_in, W_enc, out=_buffer(buf, "f", (B, S))).relu_()
+    f = torch.addmm(b_enc, sae_in, W_enc, out=_buffer(buf, "f", (B, S), x.device)).relu_()
     err = torch.addmm(b_dec, f, W_dec).sub_(x)
     mse_loss = (err.square() * inv_norm).mean()
     l1 = f.sum(dim=1).mean()
     g_out = err * (inv_norm * (2.0 / (B * d)))
     W_dec.grad = f.T @ g_out
-    g = torch.addmm(torch.full((S,), l1_coefficient / B), g_out, W_dec.T, out=_buffer(buf, "g", (B, S)))
-    g.mul_(torch.gt(f, 0, out=_buffer(buf, "on", (B, S), torch.bool)))
+    g = torch.addmm(torch.full((S,), l1_coefficient / B, device=x.device), g_out, W_dec.T, out=_buffer(buf, "g", (B, S), x.device))
+    g.mul_(torch.gt(f, 0, out=_buffer(buf, "on", (B, S), x.device, torch.bool)))
     b_enc.grad = g.sum(dim=0)
     W_enc.grad = sae_in.T @ g
     b_dec.grad = g_out.sum(dim=0) - W_enc @ b_enc.grad
@@ -291,6 +295,8 @@ def train_sae(
       SAEs and SAEs with hooks take ``paper_loss`` + autograd (same loss and gradients to float rounding).
     - Determinism: same seed, inputs, initial weights and torch thread count -> bit-identical
       weights on CPU.
+    - Device: training runs where the SAE's parameters are (`make_sae(..., device=)`); `acts` stay where they are
+      (a CPU memory map) and each batch is drawn on the CPU, by the CPU generator, then moved.
 
     - eval_fn(sae) -> dict of floats, called before the first step, every ``eval_every`` steps and
       after the last; its values are collected in ``curve["eval"]`` with the tokens seen so far.
@@ -316,6 +322,7 @@ def train_sae(
         sae.cfg.l1_coefficient = float(l1_coefficient)  # recorded in saved metadata only
 
     n_steps = n_tokens // batch_size
+    dev = sae.W_enc.device
     stream = _BatchIndexStream(x_all.shape[0], batch_size, seed)
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     assert {id(p) for p in params} == {id(p) for p in sae.parameters()}
@@ -339,7 +346,7 @@ def train_sae(
     by_hand, buf = fast and type(sae) is StandardTrainingSAE and not _has_hooks(sae), {}
     for step in range(n_steps):
         with torch.no_grad():
-            x = x_all.index_select(0, stream.next())
+            x = x_all.index_select(0, stream.next()).to(dev, non_blocking=True)
             # per-token 1 / ||x - mean_batch(x)||_2 (a constant w.r.t. the parameters)
             inv_norm = torch.linalg.vector_norm(x - x.mean(dim=0), dim=1, keepdim=True)
             inv_norm = inv_norm.clamp_min_(1e-12).reciprocal_()
@@ -409,11 +416,17 @@ def save_sae(sae: TrainingSAE, path, extra_metadata: dict[str, Any] | None = Non
         sae.cfg.metadata.__dict__.clear(); sae.cfg.metadata.__dict__.update(saved)
     return path
 
-def load_sae(path) -> SAE:
-    "The inference SAE (SAELens) saved at `path`."
-    return SAE.load_from_disk(str(path), device="cpu")
+def _quiet_load(cls, path, device):
+    "SAELens' `load_from_disk`, without its advice to load a Pythia step by `from_pretrained_no_processing` (we process as `from_pretrained`)."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-empty model_from_pretrained_kwargs", category=UserWarning)
+        return cls.load_from_disk(str(path), device=str(resolve_device(device)))
 
-def load_training_sae(path: str | Path) -> TrainingSAE:
+def load_sae(path, device: str | torch.device = "cpu") -> SAE:
+    "The inference SAE (SAELens) saved at `path`, on `device`."
+    return _quiet_load(SAE, path, device)
+
+def load_training_sae(path: str | Path, device: str | torch.device = "cpu") -> TrainingSAE:
     """Rebuild the *training* SAE (same class, config and exact weights) from ``save_sae`` output.
 
     Used for the recurrent init: SAE[k] = load_training_sae(dir of SAE[k-1]) then train_sae(...)
@@ -425,7 +438,7 @@ def load_training_sae(path: str | Path) -> TrainingSAE:
     with open(path / SAE_CFG_FILENAME) as fh:
         cfg_dict = json.load(fh)
     details = dict((cfg_dict.get("metadata") or {}).get("training_architecture_details") or {})
-    sae = TrainingSAE.load_from_disk(path, device="cpu")
+    sae = _quiet_load(TrainingSAE, path, device)
     for key, val in details.items():
         if hasattr(sae.cfg, key):
             setattr(sae.cfg, key, val)
@@ -439,7 +452,7 @@ def load_training_sae(path: str | Path) -> TrainingSAE:
 def _write_adam(state: dict, file: Path) -> None:
     "An Adam `state_dict()` as safetensors: moments and step counts per parameter, hyperparameters as metadata."
     from safetensors.torch import save_file
-    tensors = {f"{i}.{k}": v.detach().contiguous() for i, st in state["state"].items() for k, v in st.items()}
+    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, st in state["state"].items() for k, v in st.items()}
     save_file(tensors, str(file), metadata={"param_groups": json.dumps(state["param_groups"])})
 
 def load_adam_state(path) -> dict:
@@ -473,24 +486,24 @@ def sae_metrics(
       shrinkage           mean_tokens ||x_hat - b_dec|| / ||x - b_dec||  (< 1: L1 shrinks the
                           reconstruction towards b_dec; tokens with x == b_dec are skipped)
       l2_ratio            mean_tokens ||x_hat|| / ||x||  (the paper code's W&B "L2 ratio")
-    Sums are accumulated in float64.
+    Sums are accumulated in float64, on the SAE's device.
     """
     x_all = _as_torch_rows(acts_eval)
     n, d = x_all.shape
     if n == 0:
         raise SaetrackError("empty eval set")
-    f64 = torch.float64
+    f64, dev = torch.float64, sae.W_dec.device
     with torch.inference_mode():
-        mean = torch.zeros(d, dtype=f64)
+        mean = torch.zeros(d, dtype=f64, device=dev)
         for i in range(0, n, batch_size):
-            mean += x_all[i : i + batch_size].to(f64).sum(dim=0)
+            mean += x_all[i : i + batch_size].to(dev, f64).sum(dim=0)
         mean /= n
         b_dec = sae.b_dec.detach().to(f64)
         sq_err = tot_var = mse_term = l0 = l1 = shrink = l2r = 0.0
         n_shrink = 0
-        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=dev)
         for i in range(0, n, batch_size):
-            x = x_all[i : i + batch_size]
+            x = x_all[i : i + batch_size].to(dev)
             f = sae.encode(x)
             x_hat = sae.decode(f)
             x64, xh64 = x.to(f64), x_hat.to(f64)

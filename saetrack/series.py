@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_series.ipynb #43e5e33b
 from __future__ import annotations
-import dataclasses, time
+import dataclasses, math, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -13,12 +13,13 @@ from tqdm.auto import tqdm
 from .activations import load_activations
 from .config import SAEConfig
 from .core import (CorruptCacheError, SaetrackError, atomic_write_json, clean_stale_tmp, file_sha256,
-                           read_json, stable_hash)
+                           read_json, resolve_device, stable_hash)
 from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_training_sae, make_sae,
                           sae_metrics, save_sae, train_sae)
 
 # %% auto #0
-__all__ = ['step_seed', 'plateaued', 'verdict', 'eval_subset', 'held_out_fn', 'train_one', 'train_series', 'SAESeries']
+__all__ = ['step_seed', 'plateaued', 'verdict', 'eval_subset', 'held_out_fn', 'check_reuse', 'train_one', 'train_series',
+           'SAESeries']
 
 # %% ../nbs/11_series.ipynb #7fa3b5ae
 def step_seed(seed: int, step: int) -> int:
@@ -44,12 +45,12 @@ def eval_subset(acts: np.ndarray, n: int) -> np.ndarray:
     "About `n` rows taken evenly through `acts` (so they span its documents), as a contiguous float32 array."
     return np.ascontiguousarray(acts[::max(1, len(acts) // n)][:n], dtype=np.float32)
 
-def held_out_fn(cfg: SAEConfig, eval_acts: np.ndarray, batch: int = 8192):
+def held_out_fn(cfg: SAEConfig, eval_acts: np.ndarray, batch: int = 8192, device="cpu"):
     """The evaluation an SAE's curve records, as `sae_metrics` defines them (the paper's loss, nMSE, EV, L0, dead
     fraction) on `eval_acts`, but lean: the set's mean, variance and norms computed once, one encode and decode in
-    float32 per call (it runs every few steps)."""
+    float32 per call (it runs every few steps), on `device` (where the SAE is)."""
     lam = cfg.l1_coefficient if cfg.arch == "relu" else 0.0
-    x = torch.from_numpy(np.array(eval_acts, dtype=np.float32))        # a copy: memmaps are read-only
+    x = torch.from_numpy(np.array(eval_acts, dtype=np.float32)).to(device)   # a copy: memmaps are read-only
     n, d = x.shape
     x64 = x.double()
     mean = x64.mean(0)
@@ -58,7 +59,7 @@ def held_out_fn(cfg: SAEConfig, eval_acts: np.ndarray, batch: int = 8192):
     @torch.inference_mode()
     def fn(sae):
         err2 = mse_term = l0 = l1 = 0.0
-        fired = torch.zeros(cfg.d_sae, dtype=torch.bool)
+        fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
         for i in range(0, n, batch):
             xb = x[i:i + batch]
@@ -72,25 +73,34 @@ def held_out_fn(cfg: SAEConfig, eval_acts: np.ndarray, batch: int = 8192):
                     dead_frac=1 - float(fired.sum()) / cfg.d_sae)
     return fn
 
+def check_reuse(cfg: SAEConfig, tokens: int, n_rows: int, who: str) -> None:
+    "Refuse a token budget that reads the cached activations more than `cfg.epochs` times, naming the three fixes."
+    passes = tokens / n_rows
+    if passes > cfg.epochs:
+        raise SaetrackError(f"{who} may read {tokens:,} tokens: {passes:.7g} passes over the {n_rows:,} activations "
+                            f"cached for it; cache more (--tokens), lower its budget (--tokens-first, --tokens-next) or allow "
+                            f"the reuse (--epochs {math.ceil(passes)})")
+
 def train_one(cfg: SAEConfig, acts: np.ndarray, step: int, init_from=None, eval_acts=None, progress: bool = False,
-              until=None, seed: int | None = None):
+              until=None, seed: int | None = None, device="cpu"):
     """Train the SAE of `step`: from scratch (`init_from=None`: geometric-median b_dec, the first SAE's budget,
     warm-up and lr) or from the SAE saved in the directory `init_from` (the later SAEs' settings; with
     `cfg.carry_adam` its Adam state too, with `cfg.refit_b_dec` a fresh geometric-median b_dec). `eval_acts`
     (held-out rows) are scored every `eval_every_*` steps; with `budget="adaptive"` training stops when the plateau
     rule holds. `until(evals)` replaces that stopping rule (the recipe study stops at a match). `seed` defaults to
-    `step_seed(cfg.seed, step)`. Returns (sae, curve, adam_state or None); `curve["verdict"]` is 'plateau' or 'cap'."""
+    `step_seed(cfg.seed, step)`; the SAE trains on `device`. Returns (sae, curve, adam_state or None); `curve["verdict"]` is 'plateau' or 'cap'."""
     first = init_from is None
     seed = step_seed(cfg.seed, step) if seed is None else seed
+    tokens = cfg.tokens_first if first else cfg.tokens_next
+    check_reuse(cfg, tokens, len(acts), f"the SAE of step {step}")
     if first:
         sae = make_sae(acts.shape[1], cfg.d_sae, seed=seed, arch=cfg.arch, k=cfg.k,
-                       b_dec_init=geometric_median(np.asarray(acts[:4096])))
+                       b_dec_init=geometric_median(np.asarray(acts[:4096])), device=device)
     else:
-        sae = load_training_sae(init_from)
+        sae = load_training_sae(init_from, device)
         if cfg.refit_b_dec:
             with torch.no_grad(): sae.b_dec.copy_(geometric_median(np.asarray(acts[:4096])))
     batch = cfg.batch_size if first or not cfg.batch_next else cfg.batch_next
-    tokens = cfg.tokens_first if first else cfg.tokens_next
     n_steps = tokens // batch
     warmup = cfg.warmup_first if first else cfg.warmup_next
     warmup = max(1, round(warmup * n_steps)) if 0 < warmup < 1 else int(warmup)      # < 1: a fraction of its steps
@@ -104,7 +114,7 @@ def train_one(cfg: SAEConfig, acts: np.ndarray, step: int, init_from=None, eval_
         until = lambda evals: plateaued(evals, cfg.plateau_window, cfg.plateau_tol, cfg.plateau_min_evals)
     curve = train_sae(sae, acts, n_tokens=tokens, lr=cfg.lr_first if first else cfg.lr_next,
                       l1_coefficient=cfg.l1_coefficient, batch_size=batch, warmup_steps=warmup, seed=seed,
-                      progress=progress, eval_fn=held_out_fn(cfg, ev) if ev is not None else None,
+                      progress=progress, eval_fn=held_out_fn(cfg, ev, device=sae.W_enc.device) if ev is not None else None,
                       eval_every=cfg.eval_every_first if first else cfg.eval_every_next, until=until, opt_state=adam)
     if ev is not None: curve["verdict"] = verdict(cfg, curve["eval"])
     return sae, curve, adam
@@ -114,10 +124,13 @@ def _order(steps, direction):
     return sorted(steps) if direction == "forward" else sorted(steps, reverse=True)
 
 def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: str, progress: bool = True,
-                 quality_fn=None, budgets: dict | None = None) -> "SAESeries":
+                 quality_fn=None, budgets: dict | None = None, device="cpu", metadata=None) -> "SAESeries":
     """Train (or resume) the series over the steps of `train_acts` ({step: activation-cache dir}) into `out`.
     `quality_fn(step, sae, eval_entry) -> dict` adds metrics that need the model (CE-loss recovered).
-    The null chain passes the same cache for every step and `budgets` ({step: tokens}: a fixed budget per link)."""
+    The null chain passes the same cache for every step and `budgets` ({step: tokens}: a fixed budget per link).
+    SAEs train on `device` and are saved from there; nothing on disk depends on it. `metadata(step) -> dict` adds
+    SAELens metadata (the model, its context size, the dataset) to each SAE's cfg.json."""
+    device = resolve_device(device)
     out = Path(out)
     clean_stale_tmp(out) if out.exists() else None
     steps = _order(train_acts, cfg.direction)
@@ -142,13 +155,14 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         ev = load_activations(eval_acts[step])
         c = cfg if not budgets or step not in budgets else dataclasses.replace(
             cfg, budget="fixed", **{("tokens_first" if prev_dir is None else "tokens_next"): budgets[step]})
-        sae, curve, adam = train_one(c, a.acts, step, init_from=prev_dir, eval_acts=ev.acts)
+        sae, curve, adam = train_one(c, a.acts, step, init_from=prev_dir, eval_acts=ev.acts, device=device)
         seconds = time.time() - t0
         m = sae_metrics(sae, ev.acts)
         if quality_fn is not None: m.update(quality_fn(step, sae, ev))
         m.update(step=step, tokens=curve["eval"][-1]["tokens"], seconds=round(seconds, 3), recurrent=prev_dir is not None,
                  verdict=curve["verdict"], acts_step=int(a.manifest.get("step", step)))
-        save_sae(sae, d, extra_metadata=dict(hook_name=hook, checkpoint_step=step, saetrack_key=key),
+        meta = dict(metadata(m["acts_step"]) if metadata else {}, hook_name=hook, checkpoint_step=step, saetrack_key=key)
+        save_sae(sae, d, extra_metadata=meta,
                  extra_files={"metrics.json": m, "curve.json": curve}, adam_state=adam)
         man["entries"][str(step)] = dict(key=key, sha256=file_sha256(d/"sae_weights.safetensors"), acts_step=m["acts_step"])
         atomic_write_json(man_path, man)
@@ -191,9 +205,9 @@ class SAESeries:
             self._verified.add(step)
         return d
 
-    def sae(self, step: int):
-        "The SAELens `SAE` of `step`."
-        return load_sae(self.dir(step))
+    def sae(self, step: int, device="cpu"):
+        "The SAELens `SAE` of `step`, on `device`."
+        return load_sae(self.dir(step), device)
 
     def decoders(self) -> torch.Tensor:
         "Decoder weights of every step, stacked: `[T, d_sae, d_in]` in ascending step order."

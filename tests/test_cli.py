@@ -91,5 +91,46 @@ def test_pythia_dry_run_prints_the_papers_plan(capsys):
     assert main(["reproduce", "--preset", "pythia-410m", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "29 SAEs" in out and "720,000,000 in all" in out and "65,536 latents" in out and "blocks.4.hook_resid_pre" in out
-    _one_line_error(capsys, ["reproduce", "--preset", "pythia-1.4b"], "needs a GPU")
+    assert "10 d_in d_sae per token" in out and "483 PFLOP" in out and "1.62 TiB" in out
+    _one_line_error(capsys, ["reproduce", "--preset", "pythia-1.4b"], "saetrack track --preset pythia-1.4b --device cuda")
     _one_line_error(capsys, ["reproduce", "--preset", "micro", "--dry-run"], "--dry-run is for the Pythia presets")
+
+def test_sae_flags_are_distinct_from_the_lms_and_win_over_the_recipe():
+    from saetrack.cli import _preset, build_parser
+    parse = lambda *a: _preset(build_parser().parse_args(["track", *a]))
+    p = parse("--preset", "micro", "--sae-lr", "1e-3", "--sae-lr-next", "2e-4", "--sae-warmup", "0.1", "--sae-warmup-next", "7",
+              "--tokens-first", "65536", "--tokens-next", "8192", "--sae-batch", "128", "--sae-batch-next", "32", "--epochs", "12",
+              "--l1", "2e-3", "--lm-lr", "5e-3", "--lm-steps", "16")
+    s = p.sae
+    assert (s.lr_first, s.lr_next, s.warmup_first, s.warmup_next, s.tokens_first, s.tokens_next, s.batch_size, s.batch_next,
+            s.epochs, s.l1_coefficient) == (1e-3, 2e-4, 0.1, 7, 65536, 8192, 128, 32, 12, 2e-3)
+    assert (p.lm.lr, p.lm.steps) == (5e-3, 16)                       # --lm-lr is the LM's, not the SAE's
+    assert parse("--preset", "micro", "--tokens-first", "65536").sae.tokens_next == 16384
+    fixed = parse("--preset", "micro", "--budget", "fixed", "--sae-lr-next", "1e-3").sae
+    assert fixed.budget == "fixed" and fixed.lr_next == 1e-3 and fixed.tokens_next == fixed.tokens_first // 20
+    with pytest.raises(SystemExit): build_parser().parse_args(["track", "--lr", "1e-3"])     # the ambiguous flag is gone
+
+def test_pythia_presets_are_the_papers_recipe():
+    from saetrack.cli import _preset, build_parser
+    p = _preset(build_parser().parse_args(["track", "--preset", "pythia-410m"]))
+    s = p.sae
+    assert p.checkpoints == "pythia-410m-deduped" and len(p.steps) == 29 and p.acts.hook == "blocks.4.hook_resid_pre"
+    assert (s.d_sae, s.l1_coefficient, s.batch_size, s.batch_next, s.budget) == (65536, 8e-5, 4096, None, "fixed")
+    assert (s.lr_first, s.warmup_first, s.tokens_first) == (4e-4, 5000, 300_000_000)
+    assert (s.lr_next, s.warmup_next, s.tokens_next, s.carry_adam, s.refit_b_dec) == (4e-5, 3, 15_000_000, False, False)
+
+def test_data_reuse_is_refused_before_any_work_and_allowed_explicitly(capsys, micro_run, tmp_path):
+    _one_line_error(capsys, ["track", "--preset", "micro", "--out", tmp_path / "r", "--tokens-first", "1000000", "--quiet"],
+                    "passes over the 8,184 activations")
+    assert not (tmp_path / "r").exists()
+    _one_line_error(capsys, ["track", "--preset", "pythia-410m", "--out", tmp_path / "p", "--quiet"], "(--epochs 20)")
+    assert not (tmp_path / "p").exists()
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run, ignore=shutil.ignore_patterns("activations"))
+    assert main(["track", "--preset", "micro", "--out", str(run), "--at-steps", "0,8,24", "--tokens-first", "262144",
+                 "--tokens-next", "16384", "--epochs", "33", "--quiet"]) == 0
+    from saetrack.series import SAESeries
+    s = SAESeries.load(run / "series")
+    assert s.steps == [0, 8, 24] and s.manifest["config"]["epochs"] == 33
+    assert sorted(p.name for p in (run / "activations" / "blocks.1.hook_resid_pre" / "train").iterdir()) == ["step0", "step24", "step8"]

@@ -34,7 +34,7 @@ def planted(n, d=32, m=24, p=0.125, noise=0.01, seed=0):
     return (c @ D + noise * rng.standard_normal((n, d))).astype(np.float32)
 
 SMALL = SAEConfig(d_sae=48, l1_coefficient=1e-3, lr_first=1e-3, lr_next=1e-3, tokens_first=256 * 4000, tokens_next=256 * 400,
-                  batch_size=256, batch_next=None, warmup_first=16, eval_every_first=16, eval_every_next=4, eval_tokens=2048)
+                  batch_size=256, batch_next=None, warmup_first=16, eval_every_first=16, eval_every_next=4, eval_tokens=2048, epochs=1000)
 
 def test_adaptive_budget_stops_early_when_easy_and_runs_to_cap_when_hard(one_thread, tmp_path):
     x, ev = planted(8192), planted(2048, seed=1)

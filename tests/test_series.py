@@ -1,5 +1,6 @@
 "The SAE-Track series on the micro preset: training, SAELens reloads, resume after SIGKILL, corruption, determinism."
 import json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
 import numpy as np
 import pytest
 import torch
@@ -51,6 +52,27 @@ def test_every_sae_reloads_with_saelens_identically(series):
             assert torch.equal(inf.encode(x), tr.encode(x)) and torch.equal(inf(x), tr(x))
         assert inf.cfg.metadata.hook_name == series.hook and inf.cfg.metadata.checkpoint_step == s
 
+def test_saelens_metadata_round_trip(series, micro):
+    "cfg.json says what SAELens needs: ActivationsStore.from_sae rebuilds the very activations the SAE was trained on."
+    from datasets import Dataset
+    from sae_lens import ActivationsStore
+    from saetrack.checkpoints import open_source
+    sae = SAE.load_from_disk(str(series.path / "step8"))
+    md = sae.cfg.metadata
+    assert (md.model_name, md.model_class_name, md.hook_name) == ("micro", "HookedTransformer", micro.acts.hook)
+    assert md.context_size == micro.lm.ctx and md.prepend_bos is True and list(md.seqpos_slice) == [1, None]
+    assert md.dataset_path.startswith("stdlib") and md.model_from_pretrained_kwargs == {} and md.checkpoint_step == 8
+    assert sae.get_name() == f"sae_micro_{micro.acts.hook}_{micro.sae.d_sae}"
+    ev = load_activations(series.path.parent / "activations" / micro.acts.hook / "eval" / "step8")
+    model = open_source(Path(md.model_path).parent).hooked(8)     # model_path: the HF checkpoint directory of step 8
+    rows = np.asarray(ev.tokens[:4])
+    store = ActivationsStore.from_sae(model, sae, dataset=Dataset.from_dict({"input_ids": rows.tolist()}), streaming=False,
+                                      store_batch_size_prompts=4, train_batch_size_tokens=4 * (micro.lm.ctx - 1), n_batches_in_buffer=2,
+                                      total_tokens=4 * (micro.lm.ctx - 1))
+    a = store.get_activations(torch.from_numpy(rows).long())           # [rows, ctx - 1, d]: BOS dropped by seqpos_slice
+    torch.testing.assert_close(a.reshape(-1, a.shape[-1]), torch.from_numpy(np.array(ev.acts[:a.shape[0] * a.shape[1]])),
+                               atol=1e-5, rtol=1e-5)
+
 def test_recurrent_init_carries_identity(series):
     W = series.decoders()
     same = (W[1:] * W[:-1]).sum(-1).median().item()                  # latent i vs latent i, next step
@@ -71,7 +93,7 @@ def test_sigkill_mid_series_then_resume_is_identical(series, micro_run, tmp_path
     shutil.copytree(micro_run, out)
     reference_dir = tmp_path / "reference"
     shutil.copytree(micro_run, reference_dir)
-    args = ["--preset", "micro", "--tokens-first", "262144", "--quiet"]
+    args = ["--preset", "micro", "--tokens-first", "262144", "--epochs", "33", "--quiet"]
     ref = subprocess.run([sys.executable, "-c", "import sys; from saetrack.cli import main; sys.exit(main())", "track",
                           "--out", str(reference_dir), *args], capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr

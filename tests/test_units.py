@@ -72,6 +72,23 @@ def test_pythia_source_offline_parts():
     with pytest.raises(SaetrackError, match="not a pythia-410m-deduped checkpoint"): p.check_step(1500)
     with pytest.raises(SaetrackError, match="neither"): open_source("gpt2")
 
+def test_pythia_hub_loads_through_transformerlens(monkeypatch):
+    "Offline: the Hub path calls TransformerLens' from_pretrained with the step and the default processing, and says so when the Hub is unreachable."
+    from transformer_lens import HookedTransformer
+    from saetrack.checkpoints import TL_PROCESSING
+    p = open_source("pythia-410m-deduped")
+    with pytest.raises(SaetrackError, match="Hub cannot be reached.*--checkpoints DIR"): p.hooked(512)   # HF_HUB_OFFLINE=1 here
+    with pytest.raises(SaetrackError, match="Hub cannot be reached"): p.tokenizer()
+    calls = []
+    class Fake:
+        def eval(self): return self
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", lambda *a, **k: calls.append((a, k)) or Fake())
+    p.hooked(512, device="cpu")
+    assert calls == [(("EleutherAI/pythia-410m-deduped",), dict(checkpoint_value=512, device="cpu", **TL_PROCESSING))]
+    assert p.sae_metadata(512) == dict(model_name="EleutherAI/pythia-410m-deduped", model_class_name="HookedTransformer",
+                                       model_from_pretrained_kwargs=dict(checkpoint_value=512))
+    with pytest.raises(SaetrackError, match="not a pythia-410m-deduped checkpoint"): p.hooked(1500)
+
 def test_hook_layer():
     assert hook_layer("blocks.3.hook_resid_pre", 4) == 3
     with pytest.raises(SaetrackError, match="outside"): hook_layer("blocks.4.hook_resid_pre", 4)
