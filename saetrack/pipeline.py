@@ -62,7 +62,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
 
     def quality_fn(step, sae, eval_entry):
         return ce_recovered(source.hooked(step, device), sae, hook, eval_entry.tokens[:CE_ROWS])
-    ctx, dataset = int(read_json(next(iter(train_acts.values()))/"manifest.json")["ctx"]), _dataset_name(source, corpus)
+    dataset = _dataset_name(source, corpus)
     def metadata(step):
         return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
     series = train_series(preset.sae, train_acts, eval_acts, out/"series", hook, progress=progress, quality_fn=quality_fn,

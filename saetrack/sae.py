@@ -85,11 +85,8 @@ def make_sae(
         if b_dec_init is None:
             sae.b_dec.zero_()
         else:
-            sae.b_dec.copy_(torch.as_tensor(np.asarray(b_dec_init.cpu() if isinstance(b_dec_init, torch.Tensor) else b_dec_init),
-                                            dtype=torch.float32))
-    dev = resolve_device(device)
-    if dev.type != "cpu": sae.to(dev)             # SAELens' `to` records the device in sae.cfg
-    return sae
+            sae.b_dec.copy_(torch.as_tensor(np.asarray(b_dec_init), dtype=torch.float32))
+    return sae.to(resolve_device(device))          # SAELens' `to` records the device in sae.cfg
 
 def normalise_decoder_(sae: TrainingSAE) -> None:
     """In place: scale every W_dec row to unit L2 norm."""
