@@ -83,7 +83,10 @@ class LocalRun:
         return PreTrainedTokenizerFast.from_pretrained(str(d)) if (d/"tokenizer.json").exists() else None
 
     def hooked(self, step: int, device: str = "cpu"):
-        return hooked_from_hf(self.hf_model(step), self.tokenizer(step), device)
+        "The `HookedTransformer` of `step`; the last one loaded is kept, so consecutive uses of a step load it once."
+        if getattr(self, "_last", (None,))[0] != (step, str(device)):
+            self._last = ((step, str(device)), hooked_from_hf(self.hf_model(step), self.tokenizer(step), device))
+        return self._last[1]
 
     def sae_metadata(self, step: int) -> dict:
         "How SAELens should describe an SAE of `step`: a local checkpoint, loaded by `hooked_from_hf` (`model_path`)."

@@ -22,14 +22,19 @@ CE_ROWS = 32   # held-out rows (of ctx tokens) for CE-loss recovered at every ch
 
 def activations_for(source, preset: Preset, root, hook: str | None = None, corpus: str | None = None,
                     steps=None, progress: bool = True, device="cpu") -> tuple[dict, dict]:
-    "Train and eval activation caches of every checkpoint (the model on `device`): ({step: dir}, {step: dir})."
-    hook = hook or preset.acts.hook
-    out = []
-    for split, n in (("train", preset.acts.train_tokens), ("eval", preset.acts.eval_tokens)):
-        stream, sha = token_stream(source, split, corpus)
-        out.append(cache_activations(source, hook, stream, n, root, split=split, steps=steps, dtype=preset.acts.dtype,
-                                     corpus_sha256=sha, device=device, progress=progress))
-    return out[0], out[1]
+    """Train and eval activation caches of every checkpoint (the model on `device`): ({step: dir}, {step: dir}).
+    Checkpoint by checkpoint, both splits, so each model is loaded once (the source keeps the last one)."""
+    from tqdm.auto import tqdm
+    hook, source = hook or preset.acts.hook, open_source(source)
+    splits = [(split, n, *token_stream(source, split, corpus))
+              for split, n in (("train", preset.acts.train_tokens), ("eval", preset.acts.eval_tokens))]
+    out, steps = ({}, {}), source.steps if steps is None else list(steps)
+    for s in steps: source.check_step(s)                  # every step exists before any work
+    for step in tqdm(steps, desc=f"activations {hook}", disable=not progress):
+        for res, (split, n, stream, sha) in zip(out, splits):
+            res.update(cache_activations(source, hook, stream, n, root, split=split, steps=[step], dtype=preset.acts.dtype,
+                                         corpus_sha256=sha, device=device, progress=False))
+    return out
 
 def _dataset_name(source, corpus) -> str:
     "The corpus the activations' tokens come from, as SAELens' `dataset_path` records it."

@@ -68,3 +68,15 @@ def test_token_rows():
     stream = np.arange(1, 101)
     r = token_rows(stream, 20, 5)
     assert r.shape == (5, 5) and (r[:, 0] == 0).all() and r[1, 1] == 5 and r[-1, -1] == 20
+
+def test_each_checkpoint_is_loaded_once_per_harvest(micro_run, micro, tmp_path, monkeypatch):
+    "Both splits of a checkpoint are harvested from one load of its model."
+    import shutil
+    from saetrack.checkpoints import LocalRun
+    from saetrack.pipeline import activations_for
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run, ignore=shutil.ignore_patterns("activations"))
+    loads, real = [], LocalRun.hf_model
+    monkeypatch.setattr(LocalRun, "hf_model", lambda self, step: loads.append(step) or real(self, step))
+    tr, ev = activations_for(LocalRun(run), micro, run / "activations", progress=False)
+    assert sorted(tr) == sorted(ev) == [0, 1, 2, 4, 8, 16, 24] and sorted(loads) == [0, 1, 2, 4, 8, 16, 24]
