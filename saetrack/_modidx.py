@@ -368,6 +368,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'saetrack.series.check_reuse': ('series.html#check_reuse', 'saetrack/series.py'),
                                  'saetrack.series.eval_subset': ('series.html#eval_subset', 'saetrack/series.py'),
                                  'saetrack.series.held_out_fn': ('series.html#held_out_fn', 'saetrack/series.py'),
+                                 'saetrack.series.plateau_rule': ('series.html#plateau_rule', 'saetrack/series.py'),
                                  'saetrack.series.plateaued': ('series.html#plateaued', 'saetrack/series.py'),
                                  'saetrack.series.step_seed': ('series.html#step_seed', 'saetrack/series.py'),
                                  'saetrack.series.train_one': ('series.html#train_one', 'saetrack/series.py'),

@@ -135,7 +135,7 @@ def cmd_convergence(a) -> dict:
     if series is not None:
         from saetrack.convergence import series_vs_reference
         acc = series_vs_reference(series, res)
-        print(f"the series against the references (nMSE within 10% at no higher L0): {int(acc['ok'].sum())} of {len(acc)} steps")
+        print(f"the series against the references (nMSE within 10% of their frontier at its L0): {int(acc['ok'].sum())} of {len(acc)} steps")
         print(acc.round(4).to_string())
     return res
 

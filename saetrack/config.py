@@ -77,7 +77,8 @@ class SAEConfig:
     budget: str = "adaptive"         # 'adaptive': train to the plateau rule, capped; 'fixed': exactly the tokens above
     plateau_tol: float = 0.01        # plateau: best held-out loss improved < 1% ...
     plateau_window: float = 0.25     # ... over the last quarter of the tokens
-    plateau_min_evals: int = 4
+    plateau_min_evals: int = 4       # ... measured at least this often
+    plateau_min_tokens: int = 1 << 18   # ... and over at least this many tokens (a late tiny link matched at 151k)
     eval_every_first: int = 32       # steps between held-out evaluations
     eval_every_next: int = 16
     eval_tokens: int = 16384         # held-out rows the curve (and the plateau rule) is scored on
@@ -130,7 +131,7 @@ PRESETS: dict[str, Preset] = {
         ActsConfig(hook="blocks.1.hook_resid_pre", train_tokens=8192, eval_tokens=2048),
         SAEConfig(d_sae=128, l1_coefficient=1e-3, lr_first=4e-3, lr_next=4e-3, tokens_first=1 << 17,
                   tokens_next=1 << 16, batch_size=256, batch_next=64, warmup_first=16, eval_every_first=16, eval_every_next=4,
-                  eval_tokens=2048, epochs=17)),      # 16.02 passes over 8,184 cached activations
+                  eval_tokens=2048, plateau_min_tokens=4096, epochs=17)),      # 16.02 passes over 8,184 cached activations
 }
 
 def _override(obj, over: dict, what: str):

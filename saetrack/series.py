@@ -18,28 +18,34 @@ from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_t
                           sae_metrics, save_sae, train_sae)
 
 # %% auto #0
-__all__ = ['step_seed', 'plateaued', 'verdict', 'eval_subset', 'held_out_fn', 'check_reuse', 'train_one', 'train_series',
-           'SAESeries']
+__all__ = ['step_seed', 'plateaued', 'plateau_rule', 'verdict', 'eval_subset', 'held_out_fn', 'check_reuse', 'train_one',
+           'train_series', 'SAESeries']
 
 # %% ../nbs/11_series.ipynb #7fa3b5ae
 def step_seed(seed: int, step: int) -> int:
     "The training seed of the SAE at `step`: independent of which steps came before."
     return int(stable_hash([seed, step], 8), 16)
 
-def plateaued(evals: list[dict], window: float = 0.25, tol: float = 0.01, min_evals: int = 4, key: str = "loss") -> bool:
+def plateaued(evals: list[dict], window: float = 0.25, tol: float = 0.01, min_evals: int = 4, key: str = "loss",
+              min_tokens: int = 0) -> bool:
     """The plateau rule on held-out evaluations `[{tokens, loss, ...}]` (the first one before training): the best
     `key` improved by less than `tol` (relative) over the last `window` of the tokens, and the latest value is within
-    `tol` of the best. Needs `min_evals` evaluations after the first."""
-    if len(evals) < min_evals + 1: return False
+    `tol` of the best. Needs `min_evals` evaluations after the first and at least `min_tokens` tokens."""
+    if len(evals) < min_evals + 1 or evals[-1]["tokens"] < min_tokens: return False
     t = evals[-1]["tokens"]
     before = [e[key] for e in evals if e["tokens"] <= (1 - window) * t]
     if not before: return False
     best = min(e[key] for e in evals)
     return best >= (1 - tol) * min(before) and evals[-1][key] <= (1 + tol) * best
 
+def plateau_rule(cfg: SAEConfig):
+    "The plateau rule with `cfg`'s settings, as a function of the evaluations so far."
+    return lambda evals: plateaued(evals, cfg.plateau_window, cfg.plateau_tol, cfg.plateau_min_evals,
+                                   min_tokens=cfg.plateau_min_tokens)
+
 def verdict(cfg: SAEConfig, evals: list[dict]) -> str:
     "'plateau' if the plateau rule holds at the last evaluation, else 'cap' (stopped by its token budget)."
-    return "plateau" if plateaued(evals, cfg.plateau_window, cfg.plateau_tol, cfg.plateau_min_evals) else "cap"
+    return "plateau" if plateau_rule(cfg)(evals) else "cap"
 
 def eval_subset(acts: np.ndarray, n: int) -> np.ndarray:
     "About `n` rows taken evenly through `acts` (so they span its documents), as a contiguous float32 array."
@@ -111,7 +117,7 @@ def train_one(cfg: SAEConfig, acts: np.ndarray, step: int, init_from=None, eval_
         adam = {}
     ev = eval_subset(eval_acts, cfg.eval_tokens) if eval_acts is not None else None
     if until is None and cfg.budget == "adaptive" and ev is not None:
-        until = lambda evals: plateaued(evals, cfg.plateau_window, cfg.plateau_tol, cfg.plateau_min_evals)
+        until = plateau_rule(cfg)
     curve = train_sae(sae, acts, n_tokens=tokens, lr=cfg.lr_first if first else cfg.lr_next,
                       l1_coefficient=cfg.l1_coefficient, batch_size=batch, warmup_steps=warmup, seed=seed,
                       progress=progress, eval_fn=held_out_fn(cfg, ev, device=sae.W_enc.device) if ev is not None else None,

@@ -24,8 +24,14 @@ def test_plateau_rule_on_planted_curves():
     assert not plateaued(curve(kick))
     assert plateaued(curve(np.r_[1.0, 1.3, 1.1, 1.0, 1.0, 1.0, 0.999, 0.999, 0.999]))   # recovered and flat
     assert not plateaued(curve([1.0, 1.0, 1.0]))       # too few evaluations to say
-    cfg = SAEConfig()
+    cfg = SAEConfig(plateau_min_tokens=0)
     assert verdict(cfg, curve(falling)) == "plateau" and verdict(cfg, curve(power)) == "cap"
+    # the token minimum: a curve flat to 1% over too few tokens has not plateaued, however many evaluations it has
+    flat_short = curve(np.r_[1.0, 0.5, np.full(10, 0.4)], every=100)         # 1,100 tokens
+    assert plateaued(flat_short) and not plateaued(flat_short, min_tokens=2000)
+    assert verdict(SAEConfig(plateau_min_tokens=2000), flat_short) == "cap"
+    assert plateaued(curve(np.r_[1.0, 0.5, np.full(20, 0.4)]), min_tokens=2000)   # 2,100 tokens: enough
+    assert verdict(SAEConfig(), curve(falling)) == "cap"                       # the default minimum is 2^18 tokens
 
 def planted(n, d=32, m=24, p=0.125, noise=0.01, seed=0):
     rng = np.random.default_rng(seed)
@@ -34,7 +40,8 @@ def planted(n, d=32, m=24, p=0.125, noise=0.01, seed=0):
     return (c @ D + noise * rng.standard_normal((n, d))).astype(np.float32)
 
 SMALL = SAEConfig(d_sae=48, l1_coefficient=1e-3, lr_first=1e-3, lr_next=1e-3, tokens_first=256 * 4000, tokens_next=256 * 400,
-                  batch_size=256, batch_next=None, warmup_first=16, eval_every_first=16, eval_every_next=4, eval_tokens=2048, epochs=1000)
+                  batch_size=256, batch_next=None, warmup_first=16, eval_every_first=16, eval_every_next=4, eval_tokens=2048, epochs=1000,
+                  plateau_min_tokens=2048)
 
 def test_adaptive_budget_stops_early_when_easy_and_runs_to_cap_when_hard(one_thread, tmp_path):
     x, ev = planted(8192), planted(2048, seed=1)
