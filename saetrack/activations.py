@@ -5,20 +5,23 @@
 # %% ../nbs/06_activations.ipynb #5437264d
 from __future__ import annotations
 import json
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .checkpoints import TL_PROCESSING, check_hook, hook_layer, open_source
+from .config import LMConfig
+from .corpus import CorpusSplit
+from .lm import run_split
 from .core import (CorruptCacheError, SaetrackError, atomic_path, atomic_write_json, file_sha256, read_json,
                            resolve_device, stable_hash)
 
 CACHE_VERSION = 1
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'BF16_TOL', 'token_rows', 'harvest', 'bf16_error', 'forward_dtype', 'Activations', 'load_activations',
-           'cache_activations', 'token_stream']
+__all__ = ['CACHE_VERSION', 'BF16_TOL', 'SPLIT_FILE', 'token_rows', 'harvest', 'bf16_error', 'forward_dtype', 'Activations',
+           'load_activations', 'cache_activations', 'activation_split', 'token_stream']
 
 # %% ../nbs/06_activations.ipynb #a7afac19
 def token_rows(stream: np.ndarray, n_tokens: int, ctx: int, bos: int = 0) -> np.ndarray:
@@ -185,17 +188,41 @@ def _ctx(source, step) -> int:
     return 128   # the paper's context length for Pythia
 
 # %% ../nbs/06_activations.ipynb #87cc5d4d
-def token_stream(source, split: str, corpus: str | None = None, eval_frac: float = 0.05) -> tuple[np.ndarray, str | None]:
-    "The token stream of `split` for `source`, and the corpus sha256 when known."
+SPLIT_FILE = "split.json"   # beside the caches of checkpoints not trained by saetrack: the split they are taken on
+
+def activation_split(source, corpus: str | None = None, root=None) -> CorpusSplit:
+    """The split the activations of `source` are taken on: a saetrack run's own (from its run.json), else the one
+    recorded under the cache `root` (none yet: stdlib with `saetrack lm`'s defaults). `corpus` replaces the corpus only."""
+    run = getattr(open_source(source), "path", None)
+    rec = run_split(run) if run is not None else None
+    if rec is None and root is not None and (Path(root)/SPLIT_FILE).exists():
+        rec = CorpusSplit(**read_json(Path(root)/SPLIT_FILE)["split"])
+    if rec is None:
+        d = LMConfig()
+        rec = CorpusSplit(d.corpus, d.corpus_max_bytes, d.eval_frac, d.seed)
+    return rec if corpus is None else replace(rec, corpus=corpus)
+
+def token_stream(source, split: str, corpus: str | None = None, root=None) -> tuple[np.ndarray, str | None]:
+    """The token stream of `split` on `activation_split(source, corpus, root)`, and its corpus' sha256. Checkpoints
+    not trained by saetrack need the cache `root`: a split new there is recorded in it, for later harvests to read back."""
     if split not in ("train", "eval"): raise SaetrackError(f"split must be 'train' or 'eval' (got '{split}')")
+    from saetrack.tokenizer import encode_docs
     source = open_source(source)
     run = getattr(source, "path", None)
-    if corpus is None and run is not None and (run/"run.json").exists() and (run/"tokens"/f"{split}.npy").exists():
-        return np.load(run/"tokens"/f"{split}.npy", mmap_mode="r"), read_json(run/"run.json")["corpus"]["sha256"]
-    from saetrack.corpus import load_corpus
-    from saetrack.tokenizer import encode_docs
-    c = load_corpus(corpus or "stdlib")
+    own = run_split(run) if run is not None else None
+    if own is None and root is None:
+        raise SaetrackError(f"{source} was not trained by saetrack: its train/eval split is recorded with its activation "
+                            "cache, so pass the cache root (root=)")
+    spec = activation_split(source, corpus, root)
+    if own is not None:
+        sha, tokens = read_json(run/"run.json")["corpus"]["sha256"], run/"tokens"/f"{split}.npy"
+        if spec == own and tokens.exists(): return np.load(tokens, mmap_mode="r"), sha
+    c, train, ev = spec.load()
+    if own is not None and c.sha256 == sha and tokens.exists():      # the run's corpus, named another way
+        return np.load(tokens, mmap_mode="r"), sha
     tok = source.tokenizer()
     if tok is None: raise SaetrackError(f"{source} has no tokenizer; pass a run trained by `saetrack lm` or add tokenizer files")
-    train, ev = c.split(eval_frac)
+    if own is None and not (Path(root)/SPLIT_FILE).exists():
+        atomic_write_json(Path(root)/SPLIT_FILE, dict(split=asdict(spec), source=str(source), corpus=dict(
+            name=c.name, sha256=c.sha256, n_docs=len(c.docs), train_docs=len(train), eval_docs=len(ev))))
     return encode_docs(tok, train if split == "train" else ev), c.sha256

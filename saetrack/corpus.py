@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['Corpus', 'stdlib_corpus', 'files_corpus', 'hf_corpus', 'load_corpus']
+__all__ = ['Corpus', 'stdlib_corpus', 'files_corpus', 'hf_corpus', 'load_corpus', 'CorpusSplit']
 
 # %% ../nbs/02_corpus.ipynb #80fdd245
 @dataclass
@@ -117,3 +117,17 @@ def load_corpus(spec: str = "stdlib", max_bytes: int | None = None) -> Corpus:
     elif Path(spec).expanduser().exists() or _looks_like_path(spec): c = files_corpus(spec)
     else: c = hf_corpus(spec)
     return c.truncate(max_bytes)
+
+# %% ../nbs/02_corpus.ipynb #fcb2877b
+@dataclass(frozen=True)
+class CorpusSplit:
+    "A document-level train/eval split, fully defined: corpus spec, byte limit, held-out fraction and seed."
+    corpus: str
+    max_bytes: int | None
+    eval_frac: float
+    seed: int
+
+    def load(self) -> tuple[Corpus, list[str], list[str]]:
+        "The (truncated) corpus, its train documents and its held-out documents."
+        c = load_corpus(self.corpus, self.max_bytes)
+        return c, *c.split(self.eval_frac, self.seed)

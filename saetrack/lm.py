@@ -14,13 +14,13 @@ from transformers.utils import logging as hf_logging
 from .config import LMConfig, checkpoint_steps
 from .core import (SaetrackError, atomic_path, atomic_write_json, clean_stale_tmp, file_sha256,
                            read_json, stable_hash)
-from .corpus import load_corpus
+from .corpus import CorpusSplit, load_corpus
 from .tokenizer import (encode_docs, load_tokenizer, save_tokenizer, save_tokens, train_tokenizer,
                                 unigram_cross_entropy)
 
 # %% auto #0
-__all__ = ['STATE', 'build_model', 'n_params', 'prepare_data', 'load_tokens', 'lr_at', 'batch_at', 'eval_windows', 'eval_loss',
-           'step_dir', 'saved_steps', 'train_lm', 'plot_lm_loss']
+__all__ = ['STATE', 'build_model', 'n_params', 'prepare_data', 'load_tokens', 'lm_split', 'run_split', 'lr_at', 'batch_at',
+           'eval_windows', 'eval_loss', 'step_dir', 'saved_steps', 'train_lm', 'plot_lm_loss']
 
 # %% ../nbs/04_lm.ipynb #6c3800a8
 def build_model(cfg: LMConfig, vocab_size: int) -> GPTNeoXForCausalLM:
@@ -56,8 +56,7 @@ def prepare_data(cfg: LMConfig, run, progress: bool = True) -> dict:
         if _tokens_ok(run, meta) and (run/"tokenizer").is_dir(): return meta
         if progress: print(f"token arrays in {run} are missing or corrupt; rebuilding them")
     t0 = time.time()
-    corpus = load_corpus(cfg.corpus, cfg.corpus_max_bytes)
-    train_docs, eval_docs = corpus.split(cfg.eval_frac, cfg.seed)
+    corpus, train_docs, eval_docs = lm_split(cfg).load()
     tok = train_tokenizer(train_docs, cfg.vocab_size)
     train, ev = encode_docs(tok, train_docs), encode_docs(tok, eval_docs)
     need = cfg.ctx + 1
@@ -81,6 +80,18 @@ def prepare_data(cfg: LMConfig, run, progress: bool = True) -> dict:
 def load_tokens(run, split: str) -> np.ndarray:
     "The memory-mapped token stream of a run's `split` ('train' or 'eval')."
     return np.load(Path(run)/"tokens"/f"{split}.npy", mmap_mode="r")
+
+# %% ../nbs/04_lm.ipynb #67ab987d
+def lm_split(cfg: LMConfig) -> CorpusSplit:
+    "The train/eval split of a run with config `cfg`."
+    return CorpusSplit(cfg.corpus, cfg.corpus_max_bytes, cfg.eval_frac, cfg.seed)
+
+def run_split(run) -> CorpusSplit | None:
+    "The split a run trained by saetrack was made with, read back from its `run.json` (None: no `run.json`)."
+    p = Path(run)/"run.json"
+    if not p.exists(): return None
+    c = read_json(p)["config"]
+    return CorpusSplit(c["corpus"], c["corpus_max_bytes"], c["eval_frac"], c["seed"])
 
 # %% ../nbs/04_lm.ipynb #e0140603
 def lr_at(step: int, cfg: LMConfig) -> float:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import time
 from pathlib import Path
-from .activations import _ctx, cache_activations, token_stream
+from .activations import _ctx, activation_split, cache_activations, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import Preset
 from .core import SaetrackError, read_json, resolve_device
@@ -26,7 +26,7 @@ def activations_for(source, preset: Preset, root, hook: str | None = None, corpu
     Checkpoint by checkpoint, both splits, so each model is loaded once (the source keeps the last one)."""
     from tqdm.auto import tqdm
     hook, source = hook or preset.acts.hook, open_source(source)
-    splits = [(split, n, *token_stream(source, split, corpus))
+    splits = [(split, n, *token_stream(source, split, corpus, root))
               for split, n in (("train", preset.acts.train_tokens), ("eval", preset.acts.eval_tokens))]
     out, steps = ({}, {}), source.steps if steps is None else list(steps)
     for s in steps: source.check_step(s)                  # every step exists before any work
@@ -36,11 +36,11 @@ def activations_for(source, preset: Preset, root, hook: str | None = None, corpu
                                          corpus_sha256=sha, device=device, progress=False))
     return out
 
-def _dataset_name(source, corpus) -> str:
+def _dataset_name(source, corpus, root=None) -> str:
     "The corpus the activations' tokens come from, as SAELens' `dataset_path` records it."
     run = getattr(source, "path", None)
     if corpus is None and run is not None and (run/"run.json").exists(): return read_json(run/"run.json")["corpus"]["name"]
-    return corpus or "stdlib"
+    return corpus or activation_split(source, None, root).corpus
 
 def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
           progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None) -> SAESeries:
@@ -67,7 +67,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
 
     def quality_fn(step, sae, eval_entry):
         return ce_recovered(source.hooked(step, device), sae, hook, eval_entry.tokens[:CE_ROWS])
-    dataset = _dataset_name(source, corpus)
+    dataset = _dataset_name(source, corpus, out/"activations")
     def metadata(step):
         return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
     series = train_series(preset.sae, train_acts, eval_acts, out/"series", hook, progress=progress, quality_fn=quality_fn,
