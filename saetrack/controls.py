@@ -11,13 +11,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from .config import SAEConfig, paper_recipe
-from .core import SaetrackError, atomic_write_json, read_json
+from .core import SaetrackError, atomic_write_json, read_json, stable_hash
 from .plotting import save_figure
 from .series import SAESeries, train_series
 
 # %% auto #0
-__all__ = ['CHAINS', 'CHAIN_STYLE', 'chain_dir', 'null_chain', 'paper_chain', 'backward_chain', 'link_angles', 'gap_slope',
-           'headline', 'run_controls', 'controls_table', 'independent_table', 'independent_check', 'plot_controls']
+__all__ = ['CHAINS', 'CONTROLS', 'CHAIN_STYLE', 'chain_dir', 'null_chain', 'paper_chain', 'backward_chain', 'link_angles',
+           'gap_slope', 'headline', 'run_controls', 'controls_table', 'independent_table', 'independent_saes',
+           'independent_check', 'plot_controls']
 
 # %% ../nbs/14_controls.ipynb #784e60ee
 CHAINS = {"series": "SAE-Track (converged links)", "paper": "paper's recipe (1/20 tokens, lr/10)",
@@ -90,22 +91,32 @@ def headline(result: dict, angles: pd.DataFrame) -> dict:
                 formation={c: v["median_step"] for c, v in s["median_formation_step"][s["formation_space"]].items()},
                 link_angle=gap_slope(angles), angles=angles.to_dict(orient="list"))
 
+CONTROLS = ("paper", "null", "backward", "independent")
+
+def _built(out, name: str) -> bool:
+    try: SAESeries.load(chain_dir(out, name)); return True
+    except SaetrackError: return False
+
 def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, null_at: int | None = None,
-                 chains=tuple(CHAINS)) -> dict:
-    """Build (or reuse) the paper-recipe, null and backward chains of the run in `out`, analyse each exactly like the
-    series, and save the headline numbers of all four chains in `out/controls/controls.json`."""
+                 controls=CONTROLS) -> dict:
+    """Build (or reuse) the `controls` of the run in `out`: the paper-recipe, null and backward chains, and the
+    independent converged SAEs (once the recipe study exists). Every chain on disk is analysed exactly like the
+    series; the headline numbers go to `out/controls/controls.json`. A control not asked for keeps what is on disk."""
     from saetrack.analysis import analyse
     out = Path(out)
+    bad = set(controls) - set(CONTROLS)
+    if bad: raise SaetrackError(f"unknown control(s) {', '.join(sorted(bad))}; choose from: {', '.join(CONTROLS)}")
     t0 = time.time()
     series = SAESeries.load(chain_dir(out, "series"))
+    series_key = stable_hash(series.manifest["entries"])
     build = dict(paper=paper_chain, null=lambda *a, **k: null_chain(*a, at=null_at, **k), backward=backward_chain)
     from saetrack import semantics as sm
     times, heads, fractions = {}, {}, {}
-    chains = ["series"] + [c for c in chains if c != "series"]
+    chains = ["series"] + [c for c in CHAINS if c != "series" and (c in controls or _built(out, c))]
     for name in chains:
-        if name not in CHAINS: raise SaetrackError(f"unknown chain '{name}'; choose from: {', '.join(CHAINS)}")
         t = time.time()
-        s = series if name == "series" else build[name](series, train_acts, eval_acts, out, progress=progress)
+        s = series if name == "series" else build[name](series, train_acts, eval_acts, out, progress=progress) if name in controls \
+            else SAESeries.load(chain_dir(out, name))
         r = analyse(out, progress=progress, series_dir=None if name == "series" else s.path)
         heads[name] = headline(r, link_angles(s.decoders(), s.steps, r["live"]))
         heads[name]["tokens"] = int(s.metrics()["tokens"].sum())
@@ -116,10 +127,14 @@ def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, 
                           null_at=int(series.steps[-1] if null_at is None else null_at), steps=series.steps, seconds=times,
                           partial=True))                  # what is done so far survives an interruption
     t = time.time()
-    indep = independent_check(out, main, progress) if (out/"convergence"/"study.json").exists() else None
-    times["independent"] = round(time.time() - t, 1)
+    old = read_json(out/"controls"/"controls.json") if (out/"controls"/"controls.json").exists() else {}
+    indep = old.get("independent") if old.get("series_key") == series_key else None
+    if "independent" in controls and (out/"convergence"/"study.json").exists():
+        indep = independent_check(out, main, independent_saes(out, train_acts, eval_acts, progress=progress), progress)
+        times["independent"] = round(time.time() - t, 1)
     res = dict(chains=heads, fractions=fractions, independent=indep, names=CHAINS, null_at=int(series.steps[-1] if null_at is None else null_at),
-               steps=series.steps, seconds=times, total_seconds=round(time.time() - t0, 1), partial=set(chains) != set(CHAINS))
+               steps=series.steps, seconds=times, total_seconds=round(time.time() - t0, 1), series_key=series_key,
+               partial=set(chains) != set(CHAINS) or indep is None)
     atomic_write_json(out/"controls"/"controls.json", res)
     return res
 
@@ -164,16 +179,36 @@ def independent_table(res: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("step")
 
 # %% ../nbs/14_controls.ipynb #b85ffa5e
-def independent_check(out, result: dict, progress: bool = True) -> dict:
-    """(c) The recipe study's converged from-scratch SAEs (every seed at every studied checkpoint) classified with the
-    series' rule on the same eval set: class fractions beside the series' at those steps; Hungarian decoder matching
-    between seeds (the seed floor) and between the series' SAE and each independent one."""
+def independent_saes(out, train_acts: dict, eval_acts: dict, n_seeds: int = 3, progress: bool = True) -> dict:
+    """(c) Converged from-scratch SAEs, `n_seeds` seeds, at every checkpoint the recipe study trained references at
+    (the studied steps and the steps it warm-starts from): the study's own where they exist, the missing seeds trained
+    here by the same rule into the same cache (`RUN/convergence/refs`). Returns {step: [SAE directory per seed]}."""
+    from saetrack.activations import load_activations
+    from saetrack.convergence import scratch_reference
+    from saetrack.series import eval_subset
+    out = Path(out)
+    study = read_json(out/"convergence"/"study.json")
+    cfg = SAEConfig(**SAESeries.load(out/"series").manifest["config"])
+    steps = sorted(set(study["steps"]) | {r["prev"] for r in study["table"]})
+    seeds = [cfg.seed + i for i in range(n_seeds)]
+    res = {}
+    with tqdm(total=len(steps) * n_seeds, desc="independent SAEs", disable=not progress) as bar:
+        for step in steps:
+            ev = eval_subset(load_activations(eval_acts[step]).acts, study["eval_tokens"])
+            res[step] = []
+            for s in seeds:
+                res[step].append(Path(scratch_reference(cfg, train_acts[step], ev, step, s, out/"convergence")["dir"])); bar.update()
+    return res
+
+def independent_check(out, result: dict, sae_dirs: dict, progress: bool = True) -> dict:
+    """(c) The converged independent SAEs `sae_dirs` ({step: [dirs]}, from `independent_saes`) classified with the series'
+    rule on the same eval set: class fractions beside the series' at those steps; Hungarian decoder matching between
+    seeds (the seed floor) and between the series' SAE and each independent one."""
     from saetrack.analysis import eval_caches, token_strings
     from saetrack.matching import latent_stats, match_features
     from saetrack.sae import load_sae
     from saetrack import semantics as sm
     out = Path(out)
-    study = read_json(out/"convergence"/"study.json")
     series = SAESeries.load(out/"series")
     caches = eval_caches(out, series)
     tokens = np.asarray(caches[series.steps[-1]].tokens)
@@ -182,10 +217,9 @@ def independent_check(out, result: dict, progress: bool = True) -> dict:
     th = sm.Thresholds(**cfg["thresholds"]) if isinstance(cfg["thresholds"], dict) else cfg["thresholds"]
     steps = [int(s) for s in result["steps"]]
     rows = []
-    for ref in tqdm(study["references"], desc="independent SAEs", disable=not progress):
-        c, acts = int(ref["step"]), caches[int(ref["step"])].acts
-        l1 = ref["refs"][0]["l1"]
-        saes = [load_sae(out/"convergence"/"refs"/f"step{c}_seed{r['seed']}") for r in ref["refs"] if r["l1"] == l1]
+    for c, dirs in tqdm(sorted(sae_dirs.items()), desc="independent SAEs: classes and matching", disable=not progress):
+        acts = caches[c].acts
+        saes = [load_sae(d) for d in dirs]
         live = [latent_stats(s, acts)["live"] for s in saes]
         fr = [sm.class_fractions(sm.classify_checkpoint(sm.as_encode_fn(s), acts, tokens, cfg["k"], key_map, th,
                                                         cfg["n_null_dirs"], cfg["seed"])["classes"][None])[0] for s in saes]

@@ -71,6 +71,15 @@ def test_reproduce_micro(tmp_path):
     code, out, err = run_cli("figures", "--preset", "micro", "--out", tmp_path / "run", "--figures", tmp_path / "again")
     assert code == 0, err
     assert set(json.loads((tmp_path / "again" / "MANIFEST.json").read_text())) == set(man)
+    # a one-recipe study at step 24 (from 16), so that the controls add (c): independent converged SAEs, 3 seeds at
+    # every checkpoint the study has references at, the study's own reused
+    from saetrack.config import get_preset
+    from saetrack.convergence import PAPER, recipe_study
+    run, p = tmp_path / "run", get_preset("micro")
+    entries = lambda split: {s: run / "activations" / p.acts.hook / split / f"step{s}" for s in (16, 24)}
+    recipe_study(p.sae, entries("train"), entries("eval"), run / "convergence", steps=[24], n_seeds=1, recipes=[PAPER], progress=False)
+    ref = run / "convergence" / "refs" / "step24_seed42" / "sae_weights.safetensors"
+    made = ref.stat().st_mtime_ns
     # the controls: three more chains analysed like the series, then drawn by `figures` beside it
     code, out, err = run_cli("controls", "--preset", "micro", "--out", tmp_path / "run", "--quiet")
     assert code == 0, err
@@ -78,6 +87,11 @@ def test_reproduce_micro(tmp_path):
     res = json.loads((tmp_path / "run" / "controls" / "controls.json").read_text())
     assert set(res["chains"]) == {"series", "paper", "null", "backward"}
     assert res["chains"]["null"]["tokens"] == res["chains"]["series"]["tokens"]          # same optimiser budget
+    rows = res["independent"]["rows"]
+    assert [r["step"] for r in rows] == [16, 24] and all(r["n_seeds"] == 3 for r in rows)
+    assert all(0 < r["seed_floor"] <= 1 and abs(sum(r["independent_fractions"]) - 1) < 1e-3 for r in rows)
+    assert ref.stat().st_mtime_ns == made                                                # the study's seed, not retrained
+    assert len(list((run / "convergence" / "refs").glob("step*_seed4[34]/sae_weights.safetensors"))) == 4
     code, out, err = run_cli("figures", "--preset", "micro", "--out", tmp_path / "run", "--figures", tmp_path / "again")
     assert code == 0, err
     assert {"controls.png", "controls.pdf"} <= set(json.loads((tmp_path / "again" / "MANIFEST.json").read_text()))

@@ -129,3 +129,24 @@ def test_held_out_fn_equals_sae_metrics(arch, k):
     lam = cfg.l1_coefficient if arch == "relu" else 0.0
     assert got["loss"] == pytest.approx(m["mse_loss"] + lam * m["l1"], rel=1e-5)
     for key in ("nmse", "explained_variance", "l0", "dead_frac"): assert got[key] == pytest.approx(m[key], rel=1e-5, abs=1e-7)
+
+def test_series_vs_reference_compares_at_the_series_own_l0(one_thread, tmp_path):
+    "Acceptance reads the references' nMSE-L0 frontier at the series' L0: sparser-but-on-the-frontier passes, 20% above fails."
+    from types import SimpleNamespace
+    from saetrack.convergence import series_vs_reference
+    from saetrack.series import held_out_fn, eval_subset
+    x = planted(4096)
+    write_cache(tmp_path/"activations"/"h"/"eval"/"step5", x, np.zeros((128, 33), np.int32), 5)
+    sae, _, _ = train_one(replace(SMALL, budget="fixed", tokens_first=256 * 200), x, 5)
+    series = SimpleNamespace(manifest=dict(config=vars(SMALL).copy()), steps=[5], path=tmp_path/"series", hook="h",
+                             sae=lambda step: sae, acts_step=lambda step: step)
+    m = held_out_fn(SMALL, eval_subset(x, 2048))(sae)
+    def res(scale):
+        # the reference (at the run's L1) is denser and reconstructs better; the frontier through it passes the series' point x scale
+        refs = [dict(l1=1e-3, final=dict(nmse=m["nmse"] / 2, l0=2 * m["l0"]))]
+        front = [(2 * m["l0"], m["nmse"] / 2 * scale), (m["l0"] / 2, 2 * m["nmse"] * scale)]
+        return dict(eval_tokens=2048, references=[dict(step=5, refs=refs, frontier=front, ref_loss=m["loss"])])
+    on = series_vs_reference(series, res(1.0)).loc[5]
+    assert on["frontier_nmse"] == pytest.approx(m["nmse"], rel=1e-4) and on["ok"]     # the literal rule (2x the reference's nMSE) fails it
+    assert on["series_nmse"] > 1.1 * on["reference_nmse"]
+    assert not series_vs_reference(series, res(0.8)).loc[5]["ok"]                      # 25% above the frontier at its L0
