@@ -1,14 +1,20 @@
 # saetrack: the two quick-start targets install what they need first.
 PY ?= python3
 
-.PHONY: install reproduce test sync check
+.PHONY: install reproduce test sync check browser
 install:
 	$(PY) -m pip install -q -e ".[dev]"
 
 reproduce: install          ## the main job on the embedded default (tiny preset), figures into ./figures
 	saetrack reproduce
 
-test: install               ## notebooks (micro preset) then the pytest suite
+browser:                    ## headless Chromium for the explorer's browser test (Debian's package); that test skips, saying why, where it cannot be installed
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  echo "make browser: could not install chromium (no apt-get, no root or no package index); the browser test will skip"
+
+test: install browser       ## notebooks (micro preset) then the pytest suite
 	nbdev-test --n-workers 2
 	$(PY) -m pytest
 

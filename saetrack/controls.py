@@ -179,17 +179,19 @@ def independent_table(res: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("step")
 
 # %% ../nbs/14_controls.ipynb #b85ffa5e
-def independent_saes(out, train_acts: dict, eval_acts: dict, n_seeds: int = 3, progress: bool = True) -> dict:
-    """(c) Converged from-scratch SAEs, `n_seeds` seeds, at every checkpoint the recipe study trained references at
-    (the studied steps and the steps it warm-starts from): the study's own where they exist, the missing seeds trained
-    here by the same rule into the same cache (`RUN/convergence/refs`). Returns {step: [SAE directory per seed]}."""
+def independent_saes(out, train_acts: dict, eval_acts: dict, n_seeds: int = 3, n_steps: int = 4, progress: bool = True) -> dict:
+    """(c) Converged from-scratch SAEs, `n_seeds` seeds, at `n_steps` checkpoints spread (by index) over those the recipe
+    study trained references at (the studied steps and the steps it warm-starts from): the study's own where they exist,
+    the missing seeds trained here by the same rule into the same cache (`RUN/convergence/refs`).
+    Returns {step: [SAE directory per seed]}."""
     from saetrack.activations import load_activations
     from saetrack.convergence import scratch_reference
     from saetrack.series import eval_subset
     out = Path(out)
     study = read_json(out/"convergence"/"study.json")
     cfg = SAEConfig(**SAESeries.load(out/"series").manifest["config"])
-    steps = sorted(set(study["steps"]) | {r["prev"] for r in study["table"]})
+    have = sorted(set(study["steps"]) | {r["prev"] for r in study["table"]})
+    steps = [have[i] for i in sorted(set(np.linspace(0, len(have) - 1, min(n_steps, len(have))).round().astype(int)))]
     seeds = [cfg.seed + i for i in range(n_seeds)]
     res = {}
     with tqdm(total=len(steps) * n_seeds, desc="independent SAEs", disable=not progress) as bar:
