@@ -232,7 +232,7 @@ def independent_check(out, result: dict, sae_dirs: dict, progress: bool = True) 
         vs = [float(np.median(m.sim[tlive[m.rows] & live[i][m.cols]])) for i in range(len(saes)) for m in [match_features(track, saes[i])]]
         t = steps.index(c)
         rows.append(dict(step=c, n_seeds=len(saes), independent_fractions=np.mean(fr, 0).round(4).tolist(),
-                         independent_fractions_range=(np.max(fr, 0) - np.min(fr, 0)).round(4).tolist(),
+                         independent_fractions_min=np.min(fr, 0).round(4).tolist(), independent_fractions_max=np.max(fr, 0).round(4).tolist(),
                          series_fractions=result["class_fractions"][t].round(4).tolist(),
                          seed_floor=round(float(np.median(floor)), 4) if floor else float("nan"),
                          series_vs_independent=round(float(np.median(vs)), 4)))
@@ -270,6 +270,13 @@ def plot_controls(res: dict, path=None):
         for cls, lw in (("token", 1.8), ("concept", 1.0)):
             c.plot(x(steps), fr[cls], ls, color=col, lw=lw)
     c.plot([], [], "k-", lw=1.8, label="token-level"); c.plot([], [], "k-", lw=1.0, label="concept-level")
+    ind = res.get("independent") or {}
+    for k, r in enumerate(ind.get("rows", [])):               # (c): converged independent SAEs, mean and range over seeds
+        for j, (cls, ms) in enumerate(((ind["classes"].index("token"), 7), (ind["classes"].index("concept"), 5))):
+            lo, hi = r.get("independent_fractions_min", r["independent_fractions"])[cls], r.get("independent_fractions_max", r["independent_fractions"])[cls]
+            c.vlines(r["step"] + 1, lo, hi, color="k", lw=1.2)
+            c.plot(r["step"] + 1, r["independent_fractions"][cls], "D", color="k", mfc="white", ms=ms,
+                   label=f"independent converged SAEs ({r['n_seeds']} seeds: mean, range)" if k == j == 0 else None)
     c.set_xscale("log"); c.set_xlabel("training step + 1"); c.set_ylabel("share of latents")
     c.set_title("Feature classes (thick: token-level, thin: concept-level)", fontsize=9); c.legend(frameon=False, fontsize=8)
     pats = ["maintaining", "shifting", "grouping", "emerging", "dissolving", "other"]
