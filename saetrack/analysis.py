@@ -17,7 +17,7 @@ from . import changepoints as cp, drift as dr, formation as fm, semantics as sm,
 
 # %% auto #0
 __all__ = ['ANALYSIS_VERSION', 'SPACES', 'AnalysisConfig', 'eval_caches', 'token_strings', 'analysis_key', 'analyse',
-           'moved_after_formation', 'summarise', 'feature_report', 'plot_analysis']
+           'cached_analysis', 'moved_after_formation', 'summarise', 'feature_report', 'plot_analysis']
 
 # %% ../nbs/60_analysis.ipynb #fd8a68e6
 ANALYSIS_VERSION = 2          # bump when the cached result changes shape or meaning
@@ -237,6 +237,28 @@ def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_
     res = _load(where, key)   # return exactly what a later cache read returns
     res["cached"] = False
     return res
+
+# %% ../nbs/60_analysis.ipynb #35e9344e
+def cached_analysis(out) -> dict:
+    """The analysis `saetrack analyse` cached for the series in `out`, read back without computing anything. Raises a
+    one-line `SaetrackError` naming the command to run when there is none, or when the series or its held-out caches
+    changed since (a stale key)."""
+    out = Path(out)
+    where = out/"analysis"
+    series = SAESeries.load(out/"series")
+    if not ((where/"analysis.json").exists() and (where/"analysis.npz").exists()):
+        raise SaetrackError(f"no cached analysis under '{where}'; run `saetrack analyse --out {out}` first")
+    stale = SaetrackError(f"the cached analysis under '{where}' is not for this series and its held-out caches (or is "
+                          f"damaged); rerun `saetrack analyse --out {out}`")
+    try:
+        c = dict(read_json(where/"analysis.json")["config"])
+        cfg = AnalysisConfig(**{**c, "thresholds": sm.Thresholds(**c["thresholds"])})
+    except (OSError, ValueError, KeyError, TypeError):
+        raise stale from None
+    r = _load(where, analysis_key(series, eval_caches(out, series), cfg))
+    if r is None: raise stale
+    r["cached"] = True
+    return r
 
 # %% ../nbs/60_analysis.ipynb #1761b153
 def _class_names(codes) -> np.ndarray: return np.array([sm.CLASS_NAMES[int(c)] for c in np.asarray(codes)])

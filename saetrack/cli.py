@@ -203,7 +203,8 @@ def cmd_explore(a):
 
 def cmd_explorer(a) -> dict:
     "The browser explorer: static HTML under OUT/explorer (an index of every latent, one page per latent) from the cached analysis."
-    from saetrack.explorer import ExplorerConfig, build_explorer, cached_analysis
+    from saetrack.analysis import cached_analysis
+    from saetrack.explorer import ExplorerConfig, build_explorer
     if a.contexts < 1: raise SaetrackError(f"--contexts must be at least 1 (got {a.contexts})")
     out = _series_out(a)
     cfg = ExplorerConfig(n_contexts=a.contexts)

@@ -185,13 +185,13 @@ def independent_saes(out, train_acts: dict, eval_acts: dict, n_seeds: int = 3, n
     the missing seeds trained here by the same rule into the same cache (`RUN/convergence/refs`).
     Returns {step: [SAE directory per seed]}."""
     from saetrack.activations import load_activations
-    from saetrack.convergence import scratch_reference
+    from saetrack.convergence import scratch_reference, spread
     from saetrack.series import eval_subset
     out = Path(out)
     study = read_json(out/"convergence"/"study.json")
     cfg = SAEConfig(**SAESeries.load(out/"series").manifest["config"])
     have = sorted(set(study["steps"]) | {r["prev"] for r in study["table"]})
-    steps = [have[i] for i in sorted(set(np.linspace(0, len(have) - 1, min(n_steps, len(have))).round().astype(int)))]
+    steps = spread(have, n_steps)
     seeds = [cfg.seed + i for i in range(n_seeds)]
     res = {}
     with tqdm(total=len(steps) * n_seeds, desc="independent SAEs", disable=not progress) as bar:
@@ -273,8 +273,7 @@ def plot_controls(res: dict, path=None):
     ind = res.get("independent") or {}
     for k, r in enumerate(ind.get("rows", [])):               # (c): converged independent SAEs, mean and range over seeds
         for j, (cls, ms) in enumerate(((ind["classes"].index("token"), 7), (ind["classes"].index("concept"), 5))):
-            lo, hi = r.get("independent_fractions_min", r["independent_fractions"])[cls], r.get("independent_fractions_max", r["independent_fractions"])[cls]
-            c.vlines(r["step"] + 1, lo, hi, color="k", lw=1.2)
+            c.vlines(r["step"] + 1, r["independent_fractions_min"][cls], r["independent_fractions_max"][cls], color="k", lw=1.2)
             c.plot(r["step"] + 1, r["independent_fractions"][cls], "D", color="k", mfc="white", ms=ms,
                    label=f"independent converged SAEs ({r['n_seeds']} seeds: mean, range)" if k == j == 0 else None)
     c.set_xscale("log"); c.set_xlabel("training step + 1"); c.set_ylabel("share of latents")

@@ -17,7 +17,7 @@ from .sae import save_sae
 from .series import eval_subset, held_out_fn, plateau_rule, step_seed, train_one
 
 # %% auto #0
-__all__ = ['PAPER', 'Recipe', 'recipe_grid', 'frontier_nmse', 'Match', 'first_at', 'fraction_text', 'pick_steps',
+__all__ = ['PAPER', 'Recipe', 'recipe_grid', 'frontier_nmse', 'Match', 'first_at', 'fraction_text', 'spread', 'pick_steps',
            'scratch_reference', 'warm_start', 'recipe_study', 'recipe_summary', 'best_recipe', 'series_cost',
            'series_vs_reference', 'plot_recipes', 'plot_convergence']
 
@@ -86,11 +86,14 @@ def fraction_text(v: float, cap: float) -> str:
     return f"> {cap:g}" if math.isinf(v) else f"{v:.3f}"
 
 # %% ../nbs/13_convergence.ipynb #5c4d8594
+def spread(steps: list[int], n: int) -> list[int]:
+    "`n` of `steps` (sorted) spread evenly by index, so log-spaced early steps count; the first and last included."
+    steps = sorted(steps)
+    return [steps[i] for i in sorted(set(np.linspace(0, len(steps) - 1, min(n, len(steps))).round().astype(int)))]
+
 def pick_steps(steps: list[int], n: int = 5) -> list[int]:
-    "`n` steps spread evenly (by index, so log-spaced early steps count) over all but the first."
-    rest = sorted(steps)[1:]
-    idx = sorted(set(np.linspace(0, len(rest) - 1, min(n, len(rest))).round().astype(int)))
-    return [rest[i] for i in idx]
+    "`n` steps spread evenly (by index) over all but the first: the studied steps, each warm-started from the one before."
+    return spread(sorted(steps)[1:], n)
 
 def _cached_run(path: Path, key: str, fn) -> dict:
     "`fn()` once: its JSON result is kept at `path` under `key` (a killed study resumes where it stopped)."

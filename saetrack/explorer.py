@@ -9,37 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .analysis import AnalysisConfig, _load, analysis_key, eval_caches
+from .analysis import cached_analysis, eval_caches
 from .core import SaetrackError, atomic_path, read_json, stable_hash
 from .series import SAESeries
 from . import semantics as sm
 
 # %% auto #0
-__all__ = ['EXPLORER_VERSION', 'CHROMIUM_FLAGS', 'cached_analysis', 'context_windows', 'fast_encoder', 'encode_pass',
-           'decoder_neighbours', 'ExplorerConfig', 'explorer_data', 'token_html', 'context_html', 'histogram_svg',
-           'overview_svg', 'feature_page', 'index_page', 'build_explorer', 'external_refs', 'find_chromium', 'Chromium']
-
-# %% ../nbs/75_explorer.ipynb #35e9344e
-def cached_analysis(out) -> dict:
-    """The analysis `saetrack analyse` cached for the series in `out`, read back without computing anything. Raises a
-    one-line `SaetrackError` naming the command to run when there is none, or when the series or its held-out caches
-    changed since (a stale key)."""
-    out = Path(out)
-    where = out/"analysis"
-    series = SAESeries.load(out/"series")
-    if not ((where/"analysis.json").exists() and (where/"analysis.npz").exists()):
-        raise SaetrackError(f"no cached analysis under '{where}'; run `saetrack analyse --out {out}` first")
-    stale = SaetrackError(f"the cached analysis under '{where}' is not for this series and its held-out caches (or is "
-                          f"damaged); rerun `saetrack analyse --out {out}`")
-    try:
-        c = dict(read_json(where/"analysis.json")["config"])
-        cfg = AnalysisConfig(**{**c, "thresholds": sm.Thresholds(**c["thresholds"])})
-    except (OSError, ValueError, KeyError, TypeError):
-        raise stale from None
-    r = _load(where, analysis_key(series, eval_caches(out, series), cfg))
-    if r is None: raise stale
-    r["cached"] = True
-    return r
+__all__ = ['EXPLORER_VERSION', 'CHROMIUM_FLAGS', 'context_windows', 'fast_encoder', 'encode_pass', 'decoder_neighbours',
+           'ExplorerConfig', 'explorer_data', 'token_html', 'context_html', 'histogram_svg', 'overview_svg',
+           'feature_page', 'index_page', 'build_explorer', 'external_refs', 'find_chromium', 'Chromium']
 
 # %% ../nbs/75_explorer.ipynb #2a8847db
 def context_windows(idx, L: int, before: int = 12, after: int = 4) -> np.ndarray:

@@ -6,7 +6,8 @@ import pytest
 from saetrack.analysis import analyse
 from saetrack.cli import main
 from saetrack.config import get_preset
-from saetrack.explorer import (Chromium, build_explorer, cached_analysis, context_html, external_refs, find_chromium,
+from saetrack.analysis import cached_analysis
+from saetrack.explorer import (Chromium, build_explorer, context_html, external_refs, find_chromium,
                                token_html)
 from saetrack.pipeline import track
 

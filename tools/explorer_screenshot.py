@@ -8,7 +8,8 @@ RUN is a run directory with a series and its cached analysis (`saetrack analyse`
 import argparse, sys
 from pathlib import Path
 import numpy as np
-from saetrack.explorer import Chromium, build_explorer, cached_analysis
+from saetrack.analysis import cached_analysis
+from saetrack.explorer import Chromium, build_explorer
 
 
 def pick_feature(r: dict) -> int:
