@@ -30,14 +30,16 @@ class Corpus:
     def n_bytes(self) -> int: return sum(len(d.encode()) for d in self.docs)
 
     def split(self, eval_frac: float, seed: int = 0) -> tuple[list[str], list[str]]:
-        "Document-level split: a document is held out when a hash of (seed, id) falls below `eval_frac`."
-        def held_out(i): return int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:8], 16) < eval_frac * 2**32
-        train = [d for i, d in zip(self.ids, self.docs) if not held_out(i)]
-        ev = [d for i, d in zip(self.ids, self.docs) if held_out(i)]
-        if not train or not ev:
-            raise SaetrackError(f"corpus '{self.name}' has {len(self.docs)} document(s), too few for a train/eval "
-                                f"split at eval_frac={eval_frac}; add more text files")
-        return train, ev
+        """Document-level split: a document is held out when a hash of (seed, id) falls below `eval_frac`.
+        A side the hash leaves empty gets the one document nearest the threshold, so any two documents split."""
+        if len(self.docs) < 2 or not 0 < eval_frac < 1:
+            raise SaetrackError(f"corpus '{self.name}' has {len(self.docs)} document(s) and eval_frac={eval_frac}; "
+                                "a train/eval split needs 2 or more documents and 0 < eval_frac < 1")
+        u = [int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:8], 16) / 2**32 for i in self.ids]
+        held = [x < eval_frac for x in u]
+        if not any(held): held[min(range(len(u)), key=u.__getitem__)] = True
+        if all(held): held[max(range(len(u)), key=u.__getitem__)] = False
+        return [d for d, h in zip(self.docs, held) if not h], [d for d, h in zip(self.docs, held) if h]
 
     def truncate(self, max_bytes: int | None) -> "Corpus":
         "The first documents (in corpus order) totalling at least `max_bytes`."
@@ -77,18 +79,22 @@ def _paragraph_docs(text: str, size: int = 2048) -> list[str]:
 def files_corpus(spec: str) -> Corpus:
     "A corpus from a directory, a glob pattern or a single text file."
     p = Path(spec).expanduser()
-    if p.is_dir(): files = sorted((f for f in p.rglob("*") if f.is_file()), key=lambda f: f.relative_to(p).as_posix())
-    elif p.is_file(): files = [p]
+    if p.is_dir(): root, files = p, [f for f in p.rglob("*") if f.is_file()]
+    elif p.is_file(): root, files = p.parent, [p]
     elif any(c in spec for c in "*?["):
-        files = sorted(Path(f) for f in glob.glob(os.path.expanduser(spec), recursive=True) if Path(f).is_file())
+        files = [Path(f) for f in glob.glob(os.path.expanduser(spec), recursive=True) if Path(f).is_file()]
+        root = Path(os.path.commonpath([f.parent for f in files])) if files else Path(".")
     else: raise SaetrackError(f"corpus path '{spec}' does not exist; pass an existing directory, a glob, or 'stdlib'")
+    # ids are paths relative to the corpus root, so the split does not move when the corpus does
+    files = sorted(files, key=lambda f: f.relative_to(root).as_posix())
     ids, docs = [], []
     for f in files:
         text = _read_text(f)
         if not text or not text.strip(): continue
+        rel = f.relative_to(root).as_posix()
         if len(files) == 1:
-            for k, d in enumerate(_paragraph_docs(text)): ids.append(f"{f.name}#{k}"); docs.append(d)
-        else: ids.append(f.as_posix()); docs.append(text)
+            for k, d in enumerate(_paragraph_docs(text)): ids.append(f"{rel}#{k}"); docs.append(d)
+        else: ids.append(rel); docs.append(text)
     if not docs:
         raise SaetrackError(f"corpus '{spec}' has no readable UTF-8 text files; pass a directory or glob of text files, or 'stdlib'")
     return Corpus(spec, ids, docs)
