@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['Corpus', 'stdlib_corpus', 'files_corpus', 'hf_corpus', 'load_corpus', 'CorpusSplit']
+__all__ = ['MIN_FILES', 'Corpus', 'stdlib_corpus', 'files_corpus', 'hf_corpus', 'load_corpus', 'CorpusSplit']
 
 # %% ../nbs/02_corpus.ipynb #80fdd245
 @dataclass
@@ -76,8 +76,11 @@ def _paragraph_docs(text: str, size: int = 2048) -> list[str]:
     if cur.strip(): docs.append(cur)
     return docs
 
+MIN_FILES = 20   # fewer files than this are too coarse a unit for a held-out fraction: they are cut into paragraphs
+
 def files_corpus(spec: str) -> Corpus:
-    "A corpus from a directory, a glob pattern or a single text file."
+    """A corpus from a directory, a glob pattern or a single text file. With `MIN_FILES` or more files each file is a
+    document; with fewer (one `input.txt`, three plays) each is cut at paragraph boundaries into ~2 kB documents."""
     p = Path(spec).expanduser()
     if p.is_dir(): root, files = p, [f for f in p.rglob("*") if f.is_file()]
     elif p.is_file(): root, files = p.parent, [p]
@@ -87,12 +90,10 @@ def files_corpus(spec: str) -> Corpus:
     else: raise SaetrackError(f"corpus path '{spec}' does not exist; pass an existing directory, a glob, or 'stdlib'")
     # ids are paths relative to the corpus root, so the split does not move when the corpus does
     files = sorted(files, key=lambda f: f.relative_to(root).as_posix())
+    texts = [(f.relative_to(root).as_posix(), t) for f in files if (t := _read_text(f)) and t.strip()]
     ids, docs = [], []
-    for f in files:
-        text = _read_text(f)
-        if not text or not text.strip(): continue
-        rel = f.relative_to(root).as_posix()
-        if len(files) == 1:
+    for rel, text in texts:
+        if len(texts) < MIN_FILES:
             for k, d in enumerate(_paragraph_docs(text)): ids.append(f"{rel}#{k}"); docs.append(d)
         else: ids.append(rel); docs.append(text)
     if not docs:
