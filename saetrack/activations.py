@@ -163,7 +163,8 @@ def cache_activations(source, hook: str, stream: np.ndarray, n_tokens: int, root
                                    sha256=file_sha256(tmp/"acts.npy")),
                          tokens=_write_npy(tmp/"tokens.npy", rows))
             atomic_write_json(tmp/"manifest.json", dict(key=key, step=step, hook=hook, split=split, source=str(source),
-                              identity=source.identity(step), corpus_sha256=corpus_sha256, n_tokens=n, ctx=ctx,
+                              identity=source.identity(step), skipped=getattr(source, "skipped", []),
+                              corpus_sha256=corpus_sha256, n_tokens=n, ctx=ctx,
                               processing=TL_PROCESSING, files=files, version=CACHE_VERSION, forward_dtype=fwd,
                               forward_rel_err=fwd_err))
         out[step] = d

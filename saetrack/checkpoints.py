@@ -4,83 +4,167 @@
 
 # %% ../nbs/05_checkpoints.ipynb #4412c074
 from __future__ import annotations
-import re, warnings
+import importlib, json, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import torch
-from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
-from .core import SaetrackError, file_sha256
+from .core import CorruptCacheError, SaetrackError, file_sha256, read_json
+from .lm import CHECKSUMS
 
 # %% auto #0
-__all__ = ['TL_PROCESSING', 'tl_config_from_hf', 'hooked_from_hf', 'LocalRun', 'PythiaHub', 'open_source', 'hook_layer',
-           'check_hook']
+__all__ = ['TL_PROCESSING', 'ARCHITECTURES', 'WEIGHTS', 'check_architecture', 'tl_config_from_hf', 'hooked_from_hf',
+           'inspect_checkpoint', 'LocalRun', 'PythiaHub', 'open_source', 'hook_layer', 'check_hook']
 
 # %% ../nbs/05_checkpoints.ipynb #7ff0f4e7
 #: Processing that `HookedTransformer.from_pretrained` applies by default (and the paper used).
 TL_PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True,
                      refactor_factored_attn_matrices=False)
 
-def tl_config_from_hf(hf_config, device: str = "cpu"):
-    "The `HookedTransformerConfig` TransformerLens derives for a GPT-NeoX (Pythia) HF config."
-    from transformer_lens import HookedTransformerConfig
+def _rope(c) -> dict:
+    "The rotary settings of an HF config, as a dict (transformers 5 `rope_parameters`, or the older attributes)."
+    r = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
+    r.setdefault("rope_theta", getattr(c, "rope_theta", None) or getattr(c, "rotary_emb_base", None) or 10000)
+    return r
+
+def _neox_cfg(c) -> dict:
     from transformer_lens.utilities.hf_utils import get_rotary_pct_from_config
-    if hf_config.model_type != "gpt_neox":
-        raise SaetrackError(f"checkpoint architecture '{hf_config.model_type}' is not GPT-NeoX; saetrack loads Pythia-style models")
-    rope = getattr(hf_config, "rope_parameters", None) or {}
-    d_head = hf_config.hidden_size // hf_config.num_attention_heads
-    return HookedTransformerConfig(
-        d_model=hf_config.hidden_size, d_head=d_head, n_heads=hf_config.num_attention_heads,
-        d_mlp=hf_config.intermediate_size, n_layers=hf_config.num_hidden_layers,
-        n_ctx=hf_config.max_position_embeddings, eps=hf_config.layer_norm_eps, d_vocab=hf_config.vocab_size,
-        act_fn=hf_config.hidden_act, use_attn_scale=True, scale_attn_by_inverse_layer_idx=False,
-        parallel_attn_mlp=getattr(hf_config, "use_parallel_residual", True),
-        positional_embedding_type="rotary", rotary_adjacent_pairs=False,
-        rotary_dim=round(get_rotary_pct_from_config(hf_config) * d_head),
-        rotary_base=rope.get("rope_theta", getattr(hf_config, "rotary_emb_base", 10000)),
-        normalization_type="LN", original_architecture="GPTNeoXForCausalLM", default_prepend_bos=False,
-        device=device, dtype=torch.float32)
+    d_head = c.hidden_size // c.num_attention_heads
+    return dict(d_model=c.hidden_size, d_head=d_head, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+                n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=c.layer_norm_eps, d_vocab=c.vocab_size,
+                act_fn=c.hidden_act, use_attn_scale=True, scale_attn_by_inverse_layer_idx=False,
+                parallel_attn_mlp=getattr(c, "use_parallel_residual", True), positional_embedding_type="rotary",
+                rotary_adjacent_pairs=False, rotary_dim=round(get_rotary_pct_from_config(c) * d_head),
+                rotary_base=_rope(c)["rope_theta"], normalization_type="LN", default_prepend_bos=False)
+
+def _gpt2_cfg(c) -> dict:
+    return dict(d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
+                n_layers=c.n_layer, n_ctx=c.n_positions, eps=c.layer_norm_epsilon, d_vocab=c.vocab_size,
+                act_fn=c.activation_function, use_attn_scale=c.scale_attn_weights,
+                scale_attn_by_inverse_layer_idx=c.scale_attn_by_inverse_layer_idx, normalization_type="LN")
+
+def _llama_cfg(c) -> dict:
+    rope = _rope(c)
+    if rope.get("rope_type", rope.get("type", "default")) != "default" or getattr(c, "attention_bias", False) or getattr(c, "mlp_bias", False):
+        raise SaetrackError("this Llama-style checkpoint uses rope scaling or attention/MLP biases, which saetrack does not convert; "
+                            "use a checkpoint with plain rotary embeddings and no biases")
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return dict(d_model=c.hidden_size, d_head=d_head, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+                n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=c.rms_norm_eps, d_vocab=c.vocab_size,
+                act_fn=c.hidden_act, n_key_value_heads=None if kv == c.num_attention_heads else kv,
+                normalization_type="RMS", final_rms=True, gated_mlp=True, positional_embedding_type="rotary",
+                rotary_adjacent_pairs=False, rotary_dim=d_head, rotary_base=rope["rope_theta"])
+
+#: model_type (config.json) -> (HookedTransformerConfig fields from the HF config, HF architecture, TransformerLens weight converter)
+ARCHITECTURES = {
+    "gpt_neox": (_neox_cfg, "GPTNeoXForCausalLM", "convert_neox_weights"),
+    "gpt2": (_gpt2_cfg, "GPT2LMHeadModel", "convert_gpt2_weights"),
+    "llama": (_llama_cfg, "LlamaForCausalLM", "convert_llama_weights"),
+}
+
+def check_architecture(model_type, where="checkpoint") -> tuple:
+    "The `ARCHITECTURES` row of `model_type`; a one-line error naming the supported ones otherwise."
+    if model_type not in ARCHITECTURES:
+        raise SaetrackError(f"{where} is a '{model_type}' model (model_type in config.json); saetrack loads "
+                            f"{', '.join(ARCHITECTURES)} checkpoints (GPT-NeoX/Pythia, GPT-2, Llama-style)")
+    return ARCHITECTURES[model_type]
+
+def tl_config_from_hf(hf_config, device: str = "cpu"):
+    "The `HookedTransformerConfig` TransformerLens derives for an HF config of a supported architecture."
+    from transformer_lens import HookedTransformerConfig
+    fields, arch, _ = check_architecture(hf_config.model_type)
+    return HookedTransformerConfig(**fields(hf_config), original_architecture=arch, device=device, dtype=torch.float32)
 
 def hooked_from_hf(hf_model, tokenizer=None, device: str = "cpu"):
-    "Convert a HF GPT-NeoX model into a `HookedTransformer`, processed as `from_pretrained` does by default."
+    "Convert an HF model into a `HookedTransformer` with TransformerLens' converter, processed as `from_pretrained` does by default."
     from transformer_lens import HookedTransformer
-    from transformer_lens.pretrained.weight_conversions.neox import convert_neox_weights
     cfg = tl_config_from_hf(hf_model.config, device)
+    convert = getattr(importlib.import_module("transformer_lens.pretrained.weight_conversions"), ARCHITECTURES[hf_model.config.model_type][2])
     with warnings.catch_warnings():   # TL 3.x announces HookedTransformer's removal in 4.0; we pin <4
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(convert_neox_weights(hf_model, cfg), **TL_PROCESSING)
+    model.load_and_process_state_dict(convert(hf_model, cfg), **TL_PROCESSING)
     return model.to(device, print_details=False).eval()
 
 # %% ../nbs/05_checkpoints.ipynb #c8decd25
+WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_CKPT = re.compile(r"(?:step|checkpoint-)(\d+)")
+_TOKENIZER = ("tokenizer.json", "vocab.json", "tokenizer.model")   # any of these: a tokenizer folder
+
+def inspect_checkpoint(d: Path) -> tuple[int, str] | str:
+    "(step, model_type) of the checkpoint folder `d` (named `step<N>` or `checkpoint-<N>`), or why it cannot be loaded."
+    step = int(_CKPT.fullmatch(d.name).group(1))
+    if not (d/"config.json").is_file(): return "no config.json"
+    try: cfg = json.loads((d/"config.json").read_text())
+    except (OSError, ValueError): return "config.json is not valid JSON"
+    if not isinstance(cfg, dict): return "config.json is not a JSON object"
+    if not any((d/f).is_file() for f in WEIGHTS): return "no weights file (model.safetensors or pytorch_model.bin)"
+    if (d/"trainer_state.json").exists():
+        try: gs = json.loads((d/"trainer_state.json").read_text())["global_step"]
+        except (OSError, ValueError, KeyError, TypeError): return "trainer_state.json has no readable global_step"
+        if gs != step: return f"trainer_state.json says global_step {gs}"
+    return step, str(cfg.get("model_type"))
+
+def _fmt_bad(bad: dict) -> str:
+    items = [f"{n}/ ({why})" for n, why in bad.items()]
+    return ", ".join(items if len(items) <= 6 else items[:5] + [f"and {len(items) - 5} more"])
+
 class LocalRun:
-    "A directory of Hugging Face GPT-NeoX checkpoints named `step<N>/` (ours, or anyone's Pythia-style run)."
-    def __init__(self, path):
+    """A directory of Hugging Face checkpoints, `step<N>/` (saetrack lm, Pythia revisions) or `checkpoint-<N>/`
+    (transformers.Trainer), of an architecture in `ARCHITECTURES`. `skip_bad`: leave out (and list in `skipped`)
+    checkpoint folders that cannot be loaded, instead of refusing the directory."""
+    def __init__(self, path, skip_bad: bool = False):
         self.path = Path(path)
         if not self.path.is_dir():
             raise SaetrackError(f"checkpoint directory '{path}' does not exist; train one with `saetrack lm --out {path}`")
-        self.steps = sorted(int(p.name[4:]) for p in self.path.glob("step*")
-                            if p.is_dir() and p.name[4:].isdigit() and (p/"config.json").exists()
-                            and any((p/f).exists() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")))
-        if not self.steps:
-            raise SaetrackError(f"'{path}' holds no checkpoints (expected step<N>/ directories with config.json and weights)")
+        dirs = sorted((p for p in self.path.iterdir() if p.is_dir() and _CKPT.fullmatch(p.name)),
+                      key=lambda p: (int(_CKPT.fullmatch(p.name).group(1)), p.name))
+        self._dirs, bad, types = {}, {}, {}
+        for d in dirs:
+            r = inspect_checkpoint(d)
+            if isinstance(r, str): bad[d.name] = r; continue
+            step, model_type = r
+            if step in self._dirs:
+                raise SaetrackError(f"'{path}' has two checkpoints of step {step}: {self._dirs[step].name}/ and {d.name}/; keep one")
+            self._dirs[step] = d; types.setdefault(model_type, d.name)
+        if bad and not skip_bad:
+            raise SaetrackError(f"'{path}' has checkpoints that cannot be loaded: {_fmt_bad(bad)}; repair or delete them, "
+                                "or pass --skip-bad-checkpoints (skip_bad=True) to leave them out")
+        if not self._dirs:
+            raise SaetrackError(f"'{path}' holds no checkpoints (expected step<N>/ or checkpoint-<N>/ directories with config.json "
+                                "and weights)" + (f"; unloadable: {_fmt_bad(bad)}" if bad else ""))
+        for model_type, name in types.items(): check_architecture(model_type, f"{self.path/name}")
+        self.steps = sorted(self._dirs)
+        self.skipped = [dict(checkpoint=n, problem=why) for n, why in bad.items()]
         self.name = self.path.name
         self._ids: dict[int, str] = {}
+        self._verified: set[int] = set()
 
     def __repr__(self): return f"LocalRun({str(self.path)!r}, steps={self.steps})"
 
     def check_step(self, step: int) -> Path:
-        if step not in self.steps:
+        if step not in self._dirs:
             raise SaetrackError(f"step {step} is not in {self.path} (available: {_fmt_steps(self.steps)})")
-        return self.path/f"step{step}"
+        return self._dirs[step]
 
-    def hf_model(self, step: int) -> GPTNeoXForCausalLM:
+    def hf_model(self, step: int):
+        "The HF model of `step`: its architecture checked and its weights verified before they are read."
+        from transformers import AutoConfig
+        d = self.check_step(step)
+        cfg = AutoConfig.from_pretrained(d)
+        check_architecture(cfg.model_type, str(d))[0](cfg)        # the TransformerLens mapping accepts this config
+        self.verify(step)
         hf_logging.disable_progress_bar()
-        return GPTNeoXForCausalLM.from_pretrained(self.check_step(step)).eval()
+        return AutoModelForCausalLM.from_pretrained(d, config=cfg).eval()
 
-    def tokenizer(self, step: int | None = None) -> PreTrainedTokenizerFast | None:
+    def tokenizer(self, step: int | None = None):
+        "The run's own tokenizer: the checkpoint's, else the one at the run's root or in `RUN/tokenizer/`; None if it has none."
         d = self.check_step(self.steps[-1] if step is None else step)
-        return PreTrainedTokenizerFast.from_pretrained(str(d)) if (d/"tokenizer.json").exists() else None
+        for t in (d, self.path, self.path/"tokenizer"):
+            if any((t/f).is_file() for f in _TOKENIZER): return AutoTokenizer.from_pretrained(str(t))
+        return None
 
     def hooked(self, step: int, device: str = "cpu"):
         "The `HookedTransformer` of `step`; the last one loaded is kept, so consecutive uses of a step load it once."
@@ -93,13 +177,28 @@ class LocalRun:
         return dict(model_name=self.name, model_class_name="HookedTransformer", model_from_pretrained_kwargs={},
                     model_path=str(self.check_step(step).resolve()))
 
+    def weights_file(self, step: int) -> Path:
+        d = self.check_step(step)
+        return next(d/f for f in WEIGHTS if (d/f).is_file())
+
     def identity(self, step: int) -> str:
         "sha256 of the step's weights file: a cache keyed by it is invalidated by retraining."
-        if step not in self._ids:
-            d = self.check_step(step)
-            w = next(d/f for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (d/f).exists())
-            self._ids[step] = file_sha256(w)
+        if step not in self._ids: self._ids[step] = file_sha256(self.weights_file(step))
         return self._ids[step]
+
+    def verify(self, step: int):
+        "Check `step`'s weights against the sha256 `saetrack lm` recorded as it saved them (no record: nothing to check)."
+        d, w = self.check_step(step), self.weights_file(step)
+        if step in self._verified or not (d/CHECKSUMS).exists(): return
+        fix = (f"delete {d} and rerun `saetrack lm --out {self.path}` with the --preset and flags that trained it: "
+               "it retrains from step 0 and rebuilds the checkpoint bit for bit")
+        try: want = read_json(d/CHECKSUMS)[w.name]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CorruptCacheError(f"checkpoint {d}: {CHECKSUMS} is unreadable or has no sha256 for {w.name}; {fix}") from None
+        if self.identity(step) != want:
+            raise CorruptCacheError(f"checkpoint {d}: {w.name} does not match the sha256 recorded when it was saved "
+                                    f"(corrupt weights); {fix}")
+        self._verified.add(step)
 
 def _fmt_steps(steps): return ", ".join(map(str, steps)) if len(steps) <= 20 else f"{', '.join(map(str, steps[:8]))}, ..., {steps[-1]}"
 
@@ -149,11 +248,12 @@ class PythiaHub:
     def identity(self, step: int) -> str: return f"{self.repo}@step{step}"
 
 # %% ../nbs/05_checkpoints.ipynb #74f4c2fa
-def open_source(spec):
-    "A local checkpoint directory, or a Pythia model name (`pythia-410m-deduped`, `EleutherAI/pythia-160m`)."
+def open_source(spec, skip_bad: bool = False):
+    """A local checkpoint directory, or a Pythia model name (`pythia-410m-deduped`, `EleutherAI/pythia-160m`).
+    `skip_bad`: a local directory's unloadable checkpoints are left out (listed in `.skipped`) instead of refused."""
     if isinstance(spec, (LocalRun, PythiaHub)): return spec
     p = Path(str(spec)).expanduser()
-    if p.exists() or str(spec).startswith((".", "/", "~")): return LocalRun(p)
+    if p.exists() or str(spec).startswith((".", "/", "~")): return LocalRun(p, skip_bad=skip_bad)
     if str(spec).split("/")[-1].startswith("pythia-"): return PythiaHub(str(spec))
     raise SaetrackError(f"'{spec}' is neither a checkpoint directory nor a Pythia model name")
 

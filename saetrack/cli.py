@@ -52,7 +52,7 @@ def cmd_activations(a) -> dict:
     from saetrack.config import get_preset
     from saetrack.pipeline import activations_for
     p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype))
-    src = open_source(a.checkpoints or a.run or f"runs/{p.name}")
+    src = open_source(a.checkpoints or a.run or f"runs/{p.name}", skip_bad=a.skip_bad_checkpoints)
     hook, steps = p.acts.hook, _at_steps(a)
     root = Path(a.out) if a.out else (src.path/"activations" if hasattr(src, "path") else Path("activations"))
     tr, ev = activations_for(src, p, root, corpus=a.corpus, steps=steps, progress=not a.quiet, device=a.device)
@@ -97,7 +97,8 @@ def cmd_track(a, times: dict | None = None):
     out = Path(a.out or f"runs/{p.name}")
     times, caches = ({} if times is None else times), {}
     series = track(p, out, checkpoints=a.checkpoints or p.checkpoints, hook=a.hook, corpus=a.corpus, progress=not a.quiet,
-                   times=times, caches=caches, device=a.device, steps=_at_steps(a) or p.steps)
+                   times=times, caches=caches, device=a.device, steps=_at_steps(a) or p.steps,
+                   skip_bad=getattr(a, "skip_bad_checkpoints", False))
     _print_series(series, times)
     return series
 
@@ -333,6 +334,8 @@ def _track_args(sp):
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="saetrack", description="SAE-Track: sparse autoencoders over a language model's training checkpoints.")
+    skip_help = ("leave out checkpoint folders that cannot be loaded (no config.json or weights, unreadable config) instead of "
+                 "stopping; the activation caches' manifests list them")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     sp = sub.add_parser("reproduce", help="everything on the embedded default: run, activations, series, figures")
     _common(sp); _lm_args(sp); _acts_args(sp); _track_args(sp)
@@ -350,16 +353,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_lm)
     sp = sub.add_parser("track", help="train an SAE-Track series (building the run and activations if needed)")
     _common(sp, "output directory: run, activations, series (default runs/<preset>)"); _lm_args(sp); _acts_args(sp); _track_args(sp)
-    sp.add_argument("--checkpoints", help="a directory of someone else's step<N>/ HF checkpoints, or a Pythia name (needs the Hub)")
+    sp.add_argument("--checkpoints", help="a directory of someone else's step<N>/ or checkpoint-<N>/ HF checkpoints, or a Pythia name (needs the Hub)")
     sp.add_argument("--at-steps", help="comma-separated checkpoint steps (default: all, or the Pythia preset's)")
+    sp.add_argument("--skip-bad-checkpoints", action="store_true", help=skip_help)
     sp.set_defaults(fn=cmd_track)
     sp = sub.add_parser("activations", help="cache hook activations at every checkpoint")
     _common(sp, "cache root (default RUN/activations)")
     sp.add_argument("--run", help="run directory (default runs/<preset>)")
-    sp.add_argument("--checkpoints", help="a directory of step<N>/ HF checkpoints, or a Pythia name (needs the Hub)")
+    sp.add_argument("--checkpoints", help="a directory of step<N>/ or checkpoint-<N>/ HF checkpoints, or a Pythia name (needs the Hub)")
     sp.add_argument("--corpus", help="corpus the activations are taken on (default: a saetrack run's own; for other checkpoints "
                     "the one recorded with their caches, else stdlib), split with the run's settings")
     sp.add_argument("--at-steps", help="comma-separated checkpoint steps (default: all)")
+    sp.add_argument("--skip-bad-checkpoints", action="store_true", help=skip_help)
     _acts_args(sp); sp.set_defaults(fn=cmd_activations)
     sp = sub.add_parser("convergence", help="the recipe study: which warm start reaches a converged scratch SAE, with how many tokens (slow)")
     _common(sp, "run directory with cached activations (default runs/<preset>)"); _acts_args(sp); _track_args(sp)

@@ -19,8 +19,8 @@ from .tokenizer import (encode_docs, load_tokenizer, save_tokenizer, save_tokens
                                 unigram_cross_entropy)
 
 # %% auto #0
-__all__ = ['STATE', 'build_model', 'n_params', 'prepare_data', 'load_tokens', 'lm_split', 'run_split', 'lr_at', 'batch_at',
-           'eval_windows', 'eval_loss', 'step_dir', 'saved_steps', 'train_lm', 'plot_lm_loss']
+__all__ = ['STATE', 'CHECKSUMS', 'build_model', 'n_params', 'prepare_data', 'load_tokens', 'lm_split', 'run_split', 'lr_at',
+           'batch_at', 'eval_windows', 'eval_loss', 'step_dir', 'saved_steps', 'train_lm', 'plot_lm_loss']
 
 # %% ../nbs/04_lm.ipynb #6c3800a8
 def build_model(cfg: LMConfig, vocab_size: int) -> GPTNeoXForCausalLM:
@@ -126,6 +126,7 @@ def eval_loss(model, tokens: np.ndarray, ctx: int, n_tokens: int, batch: int = 6
 
 # %% ../nbs/04_lm.ipynb #cb59dd8a
 STATE = "training_state.pt"
+CHECKSUMS = "sha256.json"   # in each checkpoint: {weights file: sha256}, checked by LocalRun before the weights are used
 
 def step_dir(run, step: int) -> Path: return Path(run)/f"step{step}"
 
@@ -141,6 +142,7 @@ def _save_checkpoint(run, step, model, tok, state: dict | None):
     hf_logging.disable_progress_bar()
     with atomic_path(step_dir(run, step), is_dir=True) as tmp:
         model.save_pretrained(tmp); tok.save_pretrained(tmp)
+        atomic_write_json(tmp/CHECKSUMS, {"model.safetensors": file_sha256(tmp/"model.safetensors")})
         if state is not None: torch.save(state, tmp/STATE)
 
 def _resume_point(run) -> int | None:
@@ -158,7 +160,8 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
         if d.exists(): clean_stale_tmp(d, recursive=False)
     meta = prepare_data(cfg, run, progress)
     ckpts = meta["checkpoint_steps"]
-    if (run/"log.json").exists() and read_json(run/"log.json").get("complete") and saved_steps(run)[-1:] == ckpts[-1:]:
+    saved = saved_steps(run)
+    if (run/"log.json").exists() and read_json(run/"log.json").get("complete") and set(ckpts) <= set(saved):
         return read_json(run/"log.json")
     tok = load_tokenizer(run/"tokenizer")
     train, ev = load_tokens(run, "train"), load_tokens(run, "eval")
@@ -167,6 +170,10 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
     log = dict(train_loss=[], eval={}, seconds=0.0, n_params=n_params(model), tokens_per_step=cfg.batch_size * cfg.ctx,
                unigram_ce=meta["unigram_ce"], complete=False)
     start = _resume_point(run)
+    missing = [c for c in ckpts if c not in saved and (start is None or c <= start)]
+    if missing and saved:               # a checkpoint was deleted (e.g. a corrupt one): retrain from 0, bit-identically
+        if progress: print(f"{run}: checkpoints {', '.join(map(str, missing))} are missing; retraining from step 0 to rebuild them")
+        start = None
     if start is None:
         start = 0
         log["eval"]["0"] = eval_loss(model, ev, cfg.ctx, cfg.eval_tokens)

@@ -43,21 +43,23 @@ def _dataset_name(source, corpus, root=None) -> str:
     return corpus or activation_split(source, None, root).corpus
 
 def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
-          progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None) -> SAESeries:
+          progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None,
+          skip_bad: bool = False) -> SAESeries:
     """Build whatever is missing under `out` (training run, activations) and then the SAE series. `times`
     receives stage seconds and `caches` the activation cache dirs ({"train": {step: dir}, "eval": ...}). The model's
     forward passes and SAE training run on `device` (the tiny LM itself trains on the CPU); `steps` restricts the
-    series to those checkpoints (default: all)."""
+    series to those checkpoints (default: all). `skip_bad` leaves out unloadable checkpoint folders (nbs/05_checkpoints);
+    each activation cache's manifest lists them."""
     out, device = Path(out), resolve_device(device)
     times = {} if times is None else times
     t = time.time()
-    source = None if checkpoints is None else open_source(checkpoints)
+    source = None if checkpoints is None else open_source(checkpoints, skip_bad=skip_bad)
     ctx = preset.lm.ctx if source is None else _ctx(source, source.steps[-1])
     rows = preset.acts.train_tokens // (ctx - 1) * (ctx - 1)          # before any work: the budgets fit the caches
     check_reuse(preset.sae, preset.sae.tokens_first, rows, "the first SAE")
     check_reuse(preset.sae, preset.sae.tokens_next, rows, "each later SAE")
     if source is None:
-        train_lm(preset.lm, out, progress=progress); source = LocalRun(out)
+        train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
     times["lm"] = time.time() - t; t = time.time()
     hook = hook or preset.acts.hook
     train_acts, eval_acts = activations_for(source, preset, out/"activations", hook, corpus, steps=steps, progress=progress,
