@@ -6,6 +6,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'saetrack/activations.py'),
                                       'saetrack.activations.Activations.step': ( 'activations.html#activations.step',
                                                                                  'saetrack/activations.py'),
+                                      'saetrack.activations._bos': ('activations.html#_bos', 'saetrack/activations.py'),
                                       'saetrack.activations._ctx': ('activations.html#_ctx', 'saetrack/activations.py'),
                                       'saetrack.activations._entry_dir': ('activations.html#_entry_dir', 'saetrack/activations.py'),
                                       'saetrack.activations._file_ok': ('activations.html#_file_ok', 'saetrack/activations.py'),

@@ -141,7 +141,7 @@ def cache_activations(source, hook: str, stream: np.ndarray, n_tokens: int, root
     rows, out = None, {}
     for step in tqdm(steps, desc=f"activations {hook} [{split}]", disable=not progress):
         ctx = _ctx(source, step)
-        if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx); rows_hash = _rows_hash(rows)
+        if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx, _bos(source, step)); rows_hash = _rows_hash(rows)
         key = dict(v=CACHE_VERSION, source=source.identity(step), hook=hook, split=split, dtype=dtype,
                    rows=rows_hash, processing=TL_PROCESSING)
         d = _entry_dir(root, hook, split, step)
@@ -187,6 +187,12 @@ def _ctx(source, step) -> int:
     from transformers import AutoConfig
     if hasattr(source, "path"): return AutoConfig.from_pretrained(source.check_step(step)).max_position_embeddings
     return 128   # the paper's context length for Pythia
+
+def _bos(source, step) -> int:
+    "The token each row starts with: the checkpoint's tokenizer's BOS (else its EOS; GPT-2 50256, Llama 1), Pythia's 0 without one."
+    tok = source.tokenizer(step) if hasattr(source, "path") else None
+    ids = [getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)]
+    return next((i for i in ids if i is not None), 0)
 
 # %% ../nbs/06_activations.ipynb #87cc5d4d
 SPLIT_FILE = "split.json"   # beside the caches of checkpoints not trained by saetrack: the split they are taken on

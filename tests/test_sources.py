@@ -66,13 +66,16 @@ ARCHS = {
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_other_architectures(arch, micro_run, micro, tmp_path):
     run = tmp_path / arch
-    _save_steps(run, ARCHS[arch], (0, 5), load_tokenizer(micro_run / "tokenizer"))
+    tok = load_tokenizer(micro_run / "tokenizer")
+    tok.bos_token = "<|padding|>"                                               # a BOS other than Pythia's 0
+    _save_steps(run, ARCHS[arch], (0, 5), tok)
     src = open_source(run)
     assert src.steps == [0, 5] and src.tokenizer() is not None                 # the tokenizer at the run's root
     hf = AutoModelForCausalLM.from_pretrained(run / "step5").eval()
     assert hf.config.model_type == arch and max_dlogp(hf, src.hooked(5), 512) < 1e-4
     d = cache_activations(src, micro.acts.hook, load_tokens(micro_run, "train"), 310, tmp_path / "acts", steps=[5], progress=False)[5]
     assert np.load(d / "acts.npy").shape == (310, 32)
+    assert (np.load(d / "tokens.npy")[:, 0] == tok.bos_token_id).all() and tok.bos_token_id == 1   # rows start with its BOS
 
 def test_unsupported_architecture_refused_before_weights(tmp_path):
     run = tmp_path / "bert"
