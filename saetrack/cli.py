@@ -92,13 +92,15 @@ def _print_series(series, times):
 
 def cmd_track(a, times: dict | None = None):
     "An SAE-Track series for a checkpoint source (building the run and activations if needed)."
+    from saetrack.curves import CurveLog
     from saetrack.pipeline import track
     p = _preset(a)
     out = Path(a.out or f"runs/{p.name}")
+    log = CurveLog(a.log, out) if a.log else None          # checked before any work
     times, caches = ({} if times is None else times), {}
     series = track(p, out, checkpoints=a.checkpoints or p.checkpoints, hook=a.hook, corpus=a.corpus, progress=not a.quiet,
                    times=times, caches=caches, device=a.device, steps=_at_steps(a) or p.steps,
-                   skip_bad=getattr(a, "skip_bad_checkpoints", False))
+                   skip_bad=getattr(a, "skip_bad_checkpoints", False), log=log)
     _print_series(series, times)
     return series
 
@@ -337,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     skip_help = ("leave out checkpoint folders that cannot be loaded (no config.json or weights, unreadable config) instead of "
                  "stopping; the activation caches' manifests list them")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    log_help = ("also send the LM's and every SAE's training curves to wandb (offline without an API key or network) or "
+                "tensorboard (OUT/logs/tensorboard); off by default")
     sp = sub.add_parser("reproduce", help="everything on the embedded default: run, activations, series, figures")
-    _common(sp); _lm_args(sp); _acts_args(sp); _track_args(sp)
+    _common(sp); _lm_args(sp); _acts_args(sp); _track_args(sp); sp.add_argument("--log", help=log_help)
     sp.add_argument("--figures", default="figures", help="where figures are written (default ./figures)")
     sp.add_argument("--dry-run", action="store_true", help="with a Pythia preset: print the paper's plan (steps, tokens, memory, disk, GPU time)")
     sp.add_argument("--full", action="store_true", help="also the recipe study, the controls, the independent-SAE baseline and "
@@ -353,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_lm)
     sp = sub.add_parser("track", help="train an SAE-Track series (building the run and activations if needed)")
     _common(sp, "output directory: run, activations, series (default runs/<preset>)"); _lm_args(sp); _acts_args(sp); _track_args(sp)
+    sp.add_argument("--log", help=log_help)
     sp.add_argument("--checkpoints", help="a directory of someone else's step<N>/ or checkpoint-<N>/ HF checkpoints, or a Pythia name (needs the Hub)")
     sp.add_argument("--at-steps", help="comma-separated checkpoint steps (default: all, or the Pythia preset's)")
     sp.add_argument("--skip-bad-checkpoints", action="store_true", help=skip_help)

@@ -44,12 +44,13 @@ def _dataset_name(source, corpus, root=None) -> str:
 
 def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
           progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None,
-          skip_bad: bool = False) -> SAESeries:
+          skip_bad: bool = False, log=None) -> SAESeries:
     """Build whatever is missing under `out` (training run, activations) and then the SAE series. `times`
     receives stage seconds and `caches` the activation cache dirs ({"train": {step: dir}, "eval": ...}). The model's
     forward passes and SAE training run on `device` (the tiny LM itself trains on the CPU); `steps` restricts the
     series to those checkpoints (default: all). `skip_bad` leaves out unloadable checkpoint folders (nbs/05_checkpoints);
-    each activation cache's manifest lists them."""
+    each activation cache's manifest lists them. `log` (a `CurveLog`, nbs/16_curves) receives the LM's curves and each
+    SAE's as it is ready."""
     out, device = Path(out), resolve_device(device)
     times = {} if times is None else times
     t = time.time()
@@ -60,6 +61,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     check_reuse(preset.sae, preset.sae.tokens_next, rows, "each later SAE")
     if source is None:
         train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
+        if log: log.lm(out)
     times["lm"] = time.time() - t; t = time.time()
     hook = hook or preset.acts.hook
     train_acts, eval_acts = activations_for(source, preset, out/"activations", hook, corpus, steps=steps, progress=progress,
@@ -73,7 +75,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     def metadata(step):
         return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
     series = train_series(preset.sae, train_acts, eval_acts, out/"series", hook, progress=progress, quality_fn=quality_fn,
-                          device=device, metadata=metadata)
+                          device=device, metadata=metadata, on_entry=log.sae if log else None)
     times["series"] = time.time() - t
     return series
 

@@ -130,12 +130,13 @@ def _order(steps, direction):
     return sorted(steps) if direction == "forward" else sorted(steps, reverse=True)
 
 def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: str, progress: bool = True,
-                 quality_fn=None, budgets: dict | None = None, device="cpu", metadata=None) -> "SAESeries":
+                 quality_fn=None, budgets: dict | None = None, device="cpu", metadata=None, on_entry=None) -> "SAESeries":
     """Train (or resume) the series over the steps of `train_acts` ({step: activation-cache dir}) into `out`.
     `quality_fn(step, sae, eval_entry) -> dict` adds metrics that need the model (CE-loss recovered).
     The null chain passes the same cache for every step and `budgets` ({step: tokens}: a fixed budget per link).
     SAEs train on `device` and are saved from there; nothing on disk depends on it. `metadata(step) -> dict` adds
-    SAELens metadata (the model, its context size, the dataset) to each SAE's cfg.json."""
+    SAELens metadata (the model, its context size, the dataset) to each SAE's cfg.json. `on_entry(step, dir)` is
+    called as each SAE is ready, reused or trained (the training-curve logger)."""
     device = resolve_device(device)
     out = Path(out)
     clean_stale_tmp(out) if out.exists() else None
@@ -156,7 +157,9 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         d = out/f"step{step}"
         e = man["entries"].get(str(step))
         if e and e["key"] == key and _entry_ok(d, e):
-            prev_key, prev_dir = key, d; continue
+            prev_key, prev_dir = key, d
+            if on_entry: on_entry(step, d)
+            continue
         t0 = time.time()
         ev = load_activations(eval_acts[step])
         c = cfg if not budgets or step not in budgets else dataclasses.replace(
@@ -173,6 +176,7 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         man["entries"][str(step)] = dict(key=key, sha256=file_sha256(d/"sae_weights.safetensors"), acts_step=m["acts_step"])
         atomic_write_json(man_path, man)
         prev_key, prev_dir = key, d
+        if on_entry: on_entry(step, d)
         bar.set_postfix(step=step, nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}", tokens=m["tokens"], verdict=m["verdict"])
     return SAESeries.load(out)
 
