@@ -4,7 +4,7 @@
 
 # %% ../nbs/60_analysis.ipynb #aef493e2
 from __future__ import annotations
-import dataclasses, time
+import dataclasses, time, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,7 @@ def _load(path: Path, key: str) -> dict | None:
         with np.load(path/"analysis.npz", allow_pickle=False) as z:
             if str(z["_key"]) != key: return None
             arrays = {n: z[n] for n in z.files if n != "_key"}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):   # damaged: a cache, so recomputed
         return None
     return _join(arrays, meta)
 

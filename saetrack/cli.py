@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, sys, time
 from pathlib import Path
-from .core import SaetrackError, read_json
+from .core import SaetrackError, read_json, run_lock, writable_dir
 
 # %% auto #0
 __all__ = ['cmd_lm', 'cmd_activations', 'cmd_track', 'cmd_convergence', 'cmd_controls', 'cmd_figures', 'cmd_analyse',
@@ -14,10 +14,11 @@ __all__ = ['cmd_lm', 'cmd_activations', 'cmd_track', 'cmd_convergence', 'cmd_con
            'main']
 
 # %% ../nbs/90_cli.ipynb #a62673ef
-_LM_FLAGS = ("corpus", "lm_steps", "lm_seed", "vocab_size", "d_model", "n_layers", "ctx", "lm_batch_size", "lm_lr")
+_LM_FLAGS = ("corpus", "max_bytes", "lm_steps", "lm_seed", "vocab_size", "d_model", "n_layers", "ctx", "lm_batch_size", "lm_lr")
 
 def _lm_overrides(a) -> dict:
-    return {k[3:] if k.startswith("lm_") else k: getattr(a, k) for k in _LM_FLAGS}
+    name = lambda k: "corpus_max_bytes" if k == "max_bytes" else k[3:] if k.startswith("lm_") else k
+    return {name(k): getattr(a, k, None) for k in _LM_FLAGS}
 
 def _at_steps(a):
     "--at-steps as a list of ints (None: every checkpoint, or the preset's)."
@@ -29,13 +30,15 @@ def cmd_lm(a) -> dict:
     "Train (or resume) a tiny Pythia-style run."
     from saetrack.config import get_preset
     from saetrack.lm import plot_lm_loss, saved_steps, train_lm
-    p = get_preset(a.preset, **_lm_overrides(a))
-    out = Path(a.out or f"runs/{p.name}")
+    from saetrack.lm import run_meta
+    p = get_preset(a.preset, **_lm_overrides(a))                  # every setting checked before anything is written
+    out = writable_dir(a.out or f"runs/{p.name}")
     t0 = time.time()
-    log = train_lm(p.lm, out, progress=not a.quiet)
-    plot_lm_loss(log, out/"figures"/"lm_loss")
-    import matplotlib.pyplot as plt; plt.close("all")
-    meta = read_json(out/"run.json")
+    with run_lock(out):
+        log = train_lm(p.lm, out, progress=not a.quiet)
+        plot_lm_loss(log, out/"figures"/"lm_loss")
+        import matplotlib.pyplot as plt; plt.close("all")
+        meta = run_meta(out)
     steps = saved_steps(out)
     tps = log["tokens_per_step"] * len(log["train_loss"]) / max(log["seconds"], 1e-9)
     print(f"run {out}: {log['n_params']:,} parameters, {len(steps)} checkpoints (steps {steps[0]}..{steps[-1]}), "
@@ -54,8 +57,9 @@ def cmd_activations(a) -> dict:
     p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype))
     src = open_source(a.checkpoints or a.run or f"runs/{p.name}", skip_bad=a.skip_bad_checkpoints)
     hook, steps = p.acts.hook, _at_steps(a)
-    root = Path(a.out) if a.out else (src.path/"activations" if hasattr(src, "path") else Path("activations"))
-    tr, ev = activations_for(src, p, root, corpus=a.corpus, steps=steps, progress=not a.quiet, device=a.device)
+    root = writable_dir(a.out) if a.out else (src.path/"activations" if hasattr(src, "path") else Path("activations"))
+    with run_lock(writable_dir(a.out or getattr(src, "path", root))):     # the run whose caches these are (or --out)
+        tr, ev = activations_for(src, p, root, corpus=a.corpus, steps=steps, progress=not a.quiet, device=a.device)
     res = dict(train=tr, eval=ev)
     n_files = sum(len(v) for v in res.values())
     size = sum(f.stat().st_size for v in res.values() for d in v.values() for f in d.iterdir())
@@ -65,7 +69,7 @@ def cmd_activations(a) -> dict:
 
 def _preset(a):
     from dataclasses import replace
-    from saetrack.config import _override, get_preset, paper_recipe
+    from saetrack.config import _override, check_warmup, get_preset, paper_recipe
     sae = dict(d_sae=a.d_sae, l1_coefficient=a.l1, arch=a.arch, k=a.k, direction=a.direction, tokens_first=a.tokens_first,
                tokens_next=a.tokens_next, lr_first=a.sae_lr, lr_next=a.sae_lr_next, warmup_first=a.sae_warmup,
                warmup_next=a.sae_warmup_next, batch_size=a.sae_batch, batch_next=a.sae_batch_next, epochs=a.epochs, seed=a.sae_seed)
@@ -75,7 +79,7 @@ def _preset(a):
     budget = getattr(a, "budget", None)                    # None: the preset's (adaptive; fixed for the Pythia presets)
     if budget not in (None, "adaptive", "fixed"): raise SaetrackError(f"--budget must be 'adaptive' or 'fixed' (got '{budget}')")
     base = paper_recipe(p.sae) if budget == "fixed" else replace(p.sae, budget=budget or p.sae.budget)
-    return replace(p, sae=_override(base, sae, "SAE"))    # flags win over the recipe
+    return replace(p, sae=check_warmup(_override(base, sae, "SAE")))    # flags win over the recipe
 
 def _print_series(series, times):
     from saetrack.convergence import series_cost
@@ -95,12 +99,13 @@ def cmd_track(a, times: dict | None = None):
     from saetrack.curves import CurveLog
     from saetrack.pipeline import track
     p = _preset(a)
-    out = Path(a.out or f"runs/{p.name}")
+    out = writable_dir(a.out or f"runs/{p.name}")
     log = CurveLog(a.log, out) if a.log else None          # checked before any work
     times, caches = ({} if times is None else times), {}
-    series = track(p, out, checkpoints=a.checkpoints or p.checkpoints, hook=a.hook, corpus=a.corpus, progress=not a.quiet,
-                   times=times, caches=caches, device=a.device, steps=_at_steps(a) or p.steps,
-                   skip_bad=getattr(a, "skip_bad_checkpoints", False), log=log)
+    with run_lock(out):
+        series = track(p, out, checkpoints=a.checkpoints or p.checkpoints, hook=a.hook, corpus=a.corpus, progress=not a.quiet,
+                       times=times, caches=caches, device=a.device, steps=_at_steps(a) or p.steps,
+                       skip_bad=getattr(a, "skip_bad_checkpoints", False), log=log)
     _print_series(series, times)
     return series
 
@@ -118,11 +123,12 @@ def cmd_convergence(a) -> dict:
     "The recipe study (nbs/13_convergence) on a run's cached activations, cached under OUT/convergence."
     from saetrack.convergence import PAPER, fraction_text, recipe_study, recipe_summary
     p = _preset(a)
-    out = Path(a.out or f"runs/{p.name}")
-    tr, ev = _run_caches(out, p.acts.hook)
-    t = time.time()
+    out = writable_dir(a.out or f"runs/{p.name}")
     quick = dict(n_steps=3, n_seeds=1, l1_factors=(2.0,)) if a.quick else {}
-    res = recipe_study(p.sae, tr, ev, out/"convergence", progress=not a.quiet, device=a.device, **quick)
+    with run_lock(out):
+        tr, ev = _run_caches(out, p.acts.hook)
+        t = time.time()
+        res = recipe_study(p.sae, tr, ev, out/"convergence", progress=not a.quiet, device=a.device, **quick)
     s = recipe_summary(res)
     ft = lambda v: fraction_text(v, res["max_fraction"])
     print(f"recipe study at steps {res['steps']} ({len(res['seeds'])} seed{'s' if len(res['seeds']) > 1 else ''}; matched = loss within "
@@ -148,9 +154,10 @@ def cmd_controls(a) -> dict:
     from saetrack.controls import CONTROLS, controls_table, independent_table, run_controls
     out = _series_out(a)
     from saetrack.series import SAESeries
-    tr, ev = _run_caches(out, SAESeries.load(out/"series").hook)
     only = [c.strip() for c in a.chains.split(",")] if getattr(a, "chains", None) else list(CONTROLS)
-    res = run_controls(out, tr, ev, progress=not a.quiet, controls=only)
+    with run_lock(out):
+        tr, ev = _run_caches(out, SAESeries.load(out/"series").hook)
+        res = run_controls(out, tr, ev, progress=not a.quiet, controls=only)
     print(controls_table(res).to_string())
     if res["independent"]:
         print("independent converged SAEs (class shares beside the series'; seed floor = median matched decoder cosine between seeds):")
@@ -164,21 +171,22 @@ def cmd_figures(a):
     "Regenerate every figure from the cache under --out."
     from saetrack.pipeline import make_figures
     out = Path(a.out or f"runs/{a.preset}")
-    if not out.exists(): raise SaetrackError(f"'{out}' does not exist; run `saetrack reproduce --out {out}` first")
-    man = make_figures(out, a.figures)
+    if not out.is_dir(): raise SaetrackError(f"'{out}' is not a run directory; run `saetrack reproduce --out {out}` first")
+    figures = writable_dir(a.figures, "--figures")
+    with run_lock(writable_dir(out)): man = make_figures(out, figures)      # nothing to draw: an error naming the command
     print(f"{len(man)} figure files in {a.figures}/ (see {a.figures}/MANIFEST.json)")
 
 def _series_out(a) -> Path:
     "The run directory of a command that needs a trained series."
     out = Path(a.out or f"runs/{a.preset}")
     if not (out/"series"/"series.json").exists(): raise SaetrackError(f"no SAE series under '{out}'; run `saetrack track --out {out}` first")
-    return out
+    return writable_dir(out)                                # these commands cache what they compute under it
 
 def cmd_analyse(a) -> dict:
     "Stages, transitions, formation and drift for every feature of a series (cached under OUT/analysis)."
     from saetrack.analysis import analyse, summarise
     out = _series_out(a)
-    s = summarise(analyse(out, progress=not a.quiet))
+    with run_lock(out): s = summarise(analyse(out, progress=not a.quiet))
     fr = s["class_fractions"]
     print("class fractions (token / concept / noise / dead): " + "; ".join(
         f"{k}: {v['token']:.2f} / {v['concept']:.2f} / {v['noise']:.2f} / {v['dead']:.2f}" for k, v in fr.items()))
@@ -194,12 +202,12 @@ def cmd_explore(a):
     "One feature's story across checkpoints: class and pattern history, formation, drift (--html: and its page in the explorer)."
     from saetrack.analysis import analyse, feature_report
     out = _series_out(a)
-    r = analyse(out, progress=not a.quiet)
+    with run_lock(out): r = analyse(out, progress=not a.quiet)
     if not 0 <= a.feature < r["n_features"]: raise SaetrackError(f"feature {a.feature} is outside the SAE (0..{r['n_features'] - 1})")
     print("\n".join(feature_report(r, a.feature)))
     if getattr(a, "html", False):
         from saetrack.explorer import build_explorer
-        s = build_explorer(out, r, force=False, progress=not a.quiet)        # reused when it is up to date
+        with run_lock(out): s = build_explorer(out, r, force=False, progress=not a.quiet)     # reused when it is up to date
         page = Path(s["dir"])/"f"/f"{a.feature}.html"
         print(f"page: {page.resolve().as_uri()} (" + ("explorer up to date" if s["reused"] else
               f"explorer of {s['pages']} latents built in {s['seconds']['total']:.1f} s, {s['bytes'] / 1e6:.1f} MB") + ")")
@@ -211,7 +219,7 @@ def cmd_explorer(a) -> dict:
     if a.contexts < 1: raise SaetrackError(f"--contexts must be at least 1 (got {a.contexts})")
     out = _series_out(a)
     cfg = ExplorerConfig(n_contexts=a.contexts)
-    s = build_explorer(out, cached_analysis(out), cfg, progress=not a.quiet)
+    with run_lock(out): s = build_explorer(out, cached_analysis(out), cfg, progress=not a.quiet)
     sec = s["seconds"]
     print(f"explorer: {s['pages']} latent pages and an index over {s['checkpoints']} checkpoints, {s['bytes'] / 1e6:.1f} MB, "
           f"written in {sec['total']:.1f} s (encoder passes {sec['encode']:.1f} s, pages {sec['pages']:.1f} s) to {s['dir']}")
@@ -222,7 +230,7 @@ def cmd_baseline(a):
     "Independent from-scratch SAEs matched to the series (Reviewer 3's baseline), cached under OUT/baseline."
     from saetrack.matching import run_baseline
     out = _series_out(a)
-    r = run_baseline(out, progress=not a.quiet)
+    with run_lock(out): r = run_baseline(out, progress=not a.quiet)
     print(f"baseline: independent SAEs at steps {r['baseline']['steps']} (seeds {r['baseline']['seeds']}) under {out/'baseline'}; "
           f"{r['seconds']:.0f}s; `saetrack figures --out {out}` draws the matching figures")
 
@@ -255,21 +263,23 @@ def cmd_reproduce(a):
     t0 = time.time()
     a.checkpoints = None
     times = {}
-    cmd_track(a, times)
-    stages = [("analysis", cmd_analyse)]
-    if a.full: stages = [("convergence", cmd_convergence), *stages, ("controls", cmd_controls), ("baseline", cmd_baseline),
-                         ("scaling", cmd_scaling)]
-    for name, fn in stages + [("figures", cmd_figures)]:
-        t = time.time(); fn(a); times[name] = time.time() - t
-    times["total"] = time.time() - t0
-    out = Path(a.out or f"runs/{a.preset}")
-    atomic_write_json(out/"reproduce.json", dict(preset=a.preset, commit=_commit(), full=a.full, seconds=times))
+    _preset(a); writable_dir(a.figures, "--figures")          # every setting and path checked before any work
+    out = writable_dir(a.out or f"runs/{a.preset}")
+    with run_lock(out):                                         # held through every stage (the stages' own locks nest)
+        cmd_track(a, times)
+        stages = [("analysis", cmd_analyse)]
+        if a.full: stages = [("convergence", cmd_convergence), *stages, ("controls", cmd_controls), ("baseline", cmd_baseline),
+                             ("scaling", cmd_scaling)]
+        for name, fn in stages + [("figures", cmd_figures)]:
+            t = time.time(); fn(a); times[name] = time.time() - t
+        times["total"] = time.time() - t0
+        atomic_write_json(out/"reproduce.json", dict(preset=a.preset, commit=_commit(), full=a.full, seconds=times))
     print("reproduce stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + f" (saved in {out/'reproduce.json'})")
 
 def cmd_scaling(a):
     "The pipeline at two (or, with --large, three) widths of the tiny model; the headline table."
     from saetrack.scaling import SIZES, scaling_study
-    root = Path(a.root) if getattr(a, "root", None) else (Path(a.out).parent if a.out else Path("runs"))
+    root = writable_dir(a.root if getattr(a, "root", None) else (Path(a.out).parent if a.out else "runs"), "--root")
     table = scaling_study(SIZES if (a.large or a.full) else SIZES[:2], root, progress=not a.quiet)
     print(table.to_string(float_format=lambda v: f"{v:.3g}"))
     return table
@@ -283,7 +293,8 @@ def cmd_info(a):
     print(src)
     bad = 0
     if (src.path/"log.json").exists():
-        log = read_json(src.path/"log.json")
+        from saetrack.lm import run_log
+        log = run_log(src.path)
         print("eval loss: " + ", ".join(f"{s}: {v:.3f}" for s, v in sorted(log["eval"].items(), key=lambda kv: int(kv[0]))))
     for m in sorted((src.path/"activations").rglob("manifest.json")):
         try: e = load_activations(m.parent); status = f"ok {tuple(e.acts.shape)}"
@@ -302,6 +313,8 @@ def _common(sp, out_help="run directory (default runs/<preset>)"):
 def _lm_args(sp):
     g = sp.add_argument_group("LM training (saetrack lm; no effect with --checkpoints or a Pythia preset)")
     g.add_argument("--corpus", help="'stdlib' (default), a directory or glob of text files, or a HF dataset name")
+    g.add_argument("--max-bytes", type=int, help="keep the first documents of the corpus up to this many bytes (micro: 400000; "
+                   "0: the whole corpus)")
     for k, t in (("lm-steps", int), ("lm-seed", int), ("vocab-size", int), ("d-model", int), ("n-layers", int),
                  ("ctx", int), ("lm-batch-size", int), ("lm-lr", float)):
         g.add_argument(f"--{k}", type=t)
@@ -404,6 +417,10 @@ def main(argv=None) -> int:
         a.fn(a)
     except SaetrackError as e:
         print(f"error: {e}", file=sys.stderr); return 2
+    except OSError as e:          # the file system, or a damaged file no check above caught: still one line, naming it
+        msg = " ".join(str(e).split())
+        print(f"error: {msg} (a damaged file: delete it and rerun the command that wrote it; a path: check it and its "
+              f"permissions, or use another --out)", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr); return 130
     return 0

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'ActsConfig', 'SAEConfig', 'paper_recipe', 'Preset', 'get_preset',
-           'checkpoint_steps', 'pythia_plan']
+__all__ = ['PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'ActsConfig', 'SAEConfig', 'check_warmup', 'paper_recipe',
+           'Preset', 'get_preset', 'checkpoint_steps', 'pythia_plan']
 
 # %% ../nbs/01_config.ipynb #2bae2830
 @dataclass(frozen=True)
@@ -38,8 +38,15 @@ class LMConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for k in ("vocab_size", "d_model", "n_layers", "n_heads", "ctx", "batch_size", "steps", "ckpt_every"):
-            if getattr(self, k) <= 0: raise SaetrackError(f"{k} must be positive (got {getattr(self, k)})")
+        for k in ("vocab_size", "d_model", "n_layers", "n_heads", "d_mlp", "ctx", "batch_size", "steps", "ckpt_every", "eval_tokens"):
+            _positive(self, k)
+        if self.corpus_max_bytes == 0: object.__setattr__(self, "corpus_max_bytes", None)    # --max-bytes 0: the whole corpus
+        if self.corpus_max_bytes is not None: _positive(self, "corpus_max_bytes")
+        if not self.lr > 0: raise SaetrackError(f"the LM's learning rate must be positive (got --lm-lr {self.lr})")
+        if self.seed < 0: raise SaetrackError(f"the LM's seed must be >= 0 (got --lm-seed {self.seed})")
+        if self.log_until < 0 or self.weight_decay < 0: raise SaetrackError("log_until and weight_decay must be >= 0")
+        if not (0 <= self.warmup_frac < 1 and 0 <= self.min_lr_frac <= 1 and 0 < self.rotary_pct <= 1):
+            raise SaetrackError("warmup_frac must be in [0, 1), min_lr_frac in [0, 1] and rotary_pct in (0, 1]")
         if self.d_model % self.n_heads: raise SaetrackError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not 0 < self.eval_frac < 1: raise SaetrackError(f"eval_frac must be in (0, 1) (got {self.eval_frac})")
 
@@ -50,6 +57,11 @@ class ActsConfig:
     train_tokens: int = 1 << 20      # activations per checkpoint for SAE training
     eval_tokens: int = 1 << 16       # held-out activations per checkpoint for SAE quality
     dtype: str = "float32"           # the paper's dtype; float16 halves the disk
+
+    def __post_init__(self):
+        for k in ("train_tokens", "eval_tokens"): _positive(self, k)
+        if self.dtype not in ("float32", "float16"): raise SaetrackError(f"--dtype must be float32 or float16 (got '{self.dtype}')")
+        if not self.hook: raise SaetrackError("--hook must name a hook, e.g. blocks.2.hook_resid_pre")
 
 @dataclass(frozen=True)
 class SAEConfig:
@@ -89,6 +101,17 @@ class SAEConfig:
     def __post_init__(self):
         if self.arch not in ("relu", "topk"): raise SaetrackError(f"SAE arch must be 'relu' or 'topk' (got '{self.arch}')")
         if self.arch == "topk" and not self.k: raise SaetrackError("a TopK SAE needs k (e.g. --k 32)")
+        for k in ("d_sae", "tokens_first", "tokens_next", "batch_size", "eval_every_first", "eval_every_next", "eval_tokens",
+                  "plateau_min_evals"):
+            _positive(self, k)
+        if self.batch_next is not None: _positive(self, "batch_next")
+        if self.k is not None and not 0 < self.k <= self.d_sae: raise SaetrackError(f"--k must be in 1..d_sae ({self.d_sae}) (got {self.k})")
+        if not self.l1_coefficient >= 0: raise SaetrackError(f"the L1 coefficient must be >= 0 (got --l1 {self.l1_coefficient})")
+        for k, flag in (("lr_first", "--sae-lr"), ("lr_next", "--sae-lr-next")):
+            if not getattr(self, k) > 0: raise SaetrackError(f"SAE learning rates must be positive (got {flag} {getattr(self, k)})")
+        for k, flag in (("warmup_first", "--sae-warmup"), ("warmup_next", "--sae-warmup-next")):
+            if not getattr(self, k) >= 0: raise SaetrackError(f"SAE warm-ups must be >= 0 (got {flag} {getattr(self, k)})")
+        if self.seed < 0 or self.plateau_min_tokens < 0: raise SaetrackError(f"--sae-seed and plateau_min_tokens must be >= 0")
         if self.direction not in ("forward", "backward"): raise SaetrackError(f"direction must be 'forward' or 'backward' (got '{self.direction}')")
         if self.budget not in ("adaptive", "fixed"): raise SaetrackError(f"budget must be 'adaptive' or 'fixed' (got '{self.budget}')")
         if min(self.tokens_first, self.tokens_next) < max(self.batch_size, self.batch_next or 0):
@@ -96,6 +119,32 @@ class SAEConfig:
         if not (0 < self.plateau_tol < 1 and 0 < self.plateau_window < 1):
             raise SaetrackError("plateau_tol and plateau_window must be in (0, 1)")
         if not self.epochs > 0: raise SaetrackError(f"--epochs must be positive (got {self.epochs})")
+
+_FLAGS = {"LMConfig": dict(vocab_size="--vocab-size", d_model="--d-model", n_layers="--n-layers", ctx="--ctx",
+                           batch_size="--lm-batch-size", steps="--lm-steps", corpus_max_bytes="--max-bytes"),
+          "ActsConfig": dict(train_tokens="--tokens", eval_tokens="--eval-tokens"),
+          "SAEConfig": dict(d_sae="--d-sae", tokens_first="--tokens-first", tokens_next="--tokens-next", batch_size="--sae-batch",
+                            batch_next="--sae-batch-next")}
+
+def _positive(cfg, k: str):
+    "Refuse a setting <= 0, naming its command-line flag when it has one."
+    v = getattr(cfg, k)
+    flag = _FLAGS.get(type(cfg).__name__, {}).get(k)
+    if not v > 0: raise SaetrackError(f"{flag or k} must be positive (got {v})")
+
+def check_warmup(cfg: SAEConfig) -> SAEConfig:
+    """Refuse a warm-up of as many optimiser steps as an SAE's budget allows or more: that SAE would stop before its
+    learning rate peaks (nMSE far above 1 at micro scale, with no other sign). A warm-up < 1 is a fraction, always fine.
+    Checked where a user's settings enter (the CLI, `track`), not in `SAEConfig` itself, because the controls give some
+    links budgets of only a few steps on purpose."""
+    for who, w, tokens, batch, wflag, tflag in (
+            ("the first SAE", cfg.warmup_first, cfg.tokens_first, cfg.batch_size, "--sae-warmup", "--tokens-first"),
+            ("each later SAE", cfg.warmup_next, cfg.tokens_next, cfg.batch_next or cfg.batch_size, "--sae-warmup-next", "--tokens-next")):
+        steps = tokens // batch
+        if w >= 1 and w >= steps:
+            raise SaetrackError(f"{who}'s warm-up of {w:g} steps does not fit its {steps} optimiser steps ({tokens:,} tokens in "
+                                f"batches of {batch:,}); raise {tflag} above {int(w) * batch:,} or lower {wflag}")
+    return cfg
 
 def paper_recipe(cfg: SAEConfig) -> SAEConfig:
     """The paper's recipe at this scale: fixed budgets, each later SAE 1/20 of the first's tokens at 1/10 of its lr,
@@ -167,7 +216,8 @@ PYTHIA_SERIES = {
     "pythia-1.4b": dict(model="pythia-1.4b-deduped", hook="blocks.3.hook_resid_pre", d_model=2048, n_layers=24,
                         steps=sorted(_PY_410 + [2000])),
 }
-PAPER_SAE = paper_recipe(SAEConfig(d_sae=0, l1_coefficient=8e-5, lr_first=4e-4, tokens_first=300_000_000, batch_size=4096,
+PAPER_SAE = paper_recipe(SAEConfig(d_sae=64 * 1024,     # expansion 64 of pythia-410m's 1024; `_pythia` sets each model's
+                                   l1_coefficient=8e-5, lr_first=4e-4, tokens_first=300_000_000, batch_size=4096,
                                    warmup_first=5000, eval_every_first=1000, eval_every_next=100, seed=42))
 _PYTHIA_PARAMS = {"pythia-160m": 162e6, "pythia-410m": 405e6, "pythia-1.4b": 1.41e9}   # the models' parameter counts
 

@@ -13,7 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
-           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'seed_everything', 'resolve_device']
+           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'seed_everything', 'writable_dir', 'read_state', 'run_lock',
+           'resolve_device']
 
 # %% ../nbs/00_core.ipynb #97a638e0
 class SaetrackError(Exception):
@@ -87,6 +88,68 @@ def file_sha256(path, chunk: int = 1 << 22) -> str:
 def seed_everything(seed: int):
     "Seed Python, NumPy and torch (CPU) global generators."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #c0fb3b3a
+def writable_dir(path, flag: str = "--out") -> Path:
+    "`path` as a directory saetrack may write into (it need not exist yet), or a one-line error naming `flag`'s fix."
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SaetrackError(f"{flag} '{path}' is a file, not a directory; give a directory (a new one is created)")
+    at = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor) or str(p) == ".")
+    if not at.is_dir():
+        raise SaetrackError(f"{flag} '{path}' lies under the file '{at}'; give a directory path")
+    if not os.access(at, os.W_OK | os.X_OK):
+        raise SaetrackError(f"{flag} '{path}': cannot write in '{at}' (permission denied or read-only); choose a writable directory")
+    return path
+
+def read_state(path, fix: str) -> dict:
+    "A JSON state file as a dict; a damaged one is a `SaetrackError` naming the file and `fix`."
+    try: obj = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as e: why = type(e).__name__
+    else:
+        if isinstance(obj, dict): return obj
+        why = f"a JSON {type(obj).__name__}, not an object"
+    raise SaetrackError(f"'{path}' is damaged ({why}); {fix}")
+
+_HELD: dict[Path, int] = {}        # run directories this process has locked, with a nesting count
+
+@contextlib.contextmanager
+def run_lock(out):
+    """Hold `out/.lock` while writing into the run directory `out` (created if missing); a second process gets a
+    `SaetrackError` naming the holder's pid. Re-entrant within a process. A directory this call created is removed
+    on exit if nothing but the lock is in it."""
+    import fcntl
+    out = Path(out)
+    key = out.resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try: yield out
+        finally: _HELD[key] -= 1
+        return
+    made = [p for p in (out, *out.parents) if not p.exists()]      # the directories this call creates, innermost first
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out/".lock"
+    while True:
+        f = open(lock, "a+")
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); pid = f.read().strip() or "unknown"; f.close()
+            raise SaetrackError(f"run directory {out} is in use by another saetrack process (pid {pid}); "
+                                f"wait for it or use another --out") from None
+        try: same = os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError: same = False
+        if same: break
+        f.close()                       # the holder removed the file as we opened it: lock the new one
+    f.seek(0); f.truncate(); f.write(f"{os.getpid()}\n"); f.flush()
+    _HELD[key] = 1
+    try: yield out
+    finally:
+        del _HELD[key]
+        lock.unlink(missing_ok=True)    # still holding the lock, so no one else can hold this file
+        for d in made:
+            try: d.rmdir()              # only when empty: bad input leaves no run directory behind
+            except OSError: break
+        f.close()
 
 # %% ../nbs/00_core.ipynb #477e3e46
 def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:

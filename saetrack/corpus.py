@@ -34,7 +34,9 @@ class Corpus:
         A side the hash leaves empty gets the one document nearest the threshold, so any two documents split."""
         if len(self.docs) < 2 or not 0 < eval_frac < 1:
             raise SaetrackError(f"corpus '{self.name}' has {len(self.docs)} document(s) and eval_frac={eval_frac}; "
-                                "a train/eval split needs 2 or more documents and 0 < eval_frac < 1")
+                                "a train/eval split needs 2 or more documents and 0 < eval_frac < 1"
+                                + ("; only its first documents up to a byte limit are read: raise --max-bytes (0: the whole corpus)"
+                                   if "B]" in self.name else ""))
         u = [int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:8], 16) / 2**32 for i in self.ids]
         held = [x < eval_frac for x in u]
         if not any(held): held[min(range(len(u)), key=u.__getitem__)] = True

@@ -13,14 +13,15 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from transformers.utils import logging as hf_logging
 from .config import LMConfig, checkpoint_steps
 from .core import (SaetrackError, atomic_path, atomic_write_json, clean_stale_tmp, file_sha256,
-                           read_json, stable_hash)
+                           read_json, read_state, stable_hash)
 from .corpus import CorpusSplit, load_corpus
 from .tokenizer import (encode_docs, load_tokenizer, save_tokenizer, save_tokens, train_tokenizer,
                                 unigram_cross_entropy)
 
 # %% auto #0
-__all__ = ['STATE', 'CHECKSUMS', 'build_model', 'n_params', 'prepare_data', 'load_tokens', 'lm_split', 'run_split', 'lr_at',
-           'batch_at', 'eval_windows', 'eval_loss', 'step_dir', 'saved_steps', 'train_lm', 'plot_lm_loss']
+__all__ = ['STATE', 'CHECKSUMS', 'build_model', 'n_params', 'run_meta', 'run_log', 'prepare_data', 'load_tokens', 'lm_split',
+           'run_split', 'lr_at', 'batch_at', 'eval_windows', 'eval_loss', 'step_dir', 'saved_steps', 'train_lm',
+           'plot_lm_loss']
 
 # %% ../nbs/04_lm.ipynb #6c3800a8
 def build_model(cfg: LMConfig, vocab_size: int) -> GPTNeoXForCausalLM:
@@ -44,17 +45,34 @@ def _tokens_ok(run: Path, meta: dict) -> bool:
     try: return all(file_sha256(run/"tokens"/f"{s}.npy") == meta["tokens_sha256"][s] for s in ("train", "eval"))
     except (OSError, KeyError): return False
 
+def run_meta(run) -> dict:
+    "A run's `run.json`; a damaged one is a one-line error naming the file and the fix."
+    p = Path(run)/"run.json"
+    fix = (f"if {run} was trained with the settings you pass, delete that file (it is rebuilt from the corpus and the "
+           f"checkpoints are kept), else use a new --out")
+    meta = read_state(p, fix)
+    if not isinstance(meta.get("config"), dict): raise SaetrackError(f"'{p}' is damaged (no config); {fix}")
+    return meta
+
+def run_log(run) -> dict:
+    "A run's `log.json`; a damaged one is a one-line error naming the file and the fix."
+    return read_state(Path(run)/"log.json", f"delete it and rerun `saetrack lm --out {run}` (training resumes from the "
+                      "newest checkpoint with optimiser state, or restarts, to the same weights)")
+
 def prepare_data(cfg: LMConfig, run, progress: bool = True) -> dict:
-    "Corpus → tokenizer → train/eval token streams in `run`, reused when `run.json` matches the config."
+    """Corpus → tokenizer → train/eval token streams in `run`, reused when `run.json` matches the config. Another
+    config is refused once a checkpoint exists; before that (a run that failed before step 0) the data is rebuilt."""
     run = Path(run)
     key = stable_hash(dataclasses.asdict(cfg))
     if (run/"run.json").exists():
-        meta = read_json(run/"run.json")
-        if meta.get("config_hash") != key:
+        meta = run_meta(run)
+        if meta.get("config_hash") != key and saved_steps(run):
             raise SaetrackError(f"{run} holds a run with a different config (hash {meta.get('config_hash')} != {key}); "
                                 f"use a new --out directory or delete {run}")
-        if _tokens_ok(run, meta) and (run/"tokenizer").is_dir(): return meta
-        if progress: print(f"token arrays in {run} are missing or corrupt; rebuilding them")
+        if meta.get("config_hash") != key:
+            if progress: print(f"{run} holds only the data of a run with another config that never saved a checkpoint; rebuilding it")
+        elif _tokens_ok(run, meta) and (run/"tokenizer").is_dir(): return meta
+        elif progress: print(f"token arrays in {run} are missing or corrupt; rebuilding them")
     t0 = time.time()
     corpus, train_docs, eval_docs = lm_split(cfg).load()
     tok = train_tokenizer(train_docs, cfg.vocab_size)
@@ -88,9 +106,8 @@ def lm_split(cfg: LMConfig) -> CorpusSplit:
 
 def run_split(run) -> CorpusSplit | None:
     "The split a run trained by saetrack was made with, read back from its `run.json` (None: no `run.json`)."
-    p = Path(run)/"run.json"
-    if not p.exists(): return None
-    c = read_json(p)["config"]
+    if not (Path(run)/"run.json").exists(): return None
+    c = run_meta(run)["config"]
     return CorpusSplit(c["corpus"], c["corpus_max_bytes"], c["eval_frac"], c["seed"])
 
 # %% ../nbs/04_lm.ipynb #e0140603
@@ -161,8 +178,8 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
     meta = prepare_data(cfg, run, progress)
     ckpts = meta["checkpoint_steps"]
     saved = saved_steps(run)
-    if (run/"log.json").exists() and read_json(run/"log.json").get("complete") and set(ckpts) <= set(saved):
-        return read_json(run/"log.json")
+    if (run/"log.json").exists() and (log := run_log(run)).get("complete") and set(ckpts) <= set(saved):
+        return log
     tok = load_tokenizer(run/"tokenizer")
     train, ev = load_tokens(run, "train"), load_tokens(run, "eval")
     model = build_model(cfg, meta["vocab_size"])

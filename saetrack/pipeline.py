@@ -10,9 +10,10 @@ from .activations import _ctx, activation_split, cache_activations, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import Preset
 from .core import SaetrackError, read_json, resolve_device
-from .lm import train_lm
+from .config import check_warmup
+from .lm import run_log, run_meta, train_lm
 from .quality import ce_recovered
-from .series import SAESeries, check_reuse, train_series
+from .series import SAESeries, check_reuse, check_series_config, train_series
 
 # %% auto #0
 __all__ = ['CE_ROWS', 'activations_for', 'track', 'repo_root', 'notebook_run', 'make_figures']
@@ -39,7 +40,7 @@ def activations_for(source, preset: Preset, root, hook: str | None = None, corpu
 def _dataset_name(source, corpus, root=None) -> str:
     "The corpus the activations' tokens come from, as SAELens' `dataset_path` records it."
     run = getattr(source, "path", None)
-    if corpus is None and run is not None and (run/"run.json").exists(): return read_json(run/"run.json")["corpus"]["name"]
+    if corpus is None and run is not None and (run/"run.json").exists(): return run_meta(run)["corpus"]["name"]
     return corpus or activation_split(source, None, root).corpus
 
 def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
@@ -59,6 +60,8 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     rows = preset.acts.train_tokens // (ctx - 1) * (ctx - 1)          # before any work: the budgets fit the caches
     check_reuse(preset.sae, preset.sae.tokens_first, rows, "the first SAE")
     check_reuse(preset.sae, preset.sae.tokens_next, rows, "each later SAE")
+    check_warmup(preset.sae)
+    check_series_config(preset.sae, out/"series", hook or preset.acts.hook)   # a finished series is never replaced
     if source is None:
         train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
         if log: log.lm(out)
@@ -116,9 +119,12 @@ def make_figures(out, figures="figures", progress: bool = True) -> dict:
     from saetrack.quality import plot_quality
     out, figures = Path(out), Path(figures)
     made = {}
-    cfg_hash = read_json(out/"run.json")["config_hash"] if (out/"run.json").exists() else None
+    if not ((out/"log.json").exists() or (out/"series"/"series.json").exists()):
+        raise SaetrackError(f"nothing to draw under '{out}' (no log.json, no series/); run `saetrack reproduce --out {out}` "
+                            f"(or `saetrack track --out {out}`) first")
+    cfg_hash = run_meta(out).get("config_hash") if (out/"run.json").exists() else None
     if (out/"log.json").exists():
-        plot_lm_loss(read_json(out/"log.json"), figures/"lm_loss")
+        plot_lm_loss(run_log(out), figures/"lm_loss")
         made["lm_loss"] = dict(shows="LM training loss and held-out loss at every checkpoint vs step, with the unigram baseline",
                                paper="(none: the paper used Pythia's published run)")
     if (out/"series"/"series.json").exists():

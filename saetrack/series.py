@@ -19,7 +19,7 @@ from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_t
 
 # %% auto #0
 __all__ = ['step_seed', 'plateaued', 'plateau_rule', 'verdict', 'eval_subset', 'held_out_fn', 'check_reuse', 'train_one',
-           'train_series', 'SAESeries']
+           'train_series', 'check_series_config', 'SAESeries']
 
 # %% ../nbs/11_series.ipynb #7fa3b5ae
 def step_seed(seed: int, step: int) -> int:
@@ -142,7 +142,7 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
     clean_stale_tmp(out) if out.exists() else None
     steps = _order(train_acts, cfg.direction)
     man_path = out/"series.json"
-    man = read_json(man_path) if man_path.exists() else {}
+    man = _manifest(out, progress)
     cfg_key = stable_hash([dataclasses.asdict(cfg), budgets or {}])
     if man.get("config_hash") not in (None, cfg_key) or man.get("hook") not in (None, hook):
         if progress: print(f"{out}: SAE config or hook changed; retraining the series")
@@ -181,8 +181,33 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
     return SAESeries.load(out)
 
 def _entry_ok(d: Path, e: dict) -> bool:
-    try: return (d/"metrics.json").exists() and file_sha256(d/"sae_weights.safetensors") == e["sha256"]
-    except OSError: return False
+    "An entry is usable when its weights match the manifest's sha256 and its cfg.json, metrics.json and curve.json parse."
+    try:
+        if file_sha256(d/"sae_weights.safetensors") != e["sha256"]: return False
+        return all(isinstance(read_json(d/f), dict) for f in ("cfg.json", "metrics.json", "curve.json"))
+    except (OSError, ValueError, KeyError, TypeError): return False
+
+def _manifest(out, progress: bool = False) -> dict:
+    "A series' manifest; {} when there is none, or when it is damaged (it is a cache: its SAEs are then retrained)."
+    p = Path(out)/"series.json"
+    if not p.exists(): return {}
+    try: man = read_json(p)
+    except (OSError, ValueError): man = None
+    if isinstance(man, dict) and isinstance(man.get("entries", {}), dict): return man
+    if progress: print(f"{p} is damaged; retraining the series")
+    return {}
+
+def check_series_config(cfg: SAEConfig, out, hook: str) -> None:
+    """Refuse to train into `out` when it already holds a series of another SAE config or hook: `track` never replaces
+    a series (as `lm` never replaces a run); the error names the settings that differ and the two fixes."""
+    man = _manifest(out)
+    new = dataclasses.asdict(cfg)
+    if not man or (man.get("config_hash") in (None, stable_hash([new, {}])) and man.get("hook") in (None, hook)): return
+    old = man.get("config") if isinstance(man.get("config"), dict) else {}
+    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+    if man.get("hook") not in (None, hook): diff.append(f"hook {man['hook']} -> {hook}")
+    raise SaetrackError(f"{out} holds a series with another SAE config ({'; '.join(diff[:4]) or 'config hash differs'}); "
+                        f"use a new --out, or delete {out} to retrain the series")
 
 # %% ../nbs/11_series.ipynb #e2192026
 class SAESeries:
@@ -196,9 +221,12 @@ class SAESeries:
     @classmethod
     def load(cls, path) -> "SAESeries":
         path = Path(path)
-        try: man = read_json(path/"series.json")
-        except (OSError, ValueError): raise SaetrackError(f"'{path}' is not an SAE series (no readable series.json); build one with `saetrack track`") from None
-        missing = [s for s in man["steps"] if str(s) not in man["entries"]]
+        if not (path/"series.json").exists():
+            raise SaetrackError(f"'{path}' is not an SAE series (no series.json); build one with `saetrack track`")
+        man = _manifest(path)
+        try: missing = [s for s in man["steps"] if str(s) not in man["entries"]]; man["hook"]
+        except (KeyError, TypeError):
+            raise SaetrackError(f"'{path/'series.json'}' is damaged; rerun `saetrack track` (it retrains the series)") from None
         if missing: raise SaetrackError(f"series {path} is incomplete (steps {missing[:5]} missing); rerun `saetrack track` to finish it")
         return cls(path, man)
 
@@ -210,8 +238,8 @@ class SAESeries:
         d = self.path/f"step{step}"
         if step not in self._verified:
             if not _entry_ok(d, self.manifest["entries"][str(step)]):
-                raise CorruptCacheError(f"SAE file {d/'sae_weights.safetensors'} is missing or corrupt (checksum mismatch); "
-                                        f"rerun `saetrack track` to rebuild it")
+                raise CorruptCacheError(f"SAE {d} is missing or corrupt (its weights fail the checksum, or its cfg.json, "
+                                        f"metrics.json or curve.json does not parse); rerun `saetrack track` to rebuild it")
             self._verified.add(step)
         return d
 

@@ -32,3 +32,14 @@ def one_thread():
     yield
     torch.set_num_threads(old)
     plt.close("all")
+
+@pytest.fixture(scope="session")
+def micro_tracked(tmp_path_factory, micro_run):
+    "A micro run with its series (all 7 checkpoints) and its cached analysis; copy it before damaging anything."
+    import shutil
+    from saetrack.cli import main
+    run = tmp_path_factory.mktemp("tracked") / "micro"
+    shutil.copytree(micro_run, run, ignore=shutil.ignore_patterns("activations"))
+    assert main(["track", "--preset", "micro", "--out", str(run), "--quiet"]) == 0
+    assert main(["analyse", "--preset", "micro", "--out", str(run), "--quiet"]) == 0
+    return run

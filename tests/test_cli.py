@@ -148,3 +148,66 @@ def test_data_reuse_is_refused_before_any_work_and_allowed_explicitly(capsys, mi
     s = SAESeries.load(run / "series")
     assert s.steps == [0, 8, 24] and s.manifest["config"]["epochs"] == 33
     assert sorted(p.name for p in (run / "activations" / "blocks.1.hook_resid_pre" / "train").iterdir()) == ["step0", "step24", "step8"]
+
+def _nothing_left(root):
+    "No lock file and no temporaries anywhere under `root`."
+    left = [p for p in root.rglob("*") if p.name == ".lock" or p.name.endswith(".tmp")]
+    assert not left, left
+
+@pytest.mark.parametrize("argv,match,fresh", [
+    (["lm", "--out", "{f}"], "--out '{f}' is a file, not a directory", None),
+    (["track", "--out", "{f}"], "--out '{f}' is a file, not a directory", None),
+    (["track", "--out", "{f}/sub"], "lies under the file", None),
+    (["track", "--out", "{t}/r", "--d-sae", "0"], "--d-sae must be positive (got 0)", "r"),
+    (["track", "--out", "{t}/r", "--d-sae", "-8"], "--d-sae must be positive (got -8)", "r"),
+    (["track", "--out", "{t}/r", "--l1", "-1"], "L1 coefficient must be >= 0 (got --l1 -1.0)", "r"),
+    (["track", "--out", "{t}/r", "--tokens-first", "2048"], "warm-up of 16 steps does not fit its 8 optimiser steps", "r"),
+    (["track", "--out", "{t}/r", "--tokens", "0"], "--tokens must be positive", "r"),
+    (["track", "--out", "{t}/r", "--sae-lr", "0"], "SAE learning rates must be positive (got --sae-lr 0.0)", "r"),
+    (["lm", "--out", "{t}/r", "--lm-lr", "-1"], "learning rate must be positive (got --lm-lr -1.0)", "r"),
+    (["lm", "--out", "{t}/r", "--lm-seed", "-1"], "--lm-seed -1", "r"),
+    (["lm", "--out", "{t}/r", "--max-bytes", "-5"], "--max-bytes must be positive", "r"),
+    (["lm", "--out", "{t}/r", "--ctx", "0"], "--ctx must be positive", "r"),
+    (["figures", "--out", "{t}/empty", "--figures", "{f}"], "--figures '{f}' is a file", None),
+    (["figures", "--out", "{t}/empty", "--figures", "{t}/figs"], "run `saetrack reproduce --out {t}/empty`", "figs"),
+    (["reproduce", "--out", "{t}/r", "--figures", "{f}"], "--figures '{f}' is a file", "r"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(capsys, tmp_path, argv, match, fresh):
+    f = tmp_path / "file"; f.write_text("not a directory"); (tmp_path / "empty").mkdir()
+    fill = lambda s: s.format(f=f, t=tmp_path)
+    _one_line_error(capsys, [fill(a) for a in [argv[0], "--preset", "micro", "--quiet", *argv[1:]]], fill(match))
+    if fresh: assert not (tmp_path / fresh).exists()
+    assert f.read_text() == "not a directory" and not any((tmp_path / "empty").iterdir())
+    _nothing_left(tmp_path)
+
+def test_scaling_root_that_is_a_file(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    _one_line_error(capsys, ["scaling", "--root", tmp_path / "file", "--quiet"], "--root")
+
+def test_unwritable_out(capsys, tmp_path, monkeypatch):
+    "An --out where nothing can be written (read-only, or another user's): one line before any work."
+    import os
+    ro = tmp_path / "ro"; ro.mkdir(); (ro / "run" / "series").mkdir(parents=True); (ro / "run" / "series" / "series.json").write_text("{}")
+    if os.geteuid() != 0:                       # a real read-only directory (root writes through chmod)
+        ro.chmod(0o555); (ro / "run").chmod(0o555)
+    else:                                       # as root, chmod blocks nothing: what os.access would say for another user
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p).startswith(str(ro)) else real(p, mode, **k))
+    try:
+        _one_line_error(capsys, ["lm", "--preset", "micro", "--out", ro / "new", "--quiet"], "cannot write in")
+        _one_line_error(capsys, ["analyse", "--preset", "micro", "--out", ro / "run", "--quiet"], "cannot write in")
+        assert not (ro / "new").exists() and sorted(p.name for p in (ro / "run").iterdir()) == ["series"]
+    finally:
+        ro.chmod(0o755); (ro / "run").chmod(0o755)
+
+def test_max_bytes_reads_a_directory_of_large_files(capsys, tmp_path):
+    from saetrack.cli import _preset, build_parser
+    from saetrack.lm import lm_split
+    corpus = tmp_path / "big"; corpus.mkdir()
+    for i in range(3): (corpus / f"f{i}.txt").write_text(f"document {i} " + "word " * 100_000)     # 500 kB each
+    _one_line_error(capsys, ["lm", "--preset", "micro", "--corpus", corpus, "--out", tmp_path / "r", "--quiet"], "raise --max-bytes")
+    assert not (tmp_path / "r").exists()
+    parse = lambda *a: _preset(build_parser().parse_args(["track", "--preset", "micro", "--corpus", str(corpus), *a])).lm
+    assert parse("--max-bytes", "0").corpus_max_bytes is None and parse("--max-bytes", "1200000").corpus_max_bytes == 1_200_000
+    c, train, ev = lm_split(parse("--max-bytes", "0")).load()
+    assert len(c.docs) == 3 and train and ev

@@ -63,3 +63,78 @@ def test_changed_config_rebuilds_cache(tmp_path, micro, micro_run):
     n = load_activations(p).acts.shape[0]
     p = cache_activations(micro_run, micro.acts.hook, stream, 8192, root, steps=[8], progress=False)[8]
     assert load_activations(p).acts.shape[0] > n
+
+# --- state on disk: verified as it is read (issue 17) ---
+import shutil, subprocess, sys
+from saetrack.cli import main
+
+def _copy(src, dst):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+def _error(capsys, argv, match):
+    assert main(list(map(str, argv))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and match in err[0], err
+
+def test_changed_sae_config_is_refused_not_replaced(capsys, micro_tracked):
+    before = (micro_tracked / "series" / "series.json").read_text()
+    _error(capsys, ["track", "--preset", "micro", "--out", micro_tracked, "--l1", "0.01", "--quiet"],
+           "another SAE config (l1_coefficient 0.001 -> 0.01); use a new --out, or delete")
+    assert (micro_tracked / "series" / "series.json").read_text() == before and not (micro_tracked / ".lock").exists()
+
+@pytest.mark.parametrize("damaged,argv,match", [
+    ("run.json", ["track"], "run.json' is damaged"),
+    ("log.json", ["track"], "log.json' is damaged (JSONDecodeError); delete it and rerun `saetrack lm"),
+    ("log.json", ["figures", "--figures", "{out}/figs"], "log.json' is damaged"),
+    ("series/series.json", ["analyse"], "series.json' is damaged; rerun `saetrack track`"),
+    ("step0/config.json", ["track"], "step0/config.json"),     # the first, a middle and the last
+    ("step8/config.json", ["track"], "step8/config.json"),     # checkpoint of saetrack's own run
+    ("step24/config.json", ["track"], "step24/config.json"),
+])
+def test_damaged_state_file_is_one_line(capsys, tmp_path, micro_tracked, damaged, argv, match):
+    out = _copy(micro_tracked, tmp_path / "run")
+    (out / damaged).write_text("{garbage")
+    _error(capsys, [argv[0], "--preset", "micro", "--out", out, "--quiet", *[a.format(out=out) for a in argv[1:]]], str(match))
+
+@pytest.mark.parametrize("damaged", ["series/series.json", "series/step8/cfg.json", "analysis/analysis.npz", "analysis/analysis.json"])
+def test_damaged_cache_is_rebuilt(tmp_path, micro_tracked, damaged):
+    from saetrack.analysis import cached_analysis
+    from saetrack.series import SAESeries
+    out = _copy(micro_tracked, tmp_path / "run")
+    good = (out / damaged).read_bytes()
+    bad = good[:len(good) // 3] if damaged.endswith(".npz") else b"{garbage"
+    (out / damaged).write_bytes(bad)
+    argv = ["analyse"] if damaged.startswith("analysis") else ["track"]
+    assert main([*argv, "--preset", "micro", "--out", str(out), "--quiet"]) == 0
+    s = SAESeries.load(out / "series")
+    assert [file_sha256(s.dir(t) / "sae_weights.safetensors") for t in s.steps] == \
+           [file_sha256(micro_tracked / "series" / f"step{t}" / "sae_weights.safetensors") for t in s.steps]   # retrained, bit-identical
+    assert cached_analysis(out)["n_features"] == 128 and (out / damaged).read_bytes() != bad
+
+def test_second_process_is_refused_while_the_first_holds_the_run(capsys, tmp_path, micro_run, micro_tracked):
+    out = _copy(micro_tracked, tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\nf = open(sys.argv[1], 'a+')\n"
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush(); print('held', flush=True); time.sleep(60)",
+                               str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+        for argv in (["lm"], ["activations", "--run", micro_run], ["track"], ["convergence"], ["controls"], ["analyse"],
+                     ["explore", "3"], ["explorer"], ["baseline"], ["figures", "--figures", tmp_path / "figs"],
+                     ["reproduce", "--figures", tmp_path / "figs"]):
+            _error(capsys, [*argv, "--preset", "micro", "--out", out, "--quiet"],
+                   f"run directory {out} is in use by another saetrack process (pid {holder.pid}); wait for it or use another --out")
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before and not (tmp_path / "figs").exists()
+    finally:
+        holder.kill(); holder.wait()
+    assert main(["analyse", "--preset", "micro", "--out", str(out), "--quiet"]) == 0 and not (out / ".lock").exists()
+
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_corrected_rerun(tmp_path, micro, micro_run):
+    from saetrack.lm import prepare_data
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(micro_run / "run.json", out)                           # what a run that died before step 0 leaves
+    for name in ("tokens", "tokenizer"): shutil.copytree(micro_run / name, out / name)
+    meta = prepare_data(get_preset("micro", lr=2e-3).lm, out, progress=False)
+    assert meta["config"]["lr"] == 2e-3
