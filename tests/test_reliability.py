@@ -88,9 +88,9 @@ def test_changed_sae_config_is_refused_not_replaced(capsys, micro_tracked):
     ("log.json", ["track"], "log.json' is damaged (JSONDecodeError); delete it and rerun `saetrack lm"),
     ("log.json", ["figures", "--figures", "{out}/figs"], "log.json' is damaged"),
     ("series/series.json", ["analyse"], "series.json' is damaged; rerun `saetrack track`"),
-    ("step0/config.json", ["track"], "step0/config.json"),     # the first, a middle and the last
-    ("step8/config.json", ["track"], "step8/config.json"),     # checkpoint of saetrack's own run
-    ("step24/config.json", ["track"], "step24/config.json"),
+    ("step0/config.json", ["track"], "step0/ (config.json is not valid JSON)"),     # the first, a middle and the last
+    ("step8/config.json", ["track"], "step8/ (config.json is not valid JSON)"),     # checkpoint of saetrack's own run
+    ("step24/config.json", ["track"], "step24/ (config.json is not valid JSON)"),
 ])
 def test_damaged_state_file_is_one_line(capsys, tmp_path, micro_tracked, damaged, argv, match):
     out = _copy(micro_tracked, tmp_path / "run")
