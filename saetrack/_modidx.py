@@ -89,6 +89,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'saetrack/checkpoints.py'),
                                       'saetrack.checkpoints.PythiaHub._unreachable': ( 'checkpoints.html#pythiahub._unreachable',
                                                                                        'saetrack/checkpoints.py'),
+                                      'saetrack.checkpoints.PythiaHub.check_hub': ( 'checkpoints.html#pythiahub.check_hub',
+                                                                                    'saetrack/checkpoints.py'),
                                       'saetrack.checkpoints.PythiaHub.check_step': ( 'checkpoints.html#pythiahub.check_step',
                                                                                      'saetrack/checkpoints.py'),
                                       'saetrack.checkpoints.PythiaHub.hooked': ( 'checkpoints.html#pythiahub.hooked',

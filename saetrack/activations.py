@@ -181,7 +181,9 @@ def _rows_hash(rows: np.ndarray) -> str:
 def _n_layers(source) -> int:
     from transformers import AutoConfig
     if hasattr(source, "path"): return AutoConfig.from_pretrained(source.check_step(source.steps[-1])).num_hidden_layers
-    return AutoConfig.from_pretrained(source.repo).num_hidden_layers
+    source.check_hub()
+    try: return AutoConfig.from_pretrained(source.repo).num_hidden_layers
+    except OSError as e: raise source._unreachable(e) from None
 
 def _ctx(source, step) -> int:
     from transformers import AutoConfig

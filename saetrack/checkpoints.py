@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_checkpoints.ipynb #4412c074
 from __future__ import annotations
-import importlib, json, re, warnings
+import importlib, json, os, re, socket, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -218,15 +218,27 @@ class PythiaHub:
         if step not in self.steps: raise SaetrackError(f"step {step} is not a {self.name} checkpoint (available: {_fmt_steps(self.steps)})")
         return f"step{step}"
 
+    def check_hub(self, step: int | None = None):
+        """Fail fast, in one line, when the Hub cannot be reached and the HF cache lacks the files (instead of minutes
+        of download retries); with `HF_HUB_OFFLINE=1` the cache alone is used and this checks nothing."""
+        if getattr(self, "_hub_ok", False) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"): return
+        try: socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        except OSError as e:
+            from huggingface_hub import try_to_load_from_cache
+            if not isinstance(try_to_load_from_cache(self.repo, "config.json", revision=None if step is None else f"step{step}"), str):
+                raise self._unreachable(e, step) from None
+        self._hub_ok = True
+
     def tokenizer(self, step: int | None = None):
         from transformers import AutoTokenizer
+        self.check_hub()
         try: return AutoTokenizer.from_pretrained(self.repo)
         except Exception as e: raise self._unreachable(e) from None
 
     def hooked(self, step: int, device: str = "cpu"):
         "`step` through TransformerLens' `from_pretrained` (downloads the revision once, into the HF cache)."
         from transformer_lens import HookedTransformer
-        self.check_step(step)
+        self.check_step(step); self.check_hub(step)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)

@@ -133,3 +133,17 @@ def test_flipped_weights_detected_then_rebuilt(micro_run, micro, tmp_path):
     shutil.rmtree(step_dir(run, 8))                                             # the fix the message names
     train_lm(micro.lm, run, progress=False)
     assert file_sha256(w) == good and open_source(run).hooked(8) is not None
+
+def test_unreachable_hub_fails_fast_in_one_line(capsys, monkeypatch, tmp_path):
+    "No network and nothing in the HF cache: one line naming local checkpoints, before any download retry."
+    import socket, time
+    calls = []
+    def no_network(*a, **k): calls.append(a); raise OSError("Network is unreachable")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    t = time.time()
+    assert main(["track", "--checkpoints", "pythia-14m", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Hub cannot be reached" in err[0] and "--checkpoints DIR" in err[0] and time.time() - t < 20
+    assert [c[0] for c in calls] == [("huggingface.co", 443)]       # the Hub was checked once, before any download
