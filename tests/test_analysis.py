@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from saetrack.analysis import AnalysisConfig, analyse, feature_report, plot_analysis, summarise
+from saetrack.analysis import AnalysisConfig, analyse, feature_report, summarise
+from saetrack.figures import plot_analysis
 from saetrack.core import SaetrackError, atomic_write_json, file_sha256, read_json
 from saetrack.sae import make_sae, save_sae
 from saetrack.semantics import DEAD, TOKEN, make_planted, planted_accuracy
