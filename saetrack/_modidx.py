@@ -207,7 +207,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'saetrack.core.read_state': ('core.html#read_state', 'saetrack/core.py'),
                                'saetrack.core.resolve_device': ('core.html#resolve_device', 'saetrack/core.py'),
                                'saetrack.core.run_lock': ('core.html#run_lock', 'saetrack/core.py'),
-                               'saetrack.core.seed_everything': ('core.html#seed_everything', 'saetrack/core.py'),
                                'saetrack.core.stable_hash': ('core.html#stable_hash', 'saetrack/core.py'),
                                'saetrack.core.writable_dir': ('core.html#writable_dir', 'saetrack/core.py')},
             'saetrack.corpus': { 'saetrack.corpus.Corpus': ('corpus.html#corpus', 'saetrack/corpus.py'),
