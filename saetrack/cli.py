@@ -169,7 +169,7 @@ def cmd_controls(a) -> dict:
 
 def cmd_figures(a):
     "Regenerate every figure from the cache under --out."
-    from saetrack.pipeline import make_figures
+    from saetrack.figures import make_figures
     out = Path(a.out or f"runs/{a.preset}")
     if not out.is_dir(): raise SaetrackError(f"'{out}' is not a run directory; run `saetrack reproduce --out {out}` first")
     figures = writable_dir(a.figures, "--figures")
@@ -259,7 +259,7 @@ def cmd_reproduce(a):
                             f"--device cuda` (a GPU and Hugging Face Hub access), and `reproduce --preset {a.preset} --dry-run` prints its plan")
     if a.dry_run: raise SaetrackError("--dry-run is for the Pythia presets (pythia-160m, pythia-410m, pythia-1.4b)")
     from saetrack.core import atomic_write_json
-    from saetrack.pipeline import _commit
+    from saetrack.figures import _commit
     t0 = time.time()
     a.checkpoints = None
     times = {}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #0e45e69a
 from __future__ import annotations
-import contextlib, hashlib, json, os, random, shutil, uuid
+import contextlib, hashlib, json, os, shutil, uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,7 @@ import torch
 
 # %% auto #0
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
-           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'seed_everything', 'writable_dir', 'read_state', 'run_lock',
-           'resolve_device']
+           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'resolve_device']
 
 # %% ../nbs/00_core.ipynb #97a638e0
 class SaetrackError(Exception):
@@ -84,10 +83,6 @@ def file_sha256(path, chunk: int = 1 << 22) -> str:
     with open(path, "rb") as f:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
-
-def seed_everything(seed: int):
-    "Seed Python, NumPy and torch (CPU) global generators."
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #c0fb3b3a
 def writable_dir(path, flag: str = "--out") -> Path:

@@ -19,7 +19,7 @@ from .series import SAESeries, train_one
 # %% auto #0
 __all__ = ['feature_directions', 'cosine_matrix', 'Match', 'match_features', 'identity_similarity', 'similarity_stats',
            'latent_stats', 'baseline_dir', 'spread_steps', 'baseline_seeds', 'independent_sae', 'baseline_study',
-           'position_profile', 'document003_study', 'run_baseline', 'plot_matching']
+           'position_profile', 'document003_study', 'run_baseline', 'cached_baseline']
 
 # %% ../nbs/70_matching.ipynb #e18053ad
 def feature_directions(x, by: str = "decoder") -> np.ndarray:
@@ -128,6 +128,12 @@ def _sae_summary(sae, acts) -> dict:
     m = sae_metrics(sae, acts)
     return {k: round(float(m[k]), 4) for k in ("nmse", "l0", "dead_frac")}
 
+def _baseline_key(series: SAESeries, eval_acts: dict, steps, seeds) -> str:
+    "The baseline's cache key: the series' config and entries at `steps`, the seeds, those steps' held-out caches."
+    man = series.manifest
+    return stable_hash(["baseline", 2, man["config_hash"], [man["entries"][str(s)]["key"] for s in steps], steps, seeds,
+                        [load_activations(eval_acts[s]).manifest["key"] for s in steps]])
+
 def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=None, seeds=None, n_steps: int = 4,
                    progress: bool = True, force: bool = False) -> dict:
     """Independent SAEs (two seeds) at `steps` (default: `n_steps` spread by index) matched to each other and to
@@ -137,9 +143,7 @@ def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=N
     seeds = list(seeds or baseline_seeds(cfg))
     if len(seeds) != 2: raise SaetrackError("the baseline needs exactly two seeds")
     if cfg.seed in seeds: raise SaetrackError(f"seed {cfg.seed} is the series' own; pick others")
-    man = series.manifest
-    key = stable_hash(["baseline", 2, man["config_hash"], [man["entries"][str(s)]["key"] for s in steps], steps, seeds,
-                       [load_activations(eval_acts[s]).manifest["key"] for s in steps]])
+    key = _baseline_key(series, eval_acts, steps, seeds)
     path = baseline_dir(series)/"baseline.json"
     if not force and path.exists() and (old := read_json(path)).get("key") == key: return old
     t0 = time.time()
@@ -226,6 +230,12 @@ def position_profile(sae, acts_cache, batch_size: int = 8192) -> dict:
                 l0=(fired.sum(1) / count).tolist(), n_live=int(live.sum()),
                 per_latent_position_cv=float(np.median(mean_act[:, live].std(0) / np.maximum(mean_act[:, live].mean(0), 1e-12))))
 
+def _document003_key(series: SAESeries, evc, train_dir, A: int, B: int, half_width: int, topk: int) -> str:
+    "document 003's cache key: the series' last entry, the seeds and sizes, that step's held-out cache `evc` and training cache."
+    man, last = series.manifest, series.steps[-1]
+    return stable_hash(["document003", 2, man["config_hash"], man["entries"][str(last)]["key"],
+                        A, B, half_width, topk, evc.manifest["key"], load_activations(train_dir).manifest["key"]])
+
 def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seeds=None, half_width: int | None = None,
                       topk: int = 32, progress: bool = True) -> dict:
     """Matching across dictionary size and SAE type at the final step, and activation magnitude by position.
@@ -236,8 +246,7 @@ def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seed
     evc = load_activations(eval_acts[last]); ev = evc.acts
     t0 = time.time()
     half_width = half_width or cfg.d_sae // 2
-    key = stable_hash(["document003", 2, series.manifest["config_hash"], series.manifest["entries"][str(last)]["key"],
-                       A, B, half_width, topk, evc.manifest["key"], load_activations(train_acts[last]).manifest["key"]])
+    key = _document003_key(series, evc, train_acts[last], A, B, half_width, topk)
     path = baseline_dir(series)/"document003.json"
     if path.exists() and (old := read_json(path)).get("key") == key: return old
     ref, refB, track = (independent_sae(series, train_acts[last], last, A, eval_acts=ev),
@@ -289,83 +298,25 @@ def run_baseline(out, progress: bool = True, steps=None, document003: bool = Tru
     res["seconds"] = round(time.time() - t, 1)
     return res
 
-def _ecdf(ax, sim, mask, label, **kw):
-    s = np.sort(np.asarray(sim)[np.asarray(mask, bool)]) if mask is not None else np.sort(sim)
-    if len(s): ax.step(s, np.arange(1, len(s) + 1) / len(s), where="post", label=f"{label} (med {np.median(s):.2f})", **kw)
-
-def _ecdf_axes(ax, title):
-    ax.set_title(title, fontsize=10); ax.set_xlim(-0.1, 1.02); ax.set_ylim(0, 1)
-    ax.axvline(0.9, color="grey", lw=0.6, ls=":"); ax.axvline(0.7, color="grey", lw=0.6, ls=":")
-    ax.set_xlabel("match cosine (decoder)"); ax.grid(alpha=0.3); ax.legend(fontsize=7.5, loc="upper left")
-
-def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", "pdf")) -> dict:
-    "Every baseline figure of the run in `out` (from `run_baseline`'s cache) as PNG + PDF; returns their descriptions."
-    import matplotlib.pyplot as plt
-    from saetrack.plotting import save_figure, step_axis
-    out, figures_dir = Path(out), Path(figures_dir)
-    result = result or run_baseline(out, progress=False)
-    b, made = result["baseline"], {}
-    A, B = b["seeds"]; steps = b["steps"]
-    paper = "Reviewer 3's requested baseline"
-    def save(fig, name, shows):
-        save_figure(fig, figures_dir/name, formats=formats); plt.close(fig); made[name] = dict(shows=shows, paper=paper)
-    fig, axs = plt.subplots(1, len(steps), figsize=(3.6 * len(steps), 3.4), sharey=True, squeeze=False)
-    for ax, s in zip(axs[0], steps):
-        r = b["same_step"][str(s)]
-        _ecdf(ax, r["noise_floor"]["sim"], r["noise_floor"]["live_mask"], f"seed {A} vs {B}", color="k", lw=1.8)
-        _ecdf(ax, r["random"]["sim"], None, "random dictionaries", color="grey", ls=":")
-        for sd, col in ((A, "C0"), (B, "C1")):
-            x = r[f"track_vs_seed{sd}"]
-            _ecdf(ax, x["sim"], x["live_mask"], f"SAE-Track vs seed {sd}", color=col)
-        _ecdf_axes(ax, f"step {s}")
-    axs[0, 0].set_ylabel("fraction of live matched pairs ≤ x")
-    fig.suptitle("Same checkpoint: independent SAEs (two seeds) vs each other (noise floor) and vs SAE-Track", fontsize=11)
-    fig.tight_layout()
-    save(fig, "matching_same_step", f"ECDFs of Hungarian-matched decoder cosines at {len(steps)} checkpoints ({', '.join(map(str, steps))}): two independently trained SAEs (noise floor) and each vs the SAE-Track SAE")
-    pairs = list(b["consecutive"])
-    fig, axs = plt.subplots(1, len(pairs), figsize=(3.6 * len(pairs), 3.4), sharey=True, squeeze=False)
-    for ax, p in zip(axs[0], pairs):
-        r = b["consecutive"][p]
-        for sd, col in ((A, "C0"), (B, "C1")):
-            _ecdf(ax, r[f"seed{sd}"]["sim"], r[f"seed{sd}"]["live_mask"], f"independent, seed {sd} (matched)", color=col)
-        _ecdf(ax, r["track_identity"]["sim"], r["track_identity"]["live_mask"], "SAE-Track latent i ↔ i", color="C3", lw=1.8)
-        _ecdf_axes(ax, f"step {p.replace('->', ' → ')}")
-    axs[0, 0].set_ylabel("fraction of live pairs ≤ x")
-    fig.suptitle("Across checkpoints: independent SAEs matched to each other vs SAE-Track's identity", fontsize=11)
-    fig.tight_layout()
-    save(fig, "matching_consecutive", "ECDFs of decoder cosines between consecutive studied checkpoints: independent SAEs of one seed Hungarian-matched, vs SAE-Track's latent i with itself")
-    cf = b["cos_to_final"]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    st = sorted(int(s) for s in cf["track_all_steps"])
-    ax.plot(st, [cf["track_all_steps"][str(s)] for s in st], "-", color="C3", lw=1.5, label="SAE-Track: median cos(latent i, final latent i)")
-    for sd, col, dx in ((A, "C0", 0.97), (B, "C1", 1.03)):
-        q = [cf[f"seed{sd}"][str(s)]["live"] for s in steps]
-        x = [s * dx if s else dx - 1 for s in steps]
-        ax.errorbar(x, [v["median"] for v in q], yerr=[[v["median"] - v["q25"] for v in q], [v["q75"] - v["median"] for v in q]],
-                    fmt="o", color=col, capsize=3, label=f"independent seed {sd}: median matched cos to final (IQR)")
-    nf = [b["same_step"][str(steps[-1])]["noise_floor"]["live"]["median"]]
-    ax.axhline(nf[0], color="k", ls="--", lw=1, label=f"noise floor at the final step ({nf[0]:.2f})")
-    step_axis(ax); ax.set_ylabel("decoder cosine to the final SAE"); ax.set_ylim(0, 1.02); ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="lower right"); ax.set_title("Cosine to final: SAE-Track vs matched independent SAEs", fontsize=11)
-    fig.tight_layout()
-    save(fig, "matching_cos_to_final", "median decoder cosine to the final checkpoint's SAE: SAE-Track's identity at every checkpoint vs independent SAEs matched to the final independent SAE of the same seed, with the seed-to-seed noise floor")
-    if "document003" in result:
-        d = result["document003"]
-        fig, axs = plt.subplots(1, 2, figsize=(11, 3.8))
-        ax = axs[0]
-        full = b["config"]["d_sae"]
-        _ecdf(ax, d["seed"]["sim"], d["seed"]["live_mask"], f"seed {A} vs {B} ({full} ↔ {full})", color="k", lw=1.8)
-        _ecdf(ax, d["width"]["sim"], d["width"]["live_mask"], f"width {d['half_width']} → {full} (partial)", color="C2")
-        _ecdf(ax, d["type"]["sim"], d["type"]["live_mask"], f"TopK k={d['topk']} → ReLU+L1", color="C4")
-        nfe = b["same_step"][str(steps[-1])]["noise_floor_encoder"]
-        _ecdf(ax, nfe["sim"], nfe["live_mask"], f"seed {A} vs {B}, encoder matching", color="grey", ls="--")
-        _ecdf_axes(ax, f"Matching at the final step {d['step']} (document 003)")
-        ax.set_ylabel("fraction of live matched pairs ≤ x")
-        ax = axs[1]; p = d["positions"]
-        ax.plot(p["position"], p["mean_activation"], color="C0", label="mean activation (mean over live latents)")
-        ax.set_xlabel("token position in context"); ax.set_ylabel("mean latent activation", color="C0"); ax.grid(alpha=0.3)
-        ax2 = ax.twinx(); ax2.plot(p["position"], p["l0"], color="C3", label="L0"); ax2.set_ylabel("L0 (active latents per token)", color="C3")
-        ax.set_title(f"SAE-Track final SAE: activation by position ({p['n_live']} live latents)", fontsize=10)
-        fig.tight_layout()
-        save(fig, "matching_document003", "left: match-cosine ECDFs at the final step across seeds, dictionary sizes (partial matching), SAE types and decoder vs encoder matching; right: mean latent activation and L0 of the final SAE-Track SAE by token position")
-    return made
+def cached_baseline(out) -> dict | None:
+    """The baseline `saetrack baseline` cached for the run in `out`, read back without training anything:
+    {"baseline": ..., "document003": ... (when cached)}, or None when there is none. A cache that is no longer that of
+    the series and its activation caches (or is damaged) is a one-line `SaetrackError` naming the command to rerun."""
+    out = Path(out)
+    series = SAESeries.load(out/"series")
+    where, root = baseline_dir(series), out/"activations"/series.hook
+    if not (where/"baseline.json").exists(): return None
+    def check(name, key_of):
+        try:
+            r = read_json(where/name)
+            if r.get("key") == key_of(r): return r
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, SaetrackError): pass
+        raise SaetrackError(f"the cached baseline '{where/name}' is not for this series and its activation caches (or is "
+                            f"damaged); rerun `saetrack baseline --out {out}`")
+    res = {"baseline": check("baseline.json", lambda b: _baseline_key(
+        series, {s: root/"eval"/f"step{s}" for s in b["steps"]}, b["steps"], b["seeds"]))}
+    last = series.steps[-1]
+    if (where/"document003.json").exists():
+        res["document003"] = check("document003.json", lambda d: _document003_key(
+            series, load_activations(root/"eval"/f"step{last}"), root/"train"/f"step{last}", *d["seeds"], d["half_width"], d["topk"]))
+    return res

@@ -11,7 +11,7 @@ from .config import get_preset
 from .core import read_json
 
 # %% auto #0
-__all__ = ['SIZES', 'headline', 'scaling_table', 'scaling_study', 'scaling_runs', 'plot_scaling']
+__all__ = ['SIZES', 'headline', 'scaling_table', 'scaling_study']
 
 # %% ../nbs/85_scaling.ipynb #fdeac28b
 SIZES = ("tiny-s", "tiny", "tiny-l")
@@ -52,40 +52,3 @@ def scaling_study(presets=SIZES[:2], root="runs", progress: bool = True) -> pd.D
     runs = {name: Path(root)/name for name in presets}
     for name, out in runs.items(): track(get_preset(name), out, progress=progress)
     return scaling_table(runs, progress=progress)
-
-# %% ../nbs/85_scaling.ipynb #ad9cbf6f
-def scaling_runs(root) -> dict:
-    "The scaling presets with an analysed series under `root`, in width order: {preset: run dir}."
-    return {n: Path(root)/n for n in SIZES if (Path(root)/n/"analysis"/"analysis.json").exists()}
-
-def plot_scaling(runs: dict, path=None):
-    "Class shares and drift of each analysed run {name: run dir}, side by side (analyses read from the cache)."
-    import matplotlib.pyplot as plt
-    from saetrack.analysis import analyse
-    from saetrack.plotting import save_figure, step_axis
-    fig, axes = plt.subplots(2, len(runs), figsize=(4.2 * len(runs), 6.2), sharex=True, sharey="row",
-                             squeeze=False, constrained_layout=True)
-    colours = {1: ("token", "tab:blue"), 2: ("concept", "tab:red"), 3: ("noise", "0.6"), 0: ("dead", "k")}
-    for j, (name, out) in enumerate(runs.items()):
-        r = analyse(out, progress=False)
-        steps = np.asarray(r["steps"], dtype=float)
-        ax = axes[0, j]
-        for c, (lab, col) in colours.items():
-            ax.plot(steps, r["class_fractions"][:, c], ".-", color=col, label=lab, lw=1.6)
-        for b in r["stages"]["boundaries"]: ax.axvline(b, color="tab:green", ls="--", lw=1)
-        d = read_json(Path(out)/"run.json")["config"]["d_model"]
-        ax.set_title(f"{name}: d_model {d}, {r['n_features']} SAE latents", fontsize=10)
-        ax = axes[1, j]
-        C = r["cos_to_final"][:, r["live"]]
-        q1, q3 = np.quantile(C, [0.25, 0.75], axis=1)
-        ax.fill_between(steps, q1, q3, color="tab:purple", alpha=0.25, lw=0, label="interquartile range")
-        ax.plot(steps, r["cos_median"], ".-", color="tab:purple", label="median")
-        for b in r["phases_3"]["breakpoint_steps"]: ax.axvline(b, color="tab:orange", ls=":", lw=1.2)
-        step_axis(axes[0, j], label=""); step_axis(ax)
-    axes[0, 0].set_ylabel("share of latents"); axes[1, 0].set_ylabel("cos(decoder row, final row)")
-    axes[0, -1].legend(frameon=False, fontsize=8, title="class", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    axes[1, -1].legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.suptitle(f"The same pipeline at {len(runs)} widths: feature classes (green dashed: stage boundaries) and decoder drift "
-                 "(orange dotted: 3-phase breaks)", fontsize=10)
-    if path is not None: save_figure(fig, path)
-    return fig

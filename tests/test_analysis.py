@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from saetrack.analysis import AnalysisConfig, analyse, feature_report, plot_analysis, summarise
+from saetrack.analysis import AnalysisConfig, analyse, feature_report, summarise
+from saetrack.figures import plot_analysis
 from saetrack.core import SaetrackError, atomic_write_json, file_sha256, read_json
 from saetrack.sae import make_sae, save_sae
 from saetrack.semantics import DEAD, TOKEN, make_planted, planted_accuracy
@@ -53,7 +54,7 @@ def run(tmp_path_factory):
             sae.b_enc.copy_(P["encode"]["b_enc"] - (1e4 if s < 4 else 0))
             sae.b_dec.zero_()
             sae.W_dec.copy_(torch.from_numpy(np.cos(ang[t])[:, None] * final + np.sin(ang[t])[:, None] * ortho).float())
-        sd = save_sae(sae, out / "series" / f"step{s}", extra_files={"metrics.json": {"step": s}})
+        sd = save_sae(sae, out / "series" / f"step{s}", extra_files={"metrics.json": {"step": s}, "curve.json": {}})
         entries[str(s)] = dict(key=f"k{s}", sha256=file_sha256(sd / "sae_weights.safetensors"))
         noise = rng.standard_normal(P["acts"].shape).astype(np.float32) * (NOISE[t] / np.sqrt(d))
         _write_cache(out / "activations" / HOOK / "eval" / f"step{s}", P["acts"] + noise, P["tokens"], s)

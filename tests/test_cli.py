@@ -96,6 +96,28 @@ def test_reproduce_micro(tmp_path):
     assert code == 0, err
     assert {"controls.png", "controls.pdf"} <= set(json.loads((tmp_path / "again" / "MANIFEST.json").read_text()))
 
+@pytest.mark.parametrize("case", ["missing analysis", "stale analysis", "stale baseline"])
+def test_figures_only_read_the_caches(capsys, tmp_path, micro_tracked, case):
+    "`figures` computes nothing: a missing or stale cache is one line naming the command, and nothing is written."
+    import json, shutil
+    out = tmp_path / "run"
+    shutil.copytree(micro_tracked, out)
+    if case == "missing analysis":
+        shutil.rmtree(out / "analysis")
+        match = f"no cached analysis under '{out / 'analysis'}'; run `saetrack analyse --out {out}` first"
+    elif case == "stale analysis":
+        meta = json.loads((out / "analysis" / "analysis.json").read_text())
+        meta["config"]["k"] += 1                                       # not the settings its key was made with
+        (out / "analysis" / "analysis.json").write_text(json.dumps(meta))
+        match = f"rerun `saetrack analyse --out {out}`"
+    else:
+        (out / "baseline").mkdir()
+        (out / "baseline" / "baseline.json").write_text(json.dumps(dict(key="another series", steps=[0, 24], seeds=[43, 44])))
+        match = f"rerun `saetrack baseline --out {out}`"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    _one_line_error(capsys, ["figures", "--preset", "micro", "--out", out, "--figures", tmp_path / "figs"], match)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before and not (tmp_path / "figs").exists()
+
 def test_convergence_and_controls_need_a_run(tmp_path, capsys):
     _one_line_error(capsys, ["convergence", "--preset", "micro", "--out", tmp_path], "saetrack track")
     _one_line_error(capsys, ["controls", "--preset", "micro", "--out", tmp_path], "saetrack track")
