@@ -20,7 +20,7 @@ __all__ = ['ANALYSIS_VERSION', 'SPACES', 'AnalysisConfig', 'eval_caches', 'token
            'cached_analysis', 'moved_after_formation', 'summarise', 'feature_report']
 
 # %% ../nbs/60_analysis.ipynb #fd8a68e6
-ANALYSIS_VERSION = 2          # bump when the cached result changes shape or meaning
+ANALYSIS_VERSION = 3          # bump when the cached result changes shape or meaning (3: whole-sequence patterns)
 SPACES = ("act_cosine", "feat_cosine", "feat_jaccard", "feat_wjaccard")   # progress-measure variants
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def controls_table(res: dict) -> pd.DataFrame:
         col = {f"token share, {k}": v["token"] for k, v in h["class_fractions"].items()}
         col.update({f"concept share, {k}": v["concept"] for k, v in h["class_fractions"].items()})
         col["features that change pattern"] = h["n_changed"]
-        col.update({f"pattern: {p}": h["pattern_counts"].get(p, 0) for p in ("maintaining", "shifting", "grouping", "emerging", "dissolving")})
+        col.update({f"pattern: {p}": h["pattern_counts"].get(p, 0) for p in ("maintaining", "shifting", "grouping", "emerging", "dissolving", "multiple")})
         col["stage boundaries"] = ", ".join(map(str, h["stage_boundaries"]))
         col["drift breaks (3 segments)"] = ", ".join(map(str, h["drift_breaks"]))
         cos = _by_step(h["cos_to_final"])
@@ -278,7 +278,7 @@ def plot_controls(res: dict, path=None):
                    label=f"independent converged SAEs ({r['n_seeds']} seeds: mean, range)" if k == j == 0 else None)
     c.set_xscale("log"); c.set_xlabel("training step + 1"); c.set_ylabel("share of latents")
     c.set_title("Feature classes (thick: token-level, thin: concept-level)", fontsize=9); c.legend(frameon=False, fontsize=8)
-    pats = ["maintaining", "shifting", "grouping", "emerging", "dissolving", "other"]
+    pats = ["maintaining", "shifting", "grouping", "emerging", "dissolving", "multiple", "other"]
     w = 0.8 / len(res["chains"])
     for i, (name, h) in enumerate(res["chains"].items()):
         col = CHAIN_STYLE[name][0]

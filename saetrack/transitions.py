@@ -15,7 +15,8 @@ __all__ = ['PATTERNS', 'transition_pattern', 'transition_patterns', 'pattern_cou
            'plot_pattern_examples', 'feature_history']
 
 # %% ../nbs/30_transitions.ipynb #34668952
-PATTERNS = ("maintaining", "shifting", "grouping", "emerging", "stable_concept", "dissolving", "dead", "noise", "other")
+PATTERNS = ("maintaining", "shifting", "grouping", "emerging", "stable_concept", "dissolving", "dead", "noise", "multiple",
+            "other")
 
 def _states(classes: np.ndarray, top_tokens: np.ndarray, key_map: np.ndarray | None) -> list:
     "State per checkpoint: (class, token key) for token-level, (class, None) otherwise."
@@ -49,20 +50,20 @@ def transition_pattern(classes_t, top_tokens_t, steps, key_map: np.ndarray | Non
     steps = np.asarray(steps)
     runs = _stable_runs(_states(classes_t, top_tokens_t, key_map), min_run)
     if not runs: return "other", math.nan
-    (s0, _, _), (s1, p1, _) = runs[0], runs[-1]
-    c0, c1 = s0[0], s1[0]
-    change, quiet = float(steps[p1]), (DEAD, NOISE)
-    if len(runs) == 1:
-        return {TOKEN: "maintaining", CONCEPT: "stable_concept", DEAD: "dead", NOISE: "noise"}[c0], math.nan
-    if all(r[0][0] == DEAD for r in runs): return "dead", math.nan
-    if all(r[0][0] in quiet for r in runs): return "noise", math.nan
-    if c0 == TOKEN and (c1 == CONCEPT or (c1 == TOKEN and s1 != s0)): return "shifting", change
-    if c0 == TOKEN and c1 == TOKEN: return "maintaining", math.nan   # same token at both ends
-    if c0 in quiet and c1 == CONCEPT: return "grouping", change
-    if c0 in quiet and c1 == TOKEN: return "emerging", change
-    if c0 == CONCEPT and c1 == CONCEPT: return "stable_concept", math.nan
-    if c0 in (TOKEN, CONCEPT) and c1 in quiet: return "dissolving", change
-    return "other", change
+    if all(s[0] == DEAD for s, _, _ in runs): return "dead", math.nan
+    if all(s[0] in (DEAD, NOISE) for s, _, _ in runs): return "noise", math.nan
+    ids: list[list] = []           # meanings in order: token(x) or concept; quiet (dead, noise) only at either end
+    for i, (s, p, _) in enumerate(runs):
+        m = "quiet" if s[0] in (DEAD, NOISE) else s
+        if m == "quiet" and 0 < i < len(runs) - 1: continue        # a quiet interlude is not a meaning
+        if not ids or ids[-1][0] != m: ids.append([m, p])
+    if len(ids) > 2: return "multiple", float(steps[ids[1][1]])
+    if len(ids) == 1: return ("maintaining" if ids[0][0][0] == TOKEN else "stable_concept"), math.nan
+    (a, _), (b, p) = ids
+    ka, kb = ("quiet" if m == "quiet" else m[0] for m in (a, b))
+    pattern = {(TOKEN, TOKEN): "shifting", (TOKEN, CONCEPT): "shifting", ("quiet", CONCEPT): "grouping",
+               ("quiet", TOKEN): "emerging", (TOKEN, "quiet"): "dissolving", (CONCEPT, "quiet"): "dissolving"}
+    return pattern.get((ka, kb), "other"), float(steps[p])
 
 def transition_patterns(classes: np.ndarray, top_tokens: np.ndarray, steps, key_map=None,
                         min_run: int = 2) -> tuple[np.ndarray, np.ndarray]:

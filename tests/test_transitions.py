@@ -44,6 +44,12 @@ STEPS = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000])
     ([(DEAD, -1, 12)], "dead", None),
     ([(NOISE, -1, 3), (DEAD, -1, 3), (NOISE, -1, 6)], "noise", None),
     ([(TOKEN, 1, 1), (TOKEN, 2, 1), (NOISE, -1, 1), (CONCEPT, -1, 1)] * 3, "other", None),  # flickering
+    # the whole sequence, not its ends: feature 853 went 'e' -> noise -> ' a' -> concept -> 'e' ("maintaining" before)
+    ([(TOKEN, 5, 2), (NOISE, -1, 2), (TOKEN, 7, 2), (CONCEPT, -1, 3), (TOKEN, 5, 3)], "multiple", 8),
+    ([(NOISE, -1, 3), (TOKEN, 5, 5), (NOISE, -1, 4)], "multiple", 4),         # emerges, then dissolves
+    ([(TOKEN, 5, 4), (TOKEN, 9, 4), (CONCEPT, -1, 4)], "multiple", 8),        # two shifts
+    ([(TOKEN, 5, 5), (NOISE, -1, 3), (TOKEN, 5, 4)], "maintaining", None),   # a quiet interlude, the same token after it
+    ([(CONCEPT, -1, 6), (TOKEN, 5, 6)], "other", 32),                        # concept -> token: none of the named ones
 ])
 def test_transition_pattern(runs, expected, change):
     c, t = H(*runs)
