@@ -224,18 +224,23 @@ def _sparse_block(codes: SparseCodes, slots: torch.Tensor, measures) -> dict[str
             out[m] = (mins / (s[:, :, None] + s[:, None, :] - mins + WJ_EPS)).sum((1, 2)) / npairs
     return out
 
-def sparse_mean_pairwise(codes: SparseCodes, sets, measure="cosine", batch: int = 256):
+def sparse_mean_pairwise(codes: SparseCodes, sets, measure="cosine", batch: int = 256, max_pairs: int = 1 << 21):
     """`mean_pairwise` of sparse codes: sets [S, k] holds context ids into `codes` (repeats allowed) ->
-    [S] float64, or {measure: [S]} for a sequence of measures; `batch` sets at a time."""
+    [S] float64, or {measure: [S]} for a sequence of measures. At most `batch` sets at a time, fewer where
+    their bound on shared-latent pairs ((k - 1) x their entries) passes `max_pairs` (memory ~100 bytes a pair)."""
     measures = [measure] if isinstance(measure, str) else list(measure)
     for m in measures: _check_measure(m)
     sets = torch.as_tensor(np.asarray(sets), dtype=torch.int64)
     if sets.ndim != 2 or sets.shape[1] < 2: raise SaetrackError(f"sets must be [S, k] with k >= 2, got {tuple(sets.shape)}")
     if len(sets) and (sets.min() < 0 or sets.max() >= len(codes.indptr) - 1): raise SaetrackError("set entries must be context ids of codes")
-    out = {m: np.empty(len(sets)) for m in measures}
-    for s in range(0, len(sets), batch):
-        res = _sparse_block(codes, sets[s:s + batch], measures)
-        for m in measures: out[m][s:s + batch] = res[m].numpy()
+    k = sets.shape[1]
+    bound = torch.cumsum((codes.indptr[sets + 1] - codes.indptr[sets]).sum(1) * (k - 1) + k * k, 0)
+    out, s = {m: np.empty(len(sets)) for m in measures}, 0
+    while s < len(sets):
+        e = min(s + batch, max(s + 1, int(torch.searchsorted(bound, (bound[s - 1] if s else 0) + max_pairs, right=True))))
+        res = _sparse_block(codes, sets[s:e], measures)
+        for m in measures: out[m][s:e] = res[m].numpy()
+        s = e
     return out[measure] if isinstance(measure, str) else out
 
 # %% ../nbs/40_formation.ipynb #14c33122

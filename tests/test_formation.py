@@ -166,6 +166,7 @@ def test_sparse_mean_pairwise_matches_dense(measure):
     np.testing.assert_allclose(got, fd.mean_pairwise(dense, measure), rtol=0, atol=1e-7)
     np.testing.assert_allclose(got[:4], [ref_mean_pairwise(dense[i].astype(np.float64), measure) for i in range(4)], atol=1e-7)
     assert got[0] == 0 and abs(got[2] - 1.0) < 1e-6           # empty codes: 0; one code k times: 1 (minus eps)
+    np.testing.assert_allclose(fd.sparse_mean_pairwise(codes, sets, measure, max_pairs=1), got, rtol=0, atol=1e-15)   # one set a batch
     with pytest.raises(SaetrackError):
         fd.sparse_mean_pairwise(codes, sets[:, :1], measure)   # k = 1
     with pytest.raises(SaetrackError):
