@@ -5,7 +5,7 @@
 # %% ../nbs/40_formation.ipynb #7afdf024
 from __future__ import annotations
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 from .core import SaetrackError
@@ -13,9 +13,10 @@ from .plotting import step_axis
 
 # %% auto #0
 __all__ = ['MEASURES', 'WJ_EPS', 'CLASS_COLORS', 'CLASS_MARKERS', 'plot_feature_region_toy', 'mean_pairwise', 'encode',
-           'encode_sets', 'activation_sets', 'progress_measure', 'random_reference_positions', 'reference_indices',
-           'null_progress', 'null_floor', 'first_stays_above', 'formation_step', 'choose_features', 'umap_embed',
-           'plot_umap_panels', 'plot_progress', 'plot_measure_robustness', 'plot_formation_distribution']
+           'activation_sets', 'SparseCodes', 'unique_rows', 'sparse_encode', 'sparse_mean_pairwise', 'progress_measure',
+           'random_reference_positions', 'reference_indices', 'null_progress', 'null_floor', 'first_stays_above',
+           'formation_step', 'choose_features', 'umap_embed', 'plot_umap_panels', 'plot_progress',
+           'plot_measure_robustness', 'plot_formation_distribution']
 
 # %% ../nbs/40_formation.ipynb #63546f2e
 MEASURES = ("cosine", "jaccard", "wjaccard")
@@ -138,16 +139,7 @@ def encode(x, sae) -> torch.Tensor:
     W_enc, b_enc, b_dec = _param(sae, "W_enc"), _param(sae, "b_enc"), _param(sae, "b_dec")
     x = _as_tensor(x, torch.float32)
     if x.shape[-1] != W_enc.shape[0]: raise SaetrackError(f"x has d_in={x.shape[-1]}, W_enc is {tuple(W_enc.shape)}")
-    return torch.relu((x - b_dec) @ W_enc + b_enc)
-
-def encode_sets(acts, sae, batch: int = 64) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Encode activation sets acts [F, k, d_in] with one SAE, `batch` features at a time. Yields (slice of
-    features, codes [b, k, d_sae]); never holds all F*k codes at once."""
-    acts = _as_tensor(acts, torch.float32)
-    if acts.ndim != 3: raise SaetrackError("acts must be [F, k, d_in]")
-    for s in range(0, acts.shape[0], batch):
-        sl = slice(s, min(s + batch, acts.shape[0]))
-        yield sl, encode(acts[sl], sae)
+    return torch.relu(torch.addmm(b_enc, x.reshape(-1, x.shape[-1]) - b_dec, W_enc)).reshape(*x.shape[:-1], -1)
 
 def activation_sets(acts, datapoints: np.ndarray) -> np.ndarray:
     """A_i^t in activation space: rows of one checkpoint's activations `acts` [N, d] at each feature's fixed
@@ -158,17 +150,111 @@ def activation_sets(acts, datapoints: np.ndarray) -> np.ndarray:
     u, inv = np.unique(idx.ravel(), return_inverse=True)
     return np.asarray(acts[u], dtype=np.float32)[inv].reshape(*idx.shape, -1)
 
+# %% ../nbs/40_formation.ipynb #35359791
+class SparseCodes(NamedTuple):
+    "SAE codes of N contexts in CSR form: context i's firing latents are latents[indptr[i]:indptr[i+1]] (ascending)."
+    indptr: torch.Tensor    # [N + 1] int64
+    latents: torch.Tensor   # [nnz] int64
+    values: torch.Tensor    # [nnz] float32, all > 0
+    d_sae: int
+
+def unique_rows(A) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact deduplication of the vectors A [..., d] -> (rows [U, d] float32, index [...] int64) with
+    rows[index] == A. Rows are keyed by two random projections and the result is checked element by element
+    (a hash collision falls back to a full sort)."""
+    A = _as_tensor(A, torch.float32)
+    flat = A.reshape(-1, A.shape[-1]).contiguous()
+    proj = torch.randn(flat.shape[-1], 2, generator=torch.Generator().manual_seed(0))
+    h = (flat @ proj).contiguous().view(torch.int64).reshape(-1)
+    keys, inv = torch.unique(h, return_inverse=True)
+    first = torch.full((len(keys),), len(h), dtype=torch.int64).scatter_reduce_(0, inv, torch.arange(len(h)), "amin")
+    rows = flat[first]
+    for s in range(0, len(h), 1 << 16):
+        if not torch.equal(rows[inv[s:s + (1 << 16)]], flat[s:s + (1 << 16)]):
+            rows, inv = torch.unique(flat, dim=0, return_inverse=True)
+            break
+    return rows, inv.reshape(A.shape[:-1])
+
+def sparse_encode(x, sae, batch: int = 4096) -> SparseCodes:
+    """`encode` of the rows of x [N, d_in], kept sparse: only the latents that fire (code > 0), `batch` rows
+    at a time (the dense code of one batch is the only d_sae-wide array)."""
+    W_enc, b_enc, b_dec = _param(sae, "W_enc"), _param(sae, "b_enc"), _param(sae, "b_dec")
+    x = _as_tensor(x, torch.float32)
+    if x.ndim != 2 or x.shape[-1] != W_enc.shape[0]: raise SaetrackError(f"x must be [N, {W_enc.shape[0]}], got {tuple(x.shape)}")
+    counts, lat, val = [torch.zeros(1, dtype=torch.int64)], [], []
+    for s in range(0, x.shape[0], batch):
+        c = torch.addmm(b_enc, x[s:s + batch] - b_dec, W_enc)
+        r, l = (c > 0).nonzero().unbind(1)
+        counts.append(torch.bincount(r, minlength=c.shape[0])); lat.append(l); val.append(c[r, l])
+    return SparseCodes(torch.cumsum(torch.cat(counts), 0), torch.cat(lat), torch.cat(val), int(W_enc.shape[1]))
+
+def _sparse_block(codes: SparseCodes, slots: torch.Tensor, measures) -> dict[str, torch.Tensor]:
+    "Mean pairwise similarity of the sets slots [b, k] (context ids into `codes`) -> {measure: [b] float64}."
+    b, k = slots.shape
+    p = slots.reshape(-1)
+    start, L = codes.indptr[p], codes.indptr[p + 1] - codes.indptr[p]
+    r = torch.repeat_interleave(torch.arange(b * k), L)                 # set slot (f * k + a) of every entry
+    src = torch.arange(len(r)) + (start - (torch.cumsum(L, 0) - L))[r]
+    v = codes.values[src].to(torch.float64)
+    key, o = torch.sort((r // k) * codes.d_sae + codes.latents[src], stable=True)   # grouped by (set, latent)
+    c = torch.unique_consecutive(key, return_counts=True)[1]
+    ce = torch.repeat_interleave(c, c)                                   # group size of each sorted entry
+    gs = torch.repeat_interleave(torch.cumsum(c, 0) - c, c)              # and where its group starts
+    shared = torch.arange(len(key))[ce > 1]
+    n_other = ce[shared] - 1
+    e = torch.repeat_interleave(shared, n_other)                         # ordered pairs (e, e2), e != e2, one latent
+    j = torch.arange(len(e)) - torch.repeat_interleave(torch.cumsum(n_other, 0) - n_other, n_other)
+    e2 = gs[e] + j + (j >= e - gs[e])
+    ra, rb, va, vb = r[o[e]], r[o[e2]], v[o[e]], v[o[e2]]
+    npairs, out = k * (k - 1), {}
+    for m in measures:
+        if m == "cosine":
+            norm = torch.bincount(r, v * v, minlength=b * k).sqrt()
+            out[m] = torch.bincount(ra // k, va * vb / (norm[ra] * norm[rb]), minlength=b) / npairs
+            continue
+        idx = ra * k + rb % k                                            # (set, a, b) of each pair
+        if m == "jaccard":
+            inter = torch.bincount(idx, minlength=b * k * k).reshape(b, k, k).to(torch.float64)
+            cnt = L.reshape(b, k).to(torch.float64)
+            union = cnt[:, :, None] + cnt[:, None, :] - inter
+            out[m] = torch.where(inter > 0, inter / union.clamp_min(1.0), torch.zeros_like(inter)).sum((1, 2)) / npairs
+        else:
+            mins = torch.bincount(idx, torch.minimum(va, vb), minlength=b * k * k).reshape(b, k, k)
+            s = torch.bincount(r, v, minlength=b * k).reshape(b, k)
+            out[m] = (mins / (s[:, :, None] + s[:, None, :] - mins + WJ_EPS)).sum((1, 2)) / npairs
+    return out
+
+def sparse_mean_pairwise(codes: SparseCodes, sets, measure="cosine", batch: int = 256, max_pairs: int = 1 << 21):
+    """`mean_pairwise` of sparse codes: sets [S, k] holds context ids into `codes` (repeats allowed) ->
+    [S] float64, or {measure: [S]} for a sequence of measures. At most `batch` sets at a time, fewer where
+    their bound on shared-latent pairs ((k - 1) x their entries) passes `max_pairs` (memory ~100 bytes a pair)."""
+    measures = [measure] if isinstance(measure, str) else list(measure)
+    for m in measures: _check_measure(m)
+    sets = torch.as_tensor(np.asarray(sets), dtype=torch.int64)
+    if sets.ndim != 2 or sets.shape[1] < 2: raise SaetrackError(f"sets must be [S, k] with k >= 2, got {tuple(sets.shape)}")
+    if len(sets) and (sets.min() < 0 or sets.max() >= len(codes.indptr) - 1): raise SaetrackError("set entries must be context ids of codes")
+    k = sets.shape[1]
+    bound = torch.cumsum((codes.indptr[sets + 1] - codes.indptr[sets]).sum(1) * (k - 1) + k * k, 0)
+    out, s = {m: np.empty(len(sets)) for m in measures}, 0
+    while s < len(sets):
+        e = min(s + batch, max(s + 1, int(torch.searchsorted(bound, (bound[s - 1] if s else 0) + max_pairs, right=True))))
+        res = _sparse_block(codes, sets[s:e], measures)
+        for m in measures: out[m][s:e] = res[m].numpy()
+        s = e
+    return out[measure] if isinstance(measure, str) else out
+
 # %% ../nbs/40_formation.ipynb #14c33122
-def progress_measure(sets_at, ref_at, measure="cosine", sae_at=None, batch: int = 64,
+def progress_measure(sets_at, ref_at, measure="cosine", sae_at=None, batch: int = 256,
                      return_parts: bool = False):
     """M[t, f] = Sim(A_f^t) - Sim(A_random^t) for every checkpoint t and feature f.
 
     sets_at: length-T sequence of [F, k, d] arrays (or one [T, F, k, d] array, or a callable t -> array):
         each feature's fixed top-k contexts at checkpoint t; ref_at: length-T sequence of [R, d] random
         contexts. sae_at: None -> the sets are used as given (activation space, or precomputed codes); a
-        length-T sequence of SAEs -> feature space: vectors are encoded with SAE[t], `batch` features at a
-        time. measure: one of MEASURES or a sequence of them (then a dict measure -> result is returned;
-        each code batch is encoded once for all measures).
+        length-T sequence of SAEs -> feature space: each distinct context is encoded once with SAE[t] into a
+        sparse code and the sets are compared on those (`sparse_mean_pairwise`). `batch`: features at a time.
+        measure: one of MEASURES or a sequence of them (then a dict measure -> result is returned; the codes
+        are shared by all measures).
     Returns M as float64 numpy [T, F]; with return_parts also (sim_sets [T, F], sim_ref [T])."""
     measures = [measure] if isinstance(measure, str) else list(measure)
     for m in measures: _check_measure(m)
@@ -188,10 +274,10 @@ def progress_measure(sets_at, ref_at, measure="cosine", sae_at=None, batch: int 
             for m in measures:
                 sim_ref[m][t] = mean_pairwise(R, m); sim_sets[m][t] = mean_pairwise(A, m, batch=batch)
         else:
-            Rc = encode(R, sae_at[t])
-            for m in measures: sim_ref[m][t] = mean_pairwise(Rc, m)
-            for sl, codes in encode_sets(A, sae_at[t], batch=batch):
-                for m in measures: sim_sets[m][t, sl] = _mp_block(codes, m).numpy()
+            ref = sparse_mean_pairwise(sparse_encode(R, sae_at[t]), torch.arange(len(R))[None], measures)
+            rows, index = unique_rows(A)
+            sets = sparse_mean_pairwise(sparse_encode(rows, sae_at[t]), index, measures, batch=batch)
+            for m in measures: sim_ref[m][t], sim_sets[m][t] = ref[m][0], sets[m]
     res = {}
     for m in measures:
         M = sim_sets[m] - sim_ref[m][:, None]
@@ -223,10 +309,12 @@ def null_progress(ref_at, k: int = 25, n_draws: int = 200, measure: str = "cosin
     out = np.empty((len(ref_at), n_draws))
     for t in range(len(ref_at)):
         R = _as_tensor(ref_at[t])
-        if sae_at is not None: R = encode(R, sae_at[t])
         if k > R.shape[0]: raise SaetrackError(f"k={k} > number of reference vectors {R.shape[0]}")
         idx = torch.as_tensor(np.stack([rng.choice(R.shape[0], k, replace=False) for _ in range(n_draws)]))
-        out[t] = mean_pairwise(R[idx], measure) - mean_pairwise(R, measure)
+        if sae_at is None: out[t] = mean_pairwise(R[idx], measure) - mean_pairwise(R, measure)
+        else:
+            codes = sparse_encode(R, sae_at[t])
+            out[t] = sparse_mean_pairwise(codes, idx, measure) - sparse_mean_pairwise(codes, torch.arange(len(R))[None], measure)
     return out
 
 def null_floor(null: np.ndarray, q: float = 0.99) -> float:

@@ -106,13 +106,99 @@ def test_progress_measure_matches_direct_feature_space():
     np.testing.assert_allclose(M, ss - sr[:, None])
     np.testing.assert_allclose(sr[1], ref_mean_pairwise(ref[1], "cosine"), rtol=1e-10)
 
-def test_encode_sets_batches_cover_all():
+def dense_progress(sets, ref, saes, measures, batch=4):
+    """Today's dense feature-space reference: every set's contexts encoded into all d_sae latents, compared
+    as d_sae-wide vectors (the path `progress_measure` used before the sparse codes)."""
+    out = {m: np.empty((len(ref), len(sets[0]))) for m in measures}
+    for t in range(len(ref)):
+        codes, rc = fd.encode(sets[t], saes[t]), fd.encode(ref[t], saes[t])
+        for m in measures:
+            out[m][t] = fd.mean_pairwise(codes, m, batch=batch) - fd.mean_pairwise(rc, m)
+    return out
+
+def small_saes(rng, T, d_in, d_sae, density=0.1):
+    """Random ReLU SAEs whose codes are sparse (about `density` of the latents fire on a random context)
+    and that fire on nothing at x = b_dec."""
+    from statistics import NormalDist
+    return [dict(W_enc=rng.standard_normal((d_in, d_sae)) / math.sqrt(d_in),
+                 b_enc=-NormalDist().inv_cdf(1 - density) - 0.1 * np.abs(rng.standard_normal(d_sae)),
+                 b_dec=0.1 * rng.standard_normal(d_in)) for _ in range(T)]
+
+def test_encode_keeps_shape_and_sparse_encode_is_exact():
     rng = np.random.default_rng(4)
     sae = dict(W_enc=rng.standard_normal((4, 7)), b_enc=np.zeros(7), b_dec=np.zeros(4))
     acts = rng.standard_normal((10, 3, 4))
-    got = torch.cat([c for _, c in fd.encode_sets(acts, sae, batch=3)])
-    np.testing.assert_allclose(got.numpy(), np.maximum(acts @ sae["W_enc"], 0), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(fd.encode(acts, sae).numpy(), np.maximum(acts @ sae["W_enc"], 0), rtol=1e-5, atol=1e-6)
+    assert fd.encode(acts[0, 0], sae).shape == (7,)
+    x = acts.reshape(30, 4)
+    c = fd.sparse_encode(x, sae, batch=4)                     # several batches
+    dense = torch.zeros(30, 7)
+    rows = torch.repeat_interleave(torch.arange(30), c.indptr.diff())
+    dense[rows, c.latents] = c.values
+    assert torch.equal(dense, fd.encode(x, sae)) and c.d_sae == 7 and (c.values > 0).all()
+    for r in range(30):                                       # latents ascending within a context
+        assert torch.all(c.latents[c.indptr[r]:c.indptr[r + 1]].diff() > 0)
+
+def test_unique_rows_exact():
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((7, 5)).astype(np.float32)
+    pool[6] = pool[5]; pool[6, 2] = np.nextafter(pool[5, 2], np.float32(9))   # differs in the last bit only
+    idx = rng.integers(0, 7, (4, 6))
+    rows, index = fd.unique_rows(pool[idx])
+    assert index.shape == (4, 6) and torch.equal(rows[index], torch.as_tensor(pool[idx]))
+    assert len(rows) == len(np.unique(idx))
+
+@pytest.mark.parametrize("measure", fd.MEASURES)
+def test_sparse_mean_pairwise_matches_dense(measure):
+    rng = np.random.default_rng(7)
+    sae = small_saes(rng, 1, 16, 256)[0]
+    ctx = rng.standard_normal((40, 16)).astype(np.float32)
+    ctx[:4] = sae["b_dec"]                                    # contexts where nothing fires
+    sets = rng.integers(0, 40, (30, 25))
+    sets[0] = 0                                               # all k codes empty
+    sets[1, :24] = 1; sets[1, 24] = 10                        # one non-empty code among empty ones
+    sets[2] = 11                                              # the same context k times
+    sets[3] = rng.integers(10, 13, 25)                        # three contexts, many repeats
+    codes = fd.sparse_encode(ctx, sae)
+    assert codes.indptr[4] == 0 and codes.indptr[-1] > 0
+    dense = fd.encode(ctx, sae).numpy()[sets]
+    got = fd.sparse_mean_pairwise(codes, sets, measure, batch=7)
+    np.testing.assert_allclose(got, fd.mean_pairwise(dense, measure), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(got[:4], [ref_mean_pairwise(dense[i].astype(np.float64), measure) for i in range(4)], atol=1e-7)
+    assert got[0] == 0 and abs(got[2] - 1.0) < 1e-6           # empty codes: 0; one code k times: 1 (minus eps)
+    np.testing.assert_allclose(fd.sparse_mean_pairwise(codes, sets, measure, max_pairs=1), got, rtol=0, atol=1e-15)   # one set a batch
+    with pytest.raises(SaetrackError):
+        fd.sparse_mean_pairwise(codes, sets[:, :1], measure)   # k = 1
+    with pytest.raises(SaetrackError):
+        fd.sparse_mean_pairwise(codes, sets + 40, measure)     # not a context of codes
+
+def test_feature_space_progress_sparse_equals_dense():
+    """progress_measure and null_progress in feature space (sparse codes, each distinct context encoded once)
+    give today's dense numbers: features whose contexts overlap (drawn from a small pool), repeated contexts,
+    contexts where nothing fires, d_sae 256."""
+    rng = np.random.default_rng(11)
+    T, F, k, d_in, d_sae, R = 3, 40, 25, 16, 256, 60
+    saes = small_saes(rng, T, d_in, d_sae)
+    pool = rng.standard_normal((120, d_in)).astype(np.float32)
+    dp = rng.integers(0, 120, (F, k))
+    dp[:10] = rng.integers(0, 8, (10, k))                     # heavily overlapping sets
+    sets, ref = [], []
+    for t in range(T):
+        acts = pool + 0.1 * t * rng.standard_normal(pool.shape).astype(np.float32)
+        acts[:3] = saes[t]["b_dec"]                           # nothing fires on these at step t
+        sets.append(acts[dp]); ref.append(rng.standard_normal((R, d_in)).astype(np.float32))
+    got = fd.progress_measure(sets, ref, fd.MEASURES, sae_at=saes, batch=16)
+    want = dense_progress(sets, ref, saes, fd.MEASURES)
+    for m in fd.MEASURES:
+        np.testing.assert_allclose(got[m], want[m], rtol=0, atol=1e-7)
+        null = fd.null_progress(ref, k=k, n_draws=20, measure=m, sae_at=saes, seed=3)
+        rng_n = np.random.default_rng(3)
+        for t in range(T):
+            idx = np.stack([rng_n.choice(R, k, replace=False) for _ in range(20)])
+            c = fd.encode(ref[t], saes[t])
+            np.testing.assert_allclose(null[t], fd.mean_pairwise(c[idx], m) - fd.mean_pairwise(c, m), rtol=0, atol=1e-7)
+    M, ss, sr = fd.progress_measure(sets, ref, "cosine", sae_at=saes, return_parts=True)
+    np.testing.assert_allclose(M, ss - sr[:, None])
 
 def tightening_series(rng, spreads, k=25, d=64, F_rand=1):
     """Feature 0: a cluster whose spread shrinks over t; features 1..: random every t."""
