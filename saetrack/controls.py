@@ -284,7 +284,7 @@ def plot_controls(res: dict, path=None):
         col = CHAIN_STYLE[name][0]
         d.bar(np.arange(len(pats)) + (i - (len(res["chains"]) - 1) / 2) * w, [h["pattern_counts"].get(p, 0) for p in pats], w,
               color=col, alpha=0.8, label=res["names"][name])
-    d.set_xticks(np.arange(len(pats)), pats); d.set_ylabel("features"); d.legend(frameon=False, fontsize=8)
+    d.set_xticks(np.arange(len(pats)), pats, rotation=20, ha="right"); d.set_ylabel("features"); d.legend(frameon=False, fontsize=8)
     d.set_title("Transition patterns: what a chain over one fixed checkpoint already produces", fontsize=9)
     parts = {"paper": "the paper's recipe", "null": f"a null chain (every link on step {res['null_at']}'s activations)",
              "backward": "a backward chain"}
