@@ -336,6 +336,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'saetrack.lm._resume_point': ('lm.html#_resume_point', 'saetrack/lm.py'),
                              'saetrack.lm._save_checkpoint': ('lm.html#_save_checkpoint', 'saetrack/lm.py'),
                              'saetrack.lm._tokens_ok': ('lm.html#_tokens_ok', 'saetrack/lm.py'),
+                             'saetrack.lm._weights_ok': ('lm.html#_weights_ok', 'saetrack/lm.py'),
                              'saetrack.lm.batch_at': ('lm.html#batch_at', 'saetrack/lm.py'),
                              'saetrack.lm.build_model': ('lm.html#build_model', 'saetrack/lm.py'),
                              'saetrack.lm.eval_loss': ('lm.html#eval_loss', 'saetrack/lm.py'),

@@ -162,10 +162,17 @@ def _save_checkpoint(run, step, model, tok, state: dict | None):
         atomic_write_json(tmp/CHECKSUMS, {"model.safetensors": file_sha256(tmp/"model.safetensors")})
         if state is not None: torch.save(state, tmp/STATE)
 
+def _weights_ok(run, step: int) -> bool:
+    "The step's weights match the sha256 recorded with them (checkpoints saved before checksums existed pass)."
+    d = step_dir(run, step)
+    if not (d/CHECKSUMS).exists(): return True
+    try: return read_json(d/CHECKSUMS)["model.safetensors"] == file_sha256(d/"model.safetensors")
+    except (OSError, ValueError, KeyError): return False
+
 def _resume_point(run) -> int | None:
-    "Newest step whose checkpoint carries the optimiser state, or None."
+    "Newest step whose checkpoint carries the optimiser state and intact weights, or None (then training restarts at 0)."
     for s in reversed(saved_steps(run)):
-        if (step_dir(run, s)/STATE).exists(): return s
+        if (step_dir(run, s)/STATE).exists(): return s if _weights_ok(run, s) else None
     return None
 
 # %% ../nbs/04_lm.ipynb #77643c51

@@ -32,6 +32,14 @@ def test_resume_is_bit_identical(tmp_path, micro, micro_run):
     assert log["complete"] and not list(run.glob(".*.tmp"))
     assert _weights(run) == _weights(micro_run)
 
+def test_resume_never_starts_from_corrupt_weights(tmp_path, micro, micro_run):
+    run = tmp_path / "resumed"
+    train_lm(micro.lm, run, progress=False, stop_after=11)            # killed after step 11: resumes from step 8
+    w = step_dir(run, 8) / "model.safetensors"
+    b = bytearray(w.read_bytes()); b[-7] ^= 0x01; w.write_bytes(bytes(b))   # one flipped bit in the resume point
+    log = train_lm(micro.lm, run, progress=False)                      # restarts at 0 instead of resuming from it
+    assert log["complete"] and _weights(run) == _weights(micro_run)
+
 def test_finished_run_is_reused(micro, micro_run):
     before = _weights(micro_run)
     log = train_lm(micro.lm, micro_run, progress=False)
