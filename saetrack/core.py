@@ -14,7 +14,7 @@ import torch
 # %% auto #0
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
            'clean_stale_tmp', 'stable_hash', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'resolve_device',
-           'world', 'barrier', 'from_rank0', 'distributed']
+           'world', 'from_rank0', 'distributed']
 
 # %% ../nbs/00_core.ipynb #97a638e0
 class SaetrackError(Exception):
@@ -168,10 +168,6 @@ def world() -> tuple[int, int]:
     "(rank, number of processes) of this process: (0, 1) unless it is in a torch.distributed process group."
     import torch.distributed as dist
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-def barrier() -> None:
-    "Wait until every process of the group is here (no-op for one process)."
-    if world()[1] > 1: torch.distributed.barrier()
 
 def from_rank0(fn, *args, **kw):
     """`fn(*args, **kw)` run on rank 0 alone, its result handed to every process (the others wait for it); an error

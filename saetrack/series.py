@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from .activations import load_activations
 from .config import SAEConfig
-from .core import (CorruptCacheError, SaetrackError, atomic_write_json, barrier, clean_stale_tmp, file_sha256,
+from .core import (CorruptCacheError, SaetrackError, atomic_write_json, clean_stale_tmp, file_sha256,
                            from_rank0, read_json, resolve_device, stable_hash, world)
 from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_training_sae, make_sae,
                           sae_metrics, save_sae, train_sae)
@@ -167,7 +167,7 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
             cfg, budget="fixed", **{("tokens_first" if prev_dir is None else "tokens_next"): budgets[step]})
         sae, curve, adam = train_one(c, a.acts, step, init_from=prev_dir, eval_acts=ev.acts, device=device)
         seconds = time.time() - t0
-        if main:
+        def measure_and_save():                    # rank 0's alone: the others wait, then start the next SAE from `d`
             m = sae_metrics(sae, ev.acts)
             if quality_fn is not None: m.update(quality_fn(step, sae, ev))
             m.update(step=step, tokens=curve["eval"][-1]["tokens"], seconds=round(seconds, 3), recurrent=prev_dir is not None,
@@ -177,10 +177,10 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
                      extra_files={"metrics.json": m, "curve.json": curve}, adam_state=adam)
             man["entries"][str(step)] = dict(key=key, sha256=file_sha256(d/"sae_weights.safetensors"), acts_step=m["acts_step"])
             atomic_write_json(man_path, man)
-        barrier()                                  # the others start the next SAE from what rank 0 wrote
+            return m
+        m = from_rank0(measure_and_save)
         prev_key, prev_dir = key, d
-        if not main: continue
-        if on_entry: on_entry(step, d)
+        if on_entry and main: on_entry(step, d)
         bar.set_postfix(step=step, nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}", tokens=m["tokens"], verdict=m["verdict"])
     return SAESeries.load(out)
 
