@@ -95,18 +95,25 @@ def _print_series(series, times):
     print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
 
 def cmd_track(a, times: dict | None = None):
-    "An SAE-Track series for a checkpoint source (building the run and activations if needed)."
+    "An SAE-Track series for a checkpoint source (building the run and activations if needed); under torchrun, data-parallel."
+    import contextlib
+    from saetrack.core import distributed, from_rank0, world
     from saetrack.curves import CurveLog
     from saetrack.pipeline import track
     p = _preset(a)
     out = writable_dir(a.out or f"runs/{p.name}")
-    log = CurveLog(a.log, out) if a.log else None          # checked before any work
-    times, caches = ({} if times is None else times), {}
-    with run_lock(out):
-        series = track(p, out, checkpoints=a.checkpoints or p.checkpoints, hook=a.hook, corpus=a.corpus, progress=not a.quiet,
-                       times=times, caches=caches, device=a.device, steps=_at_steps(a) or p.steps,
+    times, caches, log = ({} if times is None else times), {}, None
+    with distributed(a.device) as device, contextlib.ExitStack() as held:
+        main = world()[0] == 0
+        def start():                                       # rank 0's alone: the logger (checked before any work), the lock
+            nonlocal log
+            log = CurveLog(a.log, out) if a.log else None
+            held.enter_context(run_lock(out))
+        from_rank0(start)
+        series = track(p, out, checkpoints=a.checkpoints or p.checkpoints, hook=a.hook, corpus=a.corpus,
+                       progress=not a.quiet and main, times=times, caches=caches, device=device, steps=_at_steps(a) or p.steps,
                        skip_bad=getattr(a, "skip_bad_checkpoints", False), log=log)
-    _print_series(series, times)
+    if main: _print_series(series, times)
     return series
 
 def _run_caches(out: Path, hook: str) -> tuple[dict, dict]:
@@ -412,15 +419,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 def main(argv=None) -> int:
+    import os
     a = build_parser().parse_args(argv)
+    say = (lambda m: print(m, file=sys.stderr)) if os.environ.get("RANK", "0") == "0" else (lambda m: None)   # torchrun: rank 0 speaks
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and a.fn is not cmd_track:
+            raise SaetrackError(f"only `saetrack track` runs as several processes (torchrun); run `saetrack {a.cmd}` as one")
         a.fn(a)
     except SaetrackError as e:
-        print(f"error: {e}", file=sys.stderr); return 2
+        say(f"error: {e}"); return 2
     except OSError as e:          # the file system, or a damaged file no check above caught: still one line, naming it
         msg = " ".join(str(e).split())
-        print(f"error: {msg} (a damaged file: delete it and rerun the command that wrote it; a path: check it and its "
-              f"permissions, or use another --out)", file=sys.stderr); return 2
+        say(f"error: {msg} (a damaged file: delete it and rerun the command that wrote it; a path: check it and its "
+            f"permissions, or use another --out)"); return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr); return 130
+        say("interrupted; rerun the same command to resume"); return 130
     return 0

@@ -13,7 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
-           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'resolve_device']
+           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'resolve_device',
+           'world', 'from_rank0', 'distributed']
 
 # %% ../nbs/00_core.ipynb #97a638e0
 class SaetrackError(Exception):
@@ -161,3 +162,44 @@ def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:
                             + (f" (this torch {torch.__version__} is a CPU build)" if torch.version.cuda is None else "")
                             + "; use --device cpu, or auto to take a GPU only when there is one")
     return torch.device("cuda", int(idx or 0))
+
+# %% ../nbs/00_core.ipynb #ea1040c8
+def world() -> tuple[int, int]:
+    "(rank, number of processes) of this process: (0, 1) unless it is in a torch.distributed process group."
+    import torch.distributed as dist
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+def from_rank0(fn, *args, **kw):
+    """`fn(*args, **kw)` run on rank 0 alone, its result handed to every process (the others wait for it); an error
+    there is raised on every process (a `SaetrackError` as itself). For one process, just `fn(*args, **kw)`."""
+    rank, n = world()
+    if n == 1: return fn(*args, **kw)
+    box, err = [None], None
+    if rank == 0:
+        try: box[0] = (fn(*args, **kw), None)
+        except BaseException as e:
+            err = e
+            box[0] = (None, e if isinstance(e, SaetrackError) else SaetrackError(f"rank 0 failed: {type(e).__name__}: {e}"))
+    torch.distributed.broadcast_object_list(box, src=0)
+    if err is not None: raise err
+    if box[0][1] is not None: raise box[0][1]
+    return box[0][0]
+
+@contextlib.contextmanager
+def distributed(device="cpu"):
+    """The block as one process of a torchrun launch (`WORLD_SIZE` > 1): join the process group (gloo on the CPU; nccl on
+    GPUs, each process on `cuda:LOCAL_RANK`), yield this process's device, leave the group after. Otherwise (or when
+    the group exists already) just yield `resolve_device(device)`."""
+    dev, n = resolve_device(device), int(os.environ.get("WORLD_SIZE", "1"))
+    if n <= 1 or world()[1] > 1:
+        yield dev; return
+    import torch.distributed as dist
+    if dev.type == "cuda":
+        local, seen = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= seen: raise SaetrackError(f"torchrun started process {local} on this machine but torch sees {seen} GPUs; "
+                                              f"use --nproc-per-node {seen} or fewer")
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    try: yield dev
+    finally: dist.destroy_process_group()

@@ -9,9 +9,10 @@ from pathlib import Path
 from .activations import _ctx, activation_split, cache_activations, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import Preset
-from .core import resolve_device
+from .core import from_rank0, resolve_device, world
 from .config import check_warmup
 from .lm import run_meta, train_lm
+from .sae import split_batch
 from .quality import ce_recovered
 from .series import SAESeries, check_reuse, check_series_config, train_series
 
@@ -51,32 +52,42 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     forward passes and SAE training run on `device` (the tiny LM itself trains on the CPU); `steps` restricts the
     series to those checkpoints (default: all). `skip_bad` leaves out unloadable checkpoint folders (nbs/05_checkpoints);
     each activation cache's manifest lists them. `log` (a `CurveLog`, nbs/16_curves) receives the LM's curves and each
-    SAE's as it is ready."""
+    SAE's as it is ready. Under torchrun the checks, the LM and the activations are rank 0's work (the others wait for
+    its caches), and then every process trains the series together (`train_series`)."""
     out, device = Path(out), resolve_device(device)
     times = {} if times is None else times
+    hook, rank0 = hook or preset.acts.hook, {}       # rank0: what only rank 0 holds (the checkpoint source)
+
+    def prepare():
+        t = time.time()
+        source = None if checkpoints is None else open_source(checkpoints, skip_bad=skip_bad)
+        ctx = preset.lm.ctx if source is None else _ctx(source, source.steps[-1])
+        rows = preset.acts.train_tokens // (ctx - 1) * (ctx - 1)          # before any work: the budgets fit the caches
+        check_reuse(preset.sae, preset.sae.tokens_first, rows, "the first SAE")
+        check_reuse(preset.sae, preset.sae.tokens_next, rows, "each later SAE")
+        check_warmup(preset.sae)
+        for b in (preset.sae.batch_size, preset.sae.batch_next or preset.sae.batch_size): split_batch(b, 0, world()[1])
+        check_series_config(preset.sae, out/"series", hook)   # a finished series is never replaced
+        if source is None:
+            train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
+            if log: log.lm(out)
+        times["lm"] = time.time() - t; t = time.time()
+        acts = activations_for(source, preset, out/"activations", hook, corpus, steps=steps, progress=progress, device=device)
+        times["activations"] = time.time() - t
+        rank0.update(source=source, ctx=ctx)
+        return acts
+    train_acts, eval_acts = from_rank0(prepare)
     t = time.time()
-    source = None if checkpoints is None else open_source(checkpoints, skip_bad=skip_bad)
-    ctx = preset.lm.ctx if source is None else _ctx(source, source.steps[-1])
-    rows = preset.acts.train_tokens // (ctx - 1) * (ctx - 1)          # before any work: the budgets fit the caches
-    check_reuse(preset.sae, preset.sae.tokens_first, rows, "the first SAE")
-    check_reuse(preset.sae, preset.sae.tokens_next, rows, "each later SAE")
-    check_warmup(preset.sae)
-    check_series_config(preset.sae, out/"series", hook or preset.acts.hook)   # a finished series is never replaced
-    if source is None:
-        train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
-        if log: log.lm(out)
-    times["lm"] = time.time() - t; t = time.time()
-    hook = hook or preset.acts.hook
-    train_acts, eval_acts = activations_for(source, preset, out/"activations", hook, corpus, steps=steps, progress=progress,
-                                            device=device)
-    times["activations"] = time.time() - t; t = time.time()
     if caches is not None: caches.update(train=train_acts, eval=eval_acts)
 
-    def quality_fn(step, sae, eval_entry):
-        return ce_recovered(source.hooked(step, device), sae, hook, eval_entry.tokens[:CE_ROWS])
-    dataset = _dataset_name(source, corpus, out/"activations")
-    def metadata(step):
-        return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
+    quality_fn = metadata = None
+    if rank0:
+        source, ctx = rank0["source"], rank0["ctx"]
+        def quality_fn(step, sae, eval_entry):
+            return ce_recovered(source.hooked(step, device), sae, hook, eval_entry.tokens[:CE_ROWS])
+        dataset = _dataset_name(source, corpus, out/"activations")
+        def metadata(step):
+            return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
     series = train_series(preset.sae, train_acts, eval_acts, out/"series", hook, progress=progress, quality_fn=quality_fn,
                           device=device, metadata=metadata, on_entry=log.sae if log else None)
     times["series"] = time.time() - t

@@ -12,13 +12,13 @@ import torch
 from sae_lens import SAE, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.constants import SAE_CFG_FILENAME
 from sae_lens.saes.sae import SAEMetadata, TrainingSAE
-from .core import SaetrackError, atomic_path, resolve_device
+from .core import SaetrackError, atomic_path, from_rank0, resolve_device, world
 
 _ARCHES = ("relu", "topk")
 
 # %% auto #0
 __all__ = ['ADAM_FILE', 'make_sae', 'normalise_decoder_', 'geometric_median', 'relu_step', 'paper_loss', 'remove_parallel_grad_',
-           'train_sae', 'save_sae', 'load_sae', 'load_training_sae', 'load_adam_state', 'sae_metrics']
+           'split_batch', 'train_sae', 'save_sae', 'load_sae', 'load_training_sae', 'load_adam_state', 'sae_metrics']
 
 # %% ../nbs/10_sae.ipynb #e234cf56
 def make_sae(
@@ -143,21 +143,23 @@ def _buffer(buf: dict, name: str, shape, device, dtype=torch.float32) -> torch.T
 
 @torch.no_grad()
 def relu_step(sae: StandardTrainingSAE, x: torch.Tensor, inv_norm: torch.Tensor, l1_coefficient: float,
-              buf: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              buf: dict, n_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`paper_loss` of a ReLU SAE on x [B, d_in] with its gradients computed by hand and stored in each
     parameter's `.grad`. Returns (loss, mse_loss, l1, f, err) like `paper_loss`, detached; `f` lives in
-    `buf` (the [B, d_sae] buffers, reused from call to call) and is overwritten by the next call."""
+    `buf` (the [B, d_sae] buffers, reused from call to call) and is overwritten by the next call. `n_rows`: x is
+    this process's share of a global batch of that many rows (see `paper_loss`)."""
     B, d = x.shape
+    N = B if n_rows is None else n_rows
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     S = W_enc.shape[1]
     sae_in = x - b_dec
     f = torch.addmm(b_enc, sae_in, W_enc, out=_buffer(buf, "f", (B, S), x.device)).relu_()
     err = torch.addmm(b_dec, f, W_dec).sub_(x)
-    mse_loss = (err.square() * inv_norm).mean()
-    l1 = f.sum(dim=1).mean()
-    g_out = err * (inv_norm * (2.0 / (B * d)))
+    mse_loss = (err.square() * inv_norm).mean() if n_rows is None else (err.square() * inv_norm).sum() / (N * d)
+    l1 = f.sum(dim=1).mean() if n_rows is None else f.sum() / N
+    g_out = err * (inv_norm * (2.0 / (N * d)))
     W_dec.grad = f.T @ g_out
-    g = torch.addmm(torch.full((S,), l1_coefficient / B, device=x.device), g_out, W_dec.T, out=_buffer(buf, "g", (B, S), x.device))
+    g = torch.addmm(torch.full((S,), l1_coefficient / N, device=x.device), g_out, W_dec.T, out=_buffer(buf, "g", (B, S), x.device))
     g.mul_(torch.gt(f, 0, out=_buffer(buf, "on", (B, S), x.device, torch.bool)))
     b_enc.grad = g.sum(dim=0)
     W_enc.grad = sae_in.T @ g
@@ -170,6 +172,7 @@ def paper_loss(
     x: torch.Tensor,
     inv_norm: torch.Tensor | None = None,
     l1_coefficient: float = 0.0,
+    n_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The paper code's training loss on one batch x [B, d_in].
 
@@ -181,6 +184,9 @@ def paper_loss(
       f = SAELens encode (via encode_with_hidden_pre), err = x_hat - x.
     Differentiable (SAELens encode/decode + autograd): the reference for `relu_step`, and the training
     loss of TopK SAEs and of SAEs with hooks attached.
+    n_rows: x is one process's share of a global batch of that many rows (data-parallel training): the means become
+    sums divided by the global sizes, so the processes' losses and gradients add up to the global batch's
+    (``inv_norm`` must then be given, centred on the global batch's mean).
     """
     if inv_norm is None:
         with torch.no_grad():
@@ -189,16 +195,16 @@ def paper_loss(
     f, _ = sae.encode_with_hidden_pre(x)
     x_hat = sae.decode(f)
     err = x_hat - x
-    mse_loss = (err.square() * inv_norm).mean()
+    mse_loss = (err.square() * inv_norm).mean() if n_rows is None else (err.square() * inv_norm).sum() / (n_rows * x.shape[1])
     # f >= 0 (ReLU / TopK+ReLU), so |f| == f; summing f directly gives the same value and the
     # same gradient as f.abs() (sign(f) = 1 where f > 0; where f == 0 the ReLU/TopK backward
     # zeroes the gradient anyway) and saves the abs / sgn kernels.
     if isinstance(sae, TopKTrainingSAE):
         with torch.no_grad():
-            l1 = f.sum(dim=1).mean()
+            l1 = f.sum(dim=1).mean() if n_rows is None else f.sum() / n_rows
         loss = mse_loss
     else:
-        l1 = f.sum(dim=1).mean()
+        l1 = f.sum(dim=1).mean() if n_rows is None else f.sum() / n_rows
         loss = mse_loss + l1_coefficient * l1
     return loss, mse_loss, l1, f, err
 
@@ -209,6 +215,24 @@ def remove_parallel_grad_(w_dec: torch.nn.Parameter) -> None:
         g = w_dec.grad
         if g is not None:
             g.sub_((g * w_dec).sum(dim=1, keepdim=True) * w_dec)
+
+# %% ../nbs/10_sae.ipynb #3c86f58f
+def split_batch(batch_size: int, rank: int = 0, n_proc: int = 1) -> tuple[int, int]:
+    "The rows [lo, hi) of each global batch that process `rank` of `n_proc` trains on; a one-line error unless they split evenly."
+    if batch_size % n_proc:
+        raise SaetrackError(f"an SAE batch of {batch_size} rows does not split evenly over {n_proc} processes; use a batch "
+                            f"divisible by {n_proc} (--sae-batch, --sae-batch-next) or another --nproc-per-node")
+    return rank * batch_size // n_proc, (rank + 1) * batch_size // n_proc
+
+def _all_sum(t: torch.Tensor) -> torch.Tensor:
+    "`t` summed over the processes, in place."
+    torch.distributed.all_reduce(t)
+    return t
+
+def _sum_grads(params) -> None:
+    "Add up the parameters' gradients over the processes in one all-reduce, so every process takes the same step."
+    flat = _all_sum(torch.cat([p.grad.reshape(-1) for p in params]))
+    for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad.copy_(g.view_as(p.grad))
 
 # %% ../nbs/10_sae.ipynb #a6ea3a3c
 def _as_torch_rows(acts: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -302,6 +326,10 @@ def train_sae(
     - opt_state: Adam's state to start from (a dict from an earlier call: moments carried over from the
       previous SAE) or ``{}`` for a fresh optimiser; either way it is replaced by the final state.
       None (the default, the paper) starts fresh and keeps nothing.
+    - Several processes (torchrun, `saetrack.core.distributed`): every process draws the same global batches from
+      ``seed`` and trains on its contiguous share of their rows (`split_batch`); the batch mean that centres the norms
+      and the gradients are summed over the processes, and the losses divide by the global batch, so every process
+      takes the Adam step one process would take on the whole batch (to float rounding). Rank 0 decides ``until``.
 
     Returns a training curve dict of lists, one entry per ``log_every`` steps plus the last step:
     step, tokens, lr, loss, mse_loss (the paper's normalised term), mse (plain mean squared error
@@ -319,6 +347,9 @@ def train_sae(
         sae.cfg.l1_coefficient = float(l1_coefficient)  # recorded in saved metadata only
 
     n_steps = n_tokens // batch_size
+    rank, n_proc = world()
+    lo, hi = split_batch(batch_size, rank, n_proc)
+    n_rows = None if n_proc == 1 else batch_size       # the global batch, when x is a share of it
     dev = sae.W_enc.device
     stream = _BatchIndexStream(x_all.shape[0], batch_size, seed)
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
@@ -343,33 +374,35 @@ def train_sae(
     by_hand, buf = fast and type(sae) is StandardTrainingSAE and not _has_hooks(sae), {}
     for step in range(n_steps):
         with torch.no_grad():
-            x = x_all.index_select(0, stream.next()).to(dev, non_blocking=True)
+            idx = stream.next()
+            x = x_all.index_select(0, idx if n_proc == 1 else idx[lo:hi]).to(dev, non_blocking=True)
             # per-token 1 / ||x - mean_batch(x)||_2 (a constant w.r.t. the parameters)
-            inv_norm = torch.linalg.vector_norm(x - x.mean(dim=0), dim=1, keepdim=True)
+            mean = x.mean(dim=0) if n_proc == 1 else _all_sum(x.sum(dim=0)) / batch_size
+            inv_norm = torch.linalg.vector_norm(x - mean, dim=1, keepdim=True)
             inv_norm = inv_norm.clamp_min_(1e-12).reciprocal_()
             w_dec.div_(w_dec.norm(dim=1, keepdim=True))
         group["lr"] = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
 
         opt.zero_grad(set_to_none=True)
         if by_hand:
-            loss, mse_loss, l1, f, err = relu_step(sae, x, inv_norm, l1_coef, buf)
+            loss, mse_loss, l1, f, err = relu_step(sae, x, inv_norm, l1_coef, buf, n_rows)
         else:
-            loss, mse_loss, l1, f, err = paper_loss(sae, x, inv_norm, l1_coef)
+            loss, mse_loss, l1, f, err = paper_loss(sae, x, inv_norm, l1_coef, n_rows)
             loss.backward()
+        if n_proc > 1: _sum_grads(params)
         remove_parallel_grad_(w_dec)
         opt.step()
 
         if step % log_every == 0 or step == n_steps - 1:
             with torch.no_grad():
-                l1_v = l1.item()
+                if n_proc == 1: stats = torch.stack([loss, mse_loss, l1, err.square().mean(), (f > 0).sum(dim=1).float().mean()])
+                else:           # each process's share of the global batch's values, added up
+                    stats = _all_sum(torch.stack([loss, mse_loss, l1, err.square().sum() / (batch_size * err.shape[1]),
+                                                  (f > 0).sum().float() / batch_size]))
                 curve["step"].append(step)
                 curve["tokens"].append((step + 1) * batch_size)
                 curve["lr"].append(group["lr"])
-                curve["loss"].append(loss.item())
-                curve["mse_loss"].append(mse_loss.item())
-                curve["mse"].append(err.square().mean().item())
-                curve["l1"].append(l1_v)
-                curve["l0"].append((f > 0).sum(dim=1).float().mean().item())
+                for k, v in zip(("loss", "mse_loss", "l1", "mse", "l0"), stats.tolist()): curve[k].append(v)
             if pbar is not None:
                 pbar.n = step + 1
                 pbar.set_postfix(loss=f"{curve['loss'][-1]:.4g}", l0=f"{curve['l0'][-1]:.1f}")
@@ -377,7 +410,7 @@ def train_sae(
         if eval_fn is not None and eval_every and (step + 1) % eval_every == 0 and step != n_steps - 1:
             normalise_decoder_(sae)
             curve["eval"].append(dict(tokens=(step + 1) * batch_size, **eval_fn(sae)))
-            if until is not None and until(curve["eval"]):
+            if until is not None and from_rank0(until, curve["eval"]):
                 curve["stop"] = "until"; break
     else:
         curve["stop"] = "budget"

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .activations import load_activations
 from .config import SAEConfig
 from .core import (CorruptCacheError, SaetrackError, atomic_write_json, clean_stale_tmp, file_sha256,
-                           read_json, resolve_device, stable_hash)
+                           from_rank0, read_json, resolve_device, stable_hash, world)
 from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_training_sae, make_sae,
                           sae_metrics, save_sae, train_sae)
 
@@ -139,12 +139,13 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
     called as each SAE is ready, reused or trained (the training-curve logger)."""
     device = resolve_device(device)
     out = Path(out)
-    clean_stale_tmp(out) if out.exists() else None
+    main = world()[0] == 0                         # the process that writes (the only one without torchrun)
+    if main: clean_stale_tmp(out) if out.exists() else None
     steps = _order(train_acts, cfg.direction)
     man_path = out/"series.json"
-    man = _manifest(out, progress)
+    man = _manifest(out, progress) if main else {}
     cfg_key = stable_hash([dataclasses.asdict(cfg), budgets or {}])
-    if man.get("config_hash") not in (None, cfg_key) or man.get("hook") not in (None, hook):
+    if main and (man.get("config_hash") not in (None, cfg_key) or man.get("hook") not in (None, hook)):
         if progress: print(f"{out}: SAE config or hook changed; retraining the series")
         man = {}
     man.update(config=dataclasses.asdict(cfg), config_hash=cfg_key, hook=hook, steps=steps, direction=cfg.direction)
@@ -156,9 +157,9 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         key = stable_hash([prev_key, a.manifest["key"], step])
         d = out/f"step{step}"
         e = man["entries"].get(str(step))
-        if e and e["key"] == key and _entry_ok(d, e):
+        if from_rank0(lambda: bool(e and e["key"] == key and _entry_ok(d, e))):
             prev_key, prev_dir = key, d
-            if on_entry: on_entry(step, d)
+            if on_entry and main: on_entry(step, d)
             continue
         t0 = time.time()
         ev = load_activations(eval_acts[step])
@@ -166,17 +167,20 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
             cfg, budget="fixed", **{("tokens_first" if prev_dir is None else "tokens_next"): budgets[step]})
         sae, curve, adam = train_one(c, a.acts, step, init_from=prev_dir, eval_acts=ev.acts, device=device)
         seconds = time.time() - t0
-        m = sae_metrics(sae, ev.acts)
-        if quality_fn is not None: m.update(quality_fn(step, sae, ev))
-        m.update(step=step, tokens=curve["eval"][-1]["tokens"], seconds=round(seconds, 3), recurrent=prev_dir is not None,
-                 verdict=curve["verdict"], acts_step=int(a.manifest.get("step", step)))
-        meta = dict(metadata(m["acts_step"]) if metadata else {}, hook_name=hook, checkpoint_step=step, saetrack_key=key)
-        save_sae(sae, d, extra_metadata=meta,
-                 extra_files={"metrics.json": m, "curve.json": curve}, adam_state=adam)
-        man["entries"][str(step)] = dict(key=key, sha256=file_sha256(d/"sae_weights.safetensors"), acts_step=m["acts_step"])
-        atomic_write_json(man_path, man)
+        def measure_and_save():                    # rank 0's alone: the others wait, then start the next SAE from `d`
+            m = sae_metrics(sae, ev.acts)
+            if quality_fn is not None: m.update(quality_fn(step, sae, ev))
+            m.update(step=step, tokens=curve["eval"][-1]["tokens"], seconds=round(seconds, 3), recurrent=prev_dir is not None,
+                     verdict=curve["verdict"], acts_step=int(a.manifest.get("step", step)))
+            meta = dict(metadata(m["acts_step"]) if metadata else {}, hook_name=hook, checkpoint_step=step, saetrack_key=key)
+            save_sae(sae, d, extra_metadata=meta,
+                     extra_files={"metrics.json": m, "curve.json": curve}, adam_state=adam)
+            man["entries"][str(step)] = dict(key=key, sha256=file_sha256(d/"sae_weights.safetensors"), acts_step=m["acts_step"])
+            atomic_write_json(man_path, man)
+            return m
+        m = from_rank0(measure_and_save)
         prev_key, prev_dir = key, d
-        if on_entry: on_entry(step, d)
+        if on_entry and main: on_entry(step, d)
         bar.set_postfix(step=step, nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}", tokens=m["tokens"], verdict=m["verdict"])
     return SAESeries.load(out)
 
