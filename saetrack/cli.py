@@ -292,12 +292,18 @@ def cmd_scaling(a):
     return table
 
 def cmd_info(a):
-    "Summarise a run directory: checkpoints, losses, activation caches."
+    "Summarise a run directory: checkpoints (weights checked against their recorded sha256), losses, activation caches."
     from saetrack.activations import load_activations
     from saetrack.checkpoints import open_source
     from saetrack.core import CorruptCacheError
     src = open_source(a.run)
     print(src)
+    bad = []
+    for s in src.steps:
+        try: src.verify(s)
+        except CorruptCacheError as err: bad.append(s); print(f"step{s}: CORRUPT ({err})")
+    if bad: raise SaetrackError(f"checkpoint weights of step{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} fail their "
+                                f"recorded sha256; delete {'them' if len(bad) > 1 else 'it'} and rerun `saetrack lm --out {a.run}`")
     bad = 0
     if (src.path/"log.json").exists():
         from saetrack.lm import run_log

@@ -147,3 +147,15 @@ def test_unreachable_hub_fails_fast_in_one_line(capsys, monkeypatch, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Hub cannot be reached" in err[0] and "--checkpoints DIR" in err[0] and time.time() - t < 20
     assert [c[0] for c in calls] == [("huggingface.co", 443)]       # the Hub was checked once, before any download
+
+def test_info_checks_checkpoint_weights(capsys, micro_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run, ignore=shutil.ignore_patterns("activations", "series"))
+    assert main(["info", str(run)]) == 0
+    w = step_dir(run, 16) / "model.safetensors"
+    b = bytearray(w.read_bytes()); b[-3] ^= 0x01; w.write_bytes(bytes(b))
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 2
+    out, err = capsys.readouterr()
+    assert "step16: CORRUPT" in out and err.strip().splitlines() == [
+        f"error: checkpoint weights of step 16 fail their recorded sha256; delete it and rerun `saetrack lm --out {run}`"]
