@@ -292,6 +292,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'saetrack.figures._fig_drift': ('figures.html#_fig_drift', 'saetrack/figures.py'),
                                   'saetrack.figures._fig_formation': ('figures.html#_fig_formation', 'saetrack/figures.py'),
                                   'saetrack.figures._fig_semantics': ('figures.html#_fig_semantics', 'saetrack/figures.py'),
+                                  'saetrack.figures._illustrations': ('figures.html#_illustrations', 'saetrack/figures.py'),
                                   'saetrack.figures._live_classes': ('figures.html#_live_classes', 'saetrack/figures.py'),
                                   'saetrack.figures._top_tokens': ('figures.html#_top_tokens', 'saetrack/figures.py'),
                                   'saetrack.figures.make_figures': ('figures.html#make_figures', 'saetrack/figures.py'),

@@ -69,7 +69,15 @@ def _top_tokens(result: dict, f: int, tokens, decode, n: int = 2) -> str:
     vals, cnt = np.unique(toks, return_counts=True)
     return ", ".join(f"'{v}'" for v in vals[np.argsort(-cnt, kind="stable")][:n])
 
-def _fig_formation(result, save, acts_at, umap: bool, tokens, decode) -> dict:
+def _illustrations(M, cls, n_chosen: int, n_token: int, n_random: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Columns of M to illustrate: `n_chosen` picked by outcome (`choose_features`: highest final M, largest rise) and
+    `n_random` drawn at random (seeded) from the other finite columns, each with its tag ("chosen" or "random")."""
+    pick = fm.choose_features(M, cls, n=n_chosen, n_token=n_token)
+    rest = np.setdiff1d(np.flatnonzero(np.all(np.isfinite(np.asarray(M, dtype=float)), 0)), pick)
+    rnd = np.sort(np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False))
+    return np.concatenate([pick, rnd]).astype(np.int64), ["chosen"] * len(pick) + ["random"] * len(rnd)
+
+def _fig_formation(result, save, acts_at, umap: bool, tokens, decode, seed: int = 0) -> dict:
     steps, made = result["steps"], {}
     save(fm.plot_feature_region_toy(), "feature_region_toy")
     made["feature_region_toy"] = ("2-D toy: three features' regions (half-planes where the encoder fires), one feature's activation level and its top-25 datapoints",
@@ -93,13 +101,13 @@ def _fig_formation(result, save, acts_at, umap: bool, tokens, decode) -> dict:
     made["formation_steps"] = ("cumulative fraction of live token- and concept-level features formed by each training step",
                                "formation step (reviewers' request for a quantitative 'formed'); no paper figure")
     if umap:
-        pick = fm.choose_features(M["act_cosine"], cls, n=7, n_token=3)
+        pick, tag = _illustrations(M["act_cosine"], cls, 4, 2, 4, seed)
         pos = sm.pick_checkpoints(steps, 6)
         dp = result["datapoints"][ids[pick]]
         sets = [fm.activation_sets(acts_at(int(steps[t])), dp) for t in pos]
         save(fm.plot_umap_panels(sets, [int(steps[t]) for t in pos], ids[pick], cls[pick],
-                                 labels=[_top_tokens(result, f, tokens, decode) for f in ids[pick]]), "umap_panels")
-        made["umap_panels"] = ("UMAP (cosine) of the residual-stream activation sets of 7 automatically chosen features at six checkpoints from untrained to final",
+                                 labels=[f"{_top_tokens(result, f, tokens, decode)}, {g}" for f, g in zip(ids[pick], tag)]), "umap_panels")
+        made["umap_panels"] = ("UMAP (cosine, n_neighbors 100 as in the paper) of the residual-stream activation sets of 8 features at six checkpoints from untrained to final: 4 chosen by outcome (highest final M, largest rise) and 4 drawn at random, each labelled as such",
                                "Fig. 4 (UMAP of activation sets)")
     return made
 
@@ -125,9 +133,10 @@ def _fig_drift(result, save, W, seed) -> dict:
     made["drift_after_formation"] = ("by class, the fraction of features formed vs the fraction whose decoder has settled (cos to final > 0.9) at each step, and how far each decoder row still was from its final direction when the feature formed",
                                      "Fig. 7's claim (direction keeps moving after formation), quantified")
     main = result["config"]["formation_space"]
-    pick = fm.choose_features(result["M"][main][:, ids], cls, n=8, n_token=4)
-    save(dr.plot_trajectories(W, ids[pick], result["formation"][main][ids[pick]], steps, ncols=4, classes=cls[pick]), "trajectories")
-    made["trajectories"] = ("PCA of each of 8 automatically chosen features' decoder rows over the series, blue before and red after its formation step",
+    pick, tag = _illustrations(result["M"][main][:, ids], cls, 4, 2, 4, seed)
+    save(dr.plot_trajectories(W, ids[pick], result["formation"][main][ids[pick]], steps, ncols=4,
+                              classes=[f"{c}, {g}" for c, g in zip(cls[pick], tag)]), "trajectories")
+    made["trajectories"] = ("PCA of the decoder rows over the series of 8 features, blue before and red after its formation step: the top row chosen by outcome (highest final M, largest rise), the bottom row drawn at random",
                             "Fig. 7 (feature trajectories)")
     return made
 
@@ -151,7 +160,7 @@ def plot_analysis(out, figures_dir, result: dict | None = None, umap: bool = Tru
         save_figure(fig, figures_dir/name, formats=formats); plt.close(fig)
     made = {}
     made.update(_fig_semantics(result, save, decode, tokens, seed))
-    made.update(_fig_formation(result, save, lambda s: caches[s].acts, umap, tokens, decode))
+    made.update(_fig_formation(result, save, lambda s: caches[s].acts, umap, tokens, decode, seed))
     made.update(_fig_drift(result, save, series.decoders(), seed))
     return {k: dict(shows=v[0], paper=v[1]) for k, v in made.items()}
 

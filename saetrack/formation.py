@@ -377,9 +377,9 @@ def choose_features(M, classes, n: int = 7, n_token: int = 3, exclude=None) -> n
     return np.asarray(chosen, dtype=np.int64)
 
 def umap_embed(X, random_state: int = 42, n_neighbors: int | None = None, min_dist: float = 0.0) -> np.ndarray:
-    "2-D UMAP (cosine metric, fixed random_state) of X [n, d]; n_neighbors = min(15, n-1)."
+    "2-D UMAP (cosine metric, fixed random_state) of X [n, d]; n_neighbors = min(100, n-1), the paper's 100."
     import umap
-    nn = n_neighbors or min(15, len(X) - 1)
+    nn = n_neighbors or min(100, len(X) - 1)
     return umap.UMAP(n_neighbors=nn, min_dist=min_dist, metric="cosine", n_jobs=1,
                      random_state=random_state, n_components=2).fit_transform(X)
 
