@@ -15,8 +15,8 @@ from .plotting import step_axis
 
 # %% auto #0
 __all__ = ['BEFORE_COLOR', 'AFTER_COLOR', 'cos_to_final', 'consecutive_cos', 'stays_above_step', 'detect_phases',
-           'drift_after_formation', 'trajectory_pca', 'plot_drift_hist', 'plot_drift_curves',
-           'plot_drift_after_formation', 'plot_trajectories']
+           'drift_after_formation', 'trajectory_pca', 'straightness', 'step_persistence', 'null_walk',
+           'plot_drift_hist', 'plot_drift_curves', 'plot_drift_after_formation', 'plot_trajectories']
 
 # %% ../nbs/50_drift.ipynb #59cdf35c
 BEFORE_COLOR, AFTER_COLOR = "tab:blue", "darkred"
@@ -97,6 +97,40 @@ def trajectory_pca(rows, return_pca: bool = False):
     if Z[-1, 0] < Z[0, 0]:
         Z[:, 0] *= -1; pca.components_[0] *= -1
     return (Z, pca) if return_pca else Z
+
+# %% ../nbs/50_drift.ipynb #112a2c96
+def _unit(W) -> torch.Tensor:
+    return torch.nn.functional.normalize(_as_tensor(W).to(torch.float64), dim=-1)
+
+def _angle(a, b) -> torch.Tensor: return torch.arccos((a * b).sum(-1).clamp(-1, 1))
+
+def straightness(W) -> np.ndarray:
+    """Per feature, the angle between its first and last decoder rows over the sum of its per-link angles
+    (W [T, F, d] or one feature's [T, d]; NaN where the rows never move)."""
+    X = _unit(W)
+    total = _angle(X[:-1], X[1:]).sum(0)
+    return (_angle(X[0], X[-1]) / total).where(total > 0, torch.tensor(float("nan"), dtype=torch.float64)).numpy()
+
+def step_persistence(W) -> np.ndarray:
+    """Cosine between successive steps (W[t+1] - W[t] and W[t+2] - W[t+1]) of each decoder path: [T-2, F] (or [T-2]).
+    Near 1 where a path keeps its heading, near 0 for random turns, negative where it steps back and forth."""
+    X = _unit(W)
+    D = torch.nn.functional.normalize(X[1:] - X[:-1], dim=-1)
+    return (D[:-1] * D[1:]).sum(-1).numpy()
+
+def null_walk(W, seed: int = 0) -> torch.Tensor:
+    """The trajectory null: from each feature's first row, turn at every link by that link's own angle toward a
+    uniformly random direction orthogonal to the current point (W [T, F, d] or [T, d]; same shape out, unit rows)."""
+    X = _unit(W)
+    theta = _angle(X[:-1], X[1:])
+    g = torch.Generator().manual_seed(int(seed))
+    out, x = [X[0]], X[0]
+    for t in range(len(theta)):
+        u = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        u = torch.nn.functional.normalize(u - (u * x).sum(-1, keepdim=True) * x, dim=-1)
+        x = torch.cos(theta[t]).unsqueeze(-1) * x + torch.sin(theta[t]).unsqueeze(-1) * u
+        out.append(x)
+    return torch.stack(out)
 
 # %% ../nbs/50_drift.ipynb #c1ac9af8
 def plot_drift_hist(C, steps, at_steps, bins: int = 100, live=None):
@@ -191,10 +225,11 @@ def plot_drift_after_formation(d: Mapping[str, np.ndarray], classes, steps=None,
     fig.tight_layout()
     return fig
 
-def plot_trajectories(W, features, formation_steps, steps, ncols: int = 4, classes=None):
+def plot_trajectories(W, features, formation_steps, steps, ncols: int = 4, classes=None, titles=None):
     """Fig. 7 grid: PCA(2) trajectory of each feature's decoder rows W[:, i, :] over the series; points and
     segments before the formation step blue, from it on dark red; Init/Final labelled. `formation_steps` is
-    aligned with `features` (or a mapping feature -> step; -1 = never); `classes` aligned with `features`."""
+    aligned with `features` (or a mapping feature -> step; -1 = never); `classes` aligned with `features`; `titles`
+    replaces each panel's title."""
     _, plt = _plt()
     from matplotlib.lines import Line2D
     W = _as_tensor(W)
@@ -220,7 +255,8 @@ def plot_trajectories(W, features, formation_steps, steps, ncols: int = 4, class
         ax.set_ylabel(f"PC2 ({100 * ev[1]:.0f}%)" if len(ev) > 1 else "PC2", fontsize=8)
         ax.tick_params(labelsize=7); ax.locator_params(nbins=4)
         lab = f" ({classes[j]})" if classes is not None else ""
-        ax.set_title(f"feature {f}{lab}: " + (f"formed at step {fst}" if fst >= 0 else "never formed"), fontsize=9)
+        ax.set_title(titles[j] if titles is not None else f"feature {f}{lab}: " + (f"formed at step {fst}" if fst >= 0 else "never formed"),
+                     fontsize=9)
     for j in range(n, nrows * ncols): axes[j // ncols, j % ncols].axis("off")
     handles = [Line2D([], [], color=BEFORE_COLOR, marker="o", label="before formation"),
                Line2D([], [], color=AFTER_COLOR, marker="o", label="formed -> final")]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np
+import torch
 from . import changepoints as cp, drift as dr, formation as fm, semantics as sm, transitions as tr
 from .analysis import SPACES, _class_names, cached_analysis, eval_caches
 from .core import SaetrackError, atomic_write_json, read_json
@@ -134,10 +135,16 @@ def _fig_drift(result, save, W, seed) -> dict:
                                      "Fig. 7's claim (direction keeps moving after formation), quantified")
     main = result["config"]["formation_space"]
     pick, tag = _illustrations(result["M"][main][:, ids], cls, 4, 2, 4, seed)
-    save(dr.plot_trajectories(W, ids[pick], result["formation"][main][ids[pick]], steps, ncols=4,
-                              classes=[f"{c}, {g}" for c, g in zip(cls[pick], tag)]), "trajectories")
-    made["trajectories"] = ("PCA of the decoder rows over the series of 8 features, blue before and red after its formation step: the top row chosen by outcome (highest final M, largest rise), the bottom row drawn at random",
-                            "Fig. 7 (feature trajectories)")
+    rnd = ids[pick[4:]]
+    Wp = torch.cat([torch.as_tensor(W)[:, ids[pick]].double(), dr.null_walk(torch.as_tensor(W)[:, rnd], seed)], dim=1)
+    st = dr.straightness(Wp)
+    form = np.concatenate([result["formation"][main][ids[pick]], -np.ones(len(rnd))])
+    titles = [f"{f} ({c}, {g}): formed {fs if fs >= 0 else 'never'}; straight {s:.2f}"
+              for f, c, g, fs, s in zip(ids[pick], cls[pick], tag, form.astype(int), st)]
+    titles += [f"null walk of {f} (its step sizes): straight {s:.2f}" for f, s in zip(rnd, st[len(pick):])]
+    save(dr.plot_trajectories(Wp, range(Wp.shape[1]), form, steps, ncols=4, titles=titles), "trajectories")
+    made["trajectories"] = ("PCA of the decoder rows over the series of 8 features, blue before and red after its formation step (top row chosen by outcome, middle row drawn at random), and the null: random walks with the random features' own per-link step sizes (bottom row); straightness = angle(first, last) / path length",
+                            "Fig. 7 (feature trajectories), with its null")
     return made
 
 # %% ../nbs/81_figures.ipynb #93790a22
