@@ -361,7 +361,9 @@ def _track_args(sp):
     g.add_argument("--sae-seed", type=int, help="SAE seed")
 
 def build_parser() -> argparse.ArgumentParser:
+    from saetrack import __version__
     ap = argparse.ArgumentParser(prog="saetrack", description="SAE-Track: sparse autoencoders over a language model's training checkpoints.")
+    ap.add_argument("--version", action="version", version=f"saetrack {__version__}")
     skip_help = ("leave out checkpoint folders that cannot be loaded (no config.json or weights, unreadable config) instead of "
                  "stopping; the activation caches' manifests list them")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")

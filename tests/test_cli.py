@@ -233,3 +233,9 @@ def test_max_bytes_reads_a_directory_of_large_files(capsys, tmp_path):
     assert parse("--max-bytes", "0").corpus_max_bytes is None and parse("--max-bytes", "1200000").corpus_max_bytes == 1_200_000
     c, train, ev = lm_split(parse("--max-bytes", "0")).load()
     assert len(c.docs) == 3 and train and ev
+
+def test_version(capsys):
+    import saetrack
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"saetrack {saetrack.__version__}"
