@@ -204,6 +204,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'saetrack.core.atomic_write_json': ('core.html#atomic_write_json', 'saetrack/core.py'),
                                'saetrack.core.atomic_write_text': ('core.html#atomic_write_text', 'saetrack/core.py'),
                                'saetrack.core.clean_stale_tmp': ('core.html#clean_stale_tmp', 'saetrack/core.py'),
+                               'saetrack.core.connect_error': ('core.html#connect_error', 'saetrack/core.py'),
                                'saetrack.core.distributed': ('core.html#distributed', 'saetrack/core.py'),
                                'saetrack.core.file_sha256': ('core.html#file_sha256', 'saetrack/core.py'),
                                'saetrack.core.from_rank0': ('core.html#from_rank0', 'saetrack/core.py'),

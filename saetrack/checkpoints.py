@@ -4,13 +4,13 @@
 
 # %% ../nbs/05_checkpoints.ipynb #4412c074
 from __future__ import annotations
-import importlib, json, os, re, socket, warnings
+import importlib, json, os, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
-from .core import CorruptCacheError, SaetrackError, file_sha256, read_json
+from .core import CorruptCacheError, SaetrackError, connect_error, file_sha256, read_json
 from .lm import CHECKSUMS
 
 # %% auto #0
@@ -222,8 +222,7 @@ class PythiaHub:
         """Fail fast, in one line, when the Hub cannot be reached and the HF cache lacks the files (instead of minutes
         of download retries); with `HF_HUB_OFFLINE=1` the cache alone is used and this checks nothing."""
         if getattr(self, "_hub_ok", False) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"): return
-        try: socket.create_connection(("huggingface.co", 443), timeout=3).close()
-        except OSError as e:
+        if (e := connect_error("huggingface.co")) is not None:
             from huggingface_hub import try_to_load_from_cache
             if not isinstance(try_to_load_from_cache(self.repo, "config.json", revision=None if step is None else f"step{step}"), str):
                 raise self._unreachable(e, step) from None

@@ -14,6 +14,7 @@ from .config import SAEConfig, paper_recipe
 from .core import SaetrackError, atomic_write_json, read_json, stable_hash
 from .plotting import save_figure
 from .series import SAESeries, train_series
+from .transitions import CHANGES, UNCHANGED
 
 # %% auto #0
 __all__ = ['CHAINS', 'CONTROLS', 'CHAIN_STYLE', 'chain_dir', 'null_chain', 'paper_chain', 'backward_chain', 'link_angles',
@@ -83,7 +84,7 @@ def headline(result: dict, angles: pd.DataFrame) -> dict:
     per-link angle against the gap."""
     from saetrack.analysis import summarise
     s = summarise(result)
-    changed = sum(v for k, v in s["pattern_counts"].items() if k not in ("maintaining", "dead", "noise", "stable_concept"))
+    changed = sum(v for k, v in s["pattern_counts"].items() if k not in UNCHANGED)
     cos = s["drift_phases"]["median_cos_to_final"]
     return dict(class_fractions=s["class_fractions"], pattern_counts=s["pattern_counts"], n_changed=int(changed),
                 n_features=s["n_features"], stage_boundaries=s["stage_boundaries"],
@@ -150,7 +151,7 @@ def controls_table(res: dict) -> pd.DataFrame:
         col = {f"token share, {k}": v["token"] for k, v in h["class_fractions"].items()}
         col.update({f"concept share, {k}": v["concept"] for k, v in h["class_fractions"].items()})
         col["features that change pattern"] = h["n_changed"]
-        col.update({f"pattern: {p}": h["pattern_counts"].get(p, 0) for p in ("maintaining", "shifting", "grouping", "emerging", "dissolving", "multiple")})
+        col.update({f"pattern: {p}": h["pattern_counts"].get(p, 0) for p in ("maintaining", *CHANGES) if p != "other"})
         col["stage boundaries"] = ", ".join(map(str, h["stage_boundaries"]))
         col["drift breaks (3 segments)"] = ", ".join(map(str, h["drift_breaks"]))
         cos = _by_step(h["cos_to_final"])
@@ -278,7 +279,7 @@ def plot_controls(res: dict, path=None):
                    label=f"independent converged SAEs ({r['n_seeds']} seeds: mean, range)" if k == j == 0 else None)
     c.set_xscale("log"); c.set_xlabel("training step + 1"); c.set_ylabel("share of latents")
     c.set_title("Feature classes (thick: token-level, thin: concept-level)", fontsize=9); c.legend(frameon=False, fontsize=8)
-    pats = ["maintaining", "shifting", "grouping", "emerging", "dissolving", "multiple", "other"]
+    pats = ["maintaining", *CHANGES]
     w = 0.8 / len(res["chains"])
     for i, (name, h) in enumerate(res["chains"].items()):
         col = CHAIN_STYLE[name][0]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #0e45e69a
 from __future__ import annotations
-import contextlib, hashlib, json, os, shutil, uuid
+import contextlib, hashlib, json, os, shutil, socket, uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
-           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'resolve_device',
-           'world', 'from_rank0', 'distributed']
+           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'connect_error',
+           'resolve_device', 'world', 'from_rank0', 'distributed']
 
 # %% ../nbs/00_core.ipynb #97a638e0
 class SaetrackError(Exception):
@@ -148,6 +148,12 @@ def run_lock(out):
         f.close()
 
 # %% ../nbs/00_core.ipynb #477e3e46
+def connect_error(host: str, port: int = 443, timeout: float = 3.0) -> OSError | None:
+    "Why a TCP connection to host:port does not open within `timeout` seconds, or None when it does (nothing is sent)."
+    try: socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e: return e
+    return None
+
 def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:
     "`auto`, `cpu`, `cuda` or `cuda:N` as a `torch.device`; a one-line error naming the fix for anything else."
     spec = "cpu" if spec is None else str(spec)

@@ -4,9 +4,9 @@
 
 # %% ../nbs/16_curves.ipynb #ec0d4f7b
 from __future__ import annotations
-import netrc, os, shutil, socket
+import netrc, os, shutil
 from pathlib import Path
-from .core import SaetrackError, read_json
+from .core import SaetrackError, connect_error, read_json
 
 # %% auto #0
 __all__ = ['TRAIN_KEYS', 'EVAL_KEYS', 'LOGGERS', 'lm_rows', 'sae_rows', 'wandb_mode', 'CurveLog']
@@ -41,10 +41,7 @@ def wandb_mode() -> str:
     if os.environ.get("WANDB_MODE"): return os.environ["WANDB_MODE"]
     try: key = os.environ.get("WANDB_API_KEY") or (netrc.netrc().authenticators("api.wandb.ai") or (None,))[-1]
     except (OSError, netrc.NetrcParseError): key = None
-    if not key: return "offline"
-    try:
-        socket.create_connection(("api.wandb.ai", 443), timeout=3).close(); return "online"
-    except OSError: return "offline"
+    return "online" if key and connect_error("api.wandb.ai") is None else "offline"
 
 class CurveLog:
     "Send cached training curves to W&B or TensorBoard: `lm(run)` for the LM, `sae(step, d)` for each SAE of a series."

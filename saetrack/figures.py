@@ -136,7 +136,8 @@ def _fig_drift(result, save, W, seed) -> dict:
     main = result["config"]["formation_space"]
     pick, tag = _illustrations(result["M"][main][:, ids], cls, 4, 2, 4, seed)
     rnd = ids[pick[4:]]
-    Wp = torch.cat([torch.as_tensor(W)[:, ids[pick]].double(), dr.null_walk(torch.as_tensor(W)[:, rnd], seed)], dim=1)
+    W = torch.as_tensor(W)
+    Wp = torch.cat([W[:, ids[pick]].double(), dr.null_walk(W[:, rnd], seed)], dim=1)
     st = dr.straightness(Wp)
     form = np.concatenate([result["formation"][main][ids[pick]], -np.ones(len(rnd))])
     titles = [f"{f} ({c}, {g}): formed {fs if fs >= 0 else 'never'}; straight {s:.2f}"

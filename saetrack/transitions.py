@@ -11,12 +11,14 @@ from .semantics import (CLASS_COLORS, CLASS_NAMES, CONCEPT, DEAD, NOISE, STAGE_N
                                 choose_examples, shade_stages)
 
 # %% auto #0
-__all__ = ['PATTERNS', 'transition_pattern', 'transition_patterns', 'pattern_counts', 'plot_pattern_counts',
-           'plot_pattern_examples', 'feature_history']
+__all__ = ['PATTERNS', 'UNCHANGED', 'CHANGES', 'transition_pattern', 'transition_patterns', 'pattern_counts',
+           'plot_pattern_counts', 'plot_pattern_examples', 'feature_history']
 
 # %% ../nbs/30_transitions.ipynb #34668952
 PATTERNS = ("maintaining", "shifting", "grouping", "emerging", "stable_concept", "dissolving", "dead", "noise", "multiple",
             "other")
+UNCHANGED = ("maintaining", "stable_concept", "dead", "noise")          # the patterns without a change step
+CHANGES = tuple(p for p in PATTERNS if p not in UNCHANGED)
 
 def _states(classes: np.ndarray, top_tokens: np.ndarray, key_map: np.ndarray | None) -> list:
     "State per checkpoint: (class, token key) for token-level, (class, None) otherwise."
