@@ -60,10 +60,12 @@ def atomic_write_json(path, obj):
 def read_json(path):
     return json.loads(Path(path).read_text())
 
-def clean_stale_tmp(root, recursive: bool = True):
-    """Remove temporaries left by a killed run (`.NAME.XXXX.tmp`) under `root` (only directly in it with
-    `recursive=False`, so a stage never deletes another stage's writes in progress below it)."""
-    for p in (Path(root).rglob if recursive else Path(root).glob)(".*.tmp"): _remove(p)
+def clean_stale_tmp(root, recursive: bool = True, names: tuple = ("*",)):
+    """Remove temporaries left by a killed run (`.NAME.XXXX.tmp`) under `root`. A stage that shares a directory
+    with others passes `recursive=False` and the glob `names` of its own entries, so it never deletes another
+    stage's write in progress beside or below it (the explorer's, say, while the LM stage resumes)."""
+    for name in names:
+        for p in (Path(root).rglob if recursive else Path(root).glob)(f".{name}.*.tmp"): _remove(p)
 
 # %% ../nbs/00_core.ipynb #eb75b8bd
 def _json_default(o):

@@ -19,9 +19,9 @@ from .tokenizer import (encode_docs, load_tokenizer, save_tokenizer, save_tokens
                                 unigram_cross_entropy)
 
 # %% auto #0
-__all__ = ['STATE', 'CHECKSUMS', 'build_model', 'n_params', 'run_meta', 'run_log', 'prepare_data', 'load_tokens', 'lm_split',
-           'run_split', 'lr_at', 'batch_at', 'eval_windows', 'eval_loss', 'step_dir', 'saved_steps', 'train_lm',
-           'plot_lm_loss']
+__all__ = ['STATE', 'LM_ENTRIES', 'CHECKSUMS', 'build_model', 'n_params', 'run_meta', 'run_log', 'prepare_data', 'load_tokens',
+           'lm_split', 'run_split', 'lr_at', 'batch_at', 'eval_windows', 'eval_loss', 'step_dir', 'saved_steps',
+           'train_lm', 'plot_lm_loss']
 
 # %% ../nbs/04_lm.ipynb #6c3800a8
 def build_model(cfg: LMConfig, vocab_size: int) -> GPTNeoXForCausalLM:
@@ -143,6 +143,7 @@ def eval_loss(model, tokens: np.ndarray, ctx: int, n_tokens: int, batch: int = 6
 
 # %% ../nbs/04_lm.ipynb #cb59dd8a
 STATE = "training_state.pt"
+LM_ENTRIES = ("run.json", "log.json", "tokenizer", "tokens", "step*")   # what the LM writes directly in a run directory
 CHECKSUMS = "sha256.json"   # in each checkpoint: {weights file: sha256}, checked by LocalRun before the weights are used
 
 def step_dir(run, step: int) -> Path: return Path(run)/f"step{step}"
@@ -180,8 +181,8 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
     """Train (or resume, or reuse) the run in `run`; returns the log. `stop_after` ends early after that
     many optimiser steps in this call (used to test resuming)."""
     run = Path(run)
-    for d in (run, run/"tokens"):               # the LM's own writes only: other stages write below the run too
-        if d.exists(): clean_stale_tmp(d, recursive=False)
+    if run.exists(): clean_stale_tmp(run, recursive=False, names=LM_ENTRIES)   # the LM's own writes only:
+    if (run/"tokens").exists(): clean_stale_tmp(run/"tokens")                 # other stages write beside them
     meta = prepare_data(cfg, run, progress)
     ckpts = meta["checkpoint_steps"]
     saved = saved_steps(run)
