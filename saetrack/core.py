@@ -13,8 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
-           'clean_stale_tmp', 'stable_hash', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'connect_error',
-           'resolve_device', 'world', 'from_rank0', 'distributed']
+           'clean_stale_tmp', 'stable_hash', 'to_tensor', 'check_steps', 'file_sha256', 'writable_dir', 'read_state',
+           'run_lock', 'connect_error', 'resolve_device', 'world', 'from_rank0', 'distributed']
 
 # %% ../nbs/00_core.ipynb #97a638e0
 class SaetrackError(Exception):
@@ -80,6 +80,19 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     "Hash of a JSON-able object (dataclasses allowed), independent of dict order."
     s = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
     return hashlib.sha256(s.encode()).hexdigest()[:n]
+
+def to_tensor(x, dtype=None) -> torch.Tensor:
+    "`x` (array, list or tensor) as a detached CPU tensor: of `dtype` if given, else float32 unless already floating."
+    t = (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).detach().cpu()
+    if dtype is not None: return t.to(dtype)
+    return t if t.is_floating_point() else t.to(torch.float32)
+
+def check_steps(steps, T: int) -> np.ndarray:
+    "`steps` as int64, checked to be strictly increasing and one per checkpoint of data with `T` rows."
+    s = np.asarray(steps, dtype=np.int64)
+    if s.ndim != 1 or len(s) != T: raise SaetrackError(f"steps has length {len(s)}, data has {T} checkpoints")
+    if np.any(np.diff(s) <= 0): raise SaetrackError("steps must be strictly increasing")
+    return s
 
 def file_sha256(path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()

@@ -9,9 +9,10 @@ from typing import Mapping
 import numpy as np
 import torch
 from .changepoints import PhaseFit, fit_piecewise, select_n_segments
-from .core import SaetrackError
-from .formation import _as_tensor, _class_color, _class_list, _plt, _steps_array, first_stays_above
-from .plotting import step_axis
+import matplotlib.pyplot as plt
+from .core import SaetrackError, check_steps, to_tensor
+from .formation import first_stays_above
+from .plotting import class_color, class_order, step_axis
 
 # %% auto #0
 __all__ = ['BEFORE_COLOR', 'AFTER_COLOR', 'cos_to_final', 'consecutive_cos', 'stays_above_step', 'detect_phases',
@@ -29,14 +30,14 @@ def _unit_rows(W: torch.Tensor) -> torch.Tensor:
 def cos_to_final(W) -> np.ndarray:
     """c[t, i] = cos(W[t, i], W[-1, i]) for decoders W [T, d_sae, d_in] -> float64 [T, d_sae]. Rows are
     re-normalised (no unit-norm assumption); zero rows give 0."""
-    W = _as_tensor(W).to(torch.float64)
+    W = to_tensor(W).to(torch.float64)
     if W.ndim != 3: raise SaetrackError("W must be [T, d_sae, d_in]")
     U = _unit_rows(W)
     return (U * U[-1:]).sum(-1).clamp(-1, 1).numpy()
 
 def consecutive_cos(W) -> np.ndarray:
     "cos(W[t, i], W[t+1, i]) -> [T-1, d_sae]."
-    U = _unit_rows(_as_tensor(W).to(torch.float64))
+    U = _unit_rows(to_tensor(W).to(torch.float64))
     return (U[1:] * U[:-1]).sum(-1).clamp(-1, 1).numpy()
 
 def stays_above_step(C, steps, threshold: float = 0.9) -> np.ndarray:
@@ -60,9 +61,9 @@ def drift_after_formation(W, formation_steps, steps, settle: float = 0.9, C=None
     (log10(settle+1) - log10(formation+1)), cos_at_formation = cos(d[formation], d[final]), one_minus_cos,
     angle_at_formation_deg = arccos(cos_at_formation), path_after_deg = sum of consecutive angles from the
     formation checkpoint to the end, path_total_deg = the same from the first checkpoint, frac_path_after."""
-    W = _as_tensor(W).to(torch.float64)
+    W = to_tensor(W).to(torch.float64)
     T, F = W.shape[:2]
-    s = _steps_array(steps, T)
+    s = check_steps(steps, T)
     fs = np.asarray(formation_steps, dtype=np.int64).reshape(-1)
     if len(fs) != F: raise SaetrackError(f"{len(fs)} formation steps for {F} features")
     pos = {int(v): j for j, v in enumerate(s)}
@@ -89,7 +90,7 @@ def trajectory_pca(rows, return_pca: bool = False):
     only. PC1 is oriented so the trajectory runs from left (init) to right (final). With return_pca also
     returns the fitted sklearn PCA."""
     from sklearn.decomposition import PCA
-    X = _as_tensor(rows).to(torch.float64).numpy()
+    X = to_tensor(rows).to(torch.float64).numpy()
     if X.ndim != 2 or X.shape[0] < 2: raise SaetrackError("trajectory_pca needs rows [T >= 2, d_in]")
     pca = PCA(n_components=min(2, X.shape[0], X.shape[1]))
     Z = pca.fit_transform(X)
@@ -100,7 +101,7 @@ def trajectory_pca(rows, return_pca: bool = False):
 
 # %% ../nbs/50_drift.ipynb #112a2c96
 def _unit(W) -> torch.Tensor:
-    return torch.nn.functional.normalize(_as_tensor(W).to(torch.float64), dim=-1)
+    return torch.nn.functional.normalize(to_tensor(W).to(torch.float64), dim=-1)
 
 def _angle(a, b) -> torch.Tensor: return torch.arccos((a * b).sum(-1).clamp(-1, 1))
 
@@ -136,7 +137,6 @@ def null_walk(W, seed: int = 0) -> torch.Tensor:
 def plot_drift_hist(C, steps, at_steps, bins: int = 100, live=None):
     """Checkpoint-centric drift (Fig. 6a): for each step in `at_steps`, histogram over (live) latents of
     cos(d_i[t], d_i[final]) (100 bins on [-1, 1], log count axis)."""
-    _, plt = _plt()
     C = np.asarray(C, dtype=np.float64)
     if live is not None: C = C[:, np.asarray(live, dtype=bool)]
     s = list(np.asarray(steps))
@@ -158,10 +158,9 @@ def plot_drift_curves(C, steps, features, live=None, phases: PhaseFit | None = N
     """Feature-centric drift (Fig. 6b): cos to final vs training step for `features` (left) and median with
     25-75 and 10-90 % bands over all (live) latents (right); optional `phases` (a PhaseFit of the median
     curve) draws the fitted segments and breakpoints."""
-    _, plt = _plt()
     C = np.asarray(C, dtype=np.float64)
     s = np.asarray(steps)
-    _steps_array(s, C.shape[0])
+    check_steps(s, C.shape[0])
     Ca = C if live is None else C[:, np.asarray(live, dtype=bool)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharey=True)
     ax = axes[0]
@@ -192,15 +191,14 @@ def plot_drift_after_formation(d: Mapping[str, np.ndarray], classes, steps=None,
     step (solid) and fraction whose decoder has settled, i.e. stays within arccos(settle) of its final direction
     (dashed): the gap between them is formation without settled direction; (b) the angle between each
     feature's decoder row at its formation step and its final row (path length after formation in the legend)."""
-    _, plt = _plt()
-    cl, order = _class_list(classes)
+    cl, order = class_order(classes)
     fs, ss = np.asarray(d["formation_step"]), np.asarray(d["settle_step"])
     s = np.unique(np.r_[fs[fs >= 0], ss[ss >= 0]]) if steps is None else np.asarray(steps)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     ax = axes[0]
     for j, c in enumerate(order):
         m = cl == c
-        col = _class_color(c, j)
+        col = class_color(c, j)
         ax.step(s, [np.mean((fs[m] >= 0) & (fs[m] <= st)) for st in s], where="post", color=col, lw=2,
                 label=f"{c}: formed (n={int(m.sum())})")
         ax.step(s, [np.mean((ss[m] >= 0) & (ss[m] <= st)) for st in s], where="post", color=col, lw=2, ls="--",
@@ -215,7 +213,7 @@ def plot_drift_after_formation(d: Mapping[str, np.ndarray], classes, steps=None,
     for j, c in enumerate(order):
         m = (cl == c) & np.isfinite(ang)
         if m.any():
-            ax.hist(np.clip(ang[m], 0, 90), bins=edges, alpha=0.5, color=_class_color(c, j),
+            ax.hist(np.clip(ang[m], 0, 90), bins=edges, alpha=0.5, color=class_color(c, j),
                     label=f"{c}: median {np.median(ang[m]):.0f} deg (path after {np.median(pa[m]):.0f} deg)")
     ax.axvline(np.degrees(np.arccos(settle)), color="k", ls="--", lw=1, label=f"cos = {settle}")
     ax.set_xlabel("angle between decoder row at formation and final row (degrees)")
@@ -230,11 +228,10 @@ def plot_trajectories(W, features, formation_steps, steps, ncols: int = 4, class
     segments before the formation step blue, from it on dark red; Init/Final labelled. `formation_steps` is
     aligned with `features` (or a mapping feature -> step; -1 = never); `classes` aligned with `features`; `titles`
     replaces each panel's title."""
-    _, plt = _plt()
     from matplotlib.lines import Line2D
-    W = _as_tensor(W)
+    W = to_tensor(W)
     s = list(np.asarray(steps))
-    _steps_array(s, W.shape[0])
+    check_steps(s, W.shape[0])
     features = list(features)
     n = len(features)
     ncols = max(1, min(ncols, n))

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .analysis import cached_analysis, eval_caches
+from matplotlib.colors import to_hex
 from .core import SaetrackError, atomic_path, read_json, stable_hash
+from .plotting import CLASS_NAMES, class_color
 from .series import SAESeries
 from . import semantics as sm
 
@@ -215,7 +217,7 @@ _CSS = ("body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,Helvetica
         "h1{font-size:21px;margin:8px 0 4px}h2{font-size:16px;margin:18px 0 6px}h3{font-size:15px;margin:0 0 4px}"
         "p.sub{color:#555;margin:2px 0 10px}code,.ctx{font-family:ui-monospace,'DejaVu Sans Mono',Menlo,Consolas,monospace;font-size:12.5px}"
         "code{background:#f3f3f3;padding:0 3px;border-radius:3px;white-space:pre}"
-        ".k0{--c:#c4c4c4;--t:#222}.k1{--c:#1f77b4}.k2{--c:#ff7f0e}.k3{--c:#7f7f7f}"
+        + "".join(f".k{c}{{--c:{to_hex(class_color(c))}}}" for c in CLASS_NAMES) + ".k0{--t:#222}"   # the figures' class colours
         ".cls{display:inline-block;padding:0 6px;border-radius:3px;background:var(--c);color:var(--t,#fff);font-size:12px;line-height:18px}"
         "circle[class^=k]{fill:var(--c);stroke:#fff;stroke-width:1}svg text{font-size:11px;fill:#444}"
         "table{border-collapse:collapse}th,td{padding:2px 8px;text-align:left;border-bottom:1px solid #ececec;vertical-align:top}"

@@ -12,7 +12,7 @@ from .analysis import SPACES, _class_names, cached_analysis, eval_caches
 from .core import SaetrackError, atomic_write_json, read_json
 from .lm import run_log, run_meta
 from .matching import cached_baseline
-from .plotting import save_figure, step_axis
+from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color, save_figure, step_axis
 from .scaling import SIZES
 from .series import SAESeries
 
@@ -267,13 +267,12 @@ def plot_scaling(runs: dict, path=None, results: dict | None = None):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, len(runs), figsize=(4.2 * len(runs), 6.2), sharex=True, sharey="row",
                              squeeze=False, constrained_layout=True)
-    colours = {1: ("token", "tab:blue"), 2: ("concept", "tab:red"), 3: ("noise", "0.6"), 0: ("dead", "k")}
     for j, (name, out) in enumerate(runs.items()):
         r = results[name] if results else cached_analysis(out)
         steps = np.asarray(r["steps"], dtype=float)
         ax = axes[0, j]
-        for c, (lab, col) in colours.items():
-            ax.plot(steps, r["class_fractions"][:, c], ".-", color=col, label=lab, lw=1.6)
+        for c in (TOKEN, CONCEPT, NOISE, DEAD):
+            ax.plot(steps, r["class_fractions"][:, c], ".-", color=class_color(c), label=CLASS_NAMES[c], lw=1.6)
         for b in r["stages"]["boundaries"]: ax.axvline(b, color="tab:green", ls="--", lw=1)
         d = read_json(Path(out)/"run.json")["config"]["d_model"]
         ax.set_title(f"{name}: d_model {d}, {r['n_features']} SAE latents", fontsize=10)

@@ -8,12 +8,13 @@ import math
 from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
-from .core import SaetrackError
-from .plotting import step_axis
+import matplotlib.pyplot as plt
+from .core import SaetrackError, check_steps, to_tensor
+from .plotting import class_color, class_order, step_axis
 
 # %% auto #0
-__all__ = ['MEASURES', 'WJ_EPS', 'CLASS_COLORS', 'CLASS_MARKERS', 'plot_feature_region_toy', 'mean_pairwise', 'encode',
-           'activation_sets', 'SparseCodes', 'unique_rows', 'sparse_encode', 'sparse_mean_pairwise', 'progress_measure',
+__all__ = ['MEASURES', 'WJ_EPS', 'CLASS_MARKERS', 'plot_feature_region_toy', 'mean_pairwise', 'encode', 'activation_sets',
+           'SparseCodes', 'unique_rows', 'sparse_encode', 'sparse_mean_pairwise', 'progress_measure',
            'random_reference_positions', 'reference_indices', 'null_progress', 'null_floor', 'first_stays_above',
            'formation_step', 'choose_features', 'umap_embed', 'plot_umap_panels', 'plot_progress',
            'plot_measure_robustness', 'plot_formation_distribution']
@@ -21,34 +22,18 @@ __all__ = ['MEASURES', 'WJ_EPS', 'CLASS_COLORS', 'CLASS_MARKERS', 'plot_feature_
 # %% ../nbs/40_formation.ipynb #63546f2e
 MEASURES = ("cosine", "jaccard", "wjaccard")
 WJ_EPS = 1e-8
-CLASS_COLORS = {"token": "tab:blue", "concept": "tab:orange", "noise": "tab:gray", "dead": "0.75"}
 CLASS_MARKERS = {"token": "o", "concept": "D"}
-
-def _as_tensor(x, dtype=None) -> torch.Tensor:
-    t = (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).detach().cpu()
-    if dtype is not None: return t.to(dtype)
-    return t if t.is_floating_point() else t.to(torch.float32)
 
 def _check_measure(measure: str) -> str:
     if measure not in MEASURES: raise SaetrackError(f"unknown similarity measure {measure!r}; use one of {MEASURES}")
     return measure
 
-def _steps_array(steps, T: int) -> np.ndarray:
-    s = np.asarray(steps, dtype=np.int64)
-    if s.ndim != 1 or len(s) != T: raise SaetrackError(f"steps has length {len(s)}, data has {T} checkpoints")
-    if np.any(np.diff(s) <= 0): raise SaetrackError("steps must be strictly increasing")
-    return s
 
 # %% ../nbs/40_formation.ipynb #8b77044a
-def _plt():
-    import matplotlib.pyplot as plt
-    return None, plt
-
 def plot_feature_region_toy(seed: int = 0, k: int = 25):
     """Fig. 3 toy: 2-D inputs, three SAE features. (a) the feature regions R_i (half-planes
     W_enc_i.(x - b_dec) + b_enc_i > 0) with encoder directions; (b) activation level of feature 1 with its
     top-k datapoints (the fixed contexts that form its activation set)."""
-    _, plt = _plt()
     rng = np.random.default_rng(seed)
     b_dec = np.array([0.3, 0.2])
     ang = np.radians([20.0, 140.0, 255.0])
@@ -120,7 +105,7 @@ def mean_pairwise(X, measure: str = "cosine", batch: int = 256) -> np.ndarray:
     """Mean similarity over ordered pairs a != b of the rows of X [..., n, D] -> [...] (float64), vectorised
     over the leading dims, `batch` sets at a time (memory O(batch * n * (n + D)))."""
     _check_measure(measure)
-    X = _as_tensor(X)
+    X = to_tensor(X)
     if X.ndim < 2: raise SaetrackError("mean_pairwise needs X of shape [..., n, D]")
     *lead, n, D = X.shape
     if n < 2: raise SaetrackError(f"need at least 2 vectors per set, got n={n}")
@@ -131,13 +116,13 @@ def mean_pairwise(X, measure: str = "cosine", batch: int = 256) -> np.ndarray:
 
 # %% ../nbs/40_formation.ipynb #1c85b969
 def _param(sae, name: str) -> torch.Tensor:
-    return _as_tensor(sae[name] if isinstance(sae, Mapping) else getattr(sae, name), torch.float32)
+    return to_tensor(sae[name] if isinstance(sae, Mapping) else getattr(sae, name), torch.float32)
 
 def encode(x, sae) -> torch.Tensor:
     """SAE code f = ReLU((x - b_dec) @ W_enc + b_enc) for x [..., d_in] -> [..., d_sae]. `sae` is a mapping
     or object (e.g. a SAELens SAE) with W_enc [d_in, d_sae], b_enc [d_sae], b_dec [d_in]."""
     W_enc, b_enc, b_dec = _param(sae, "W_enc"), _param(sae, "b_enc"), _param(sae, "b_dec")
-    x = _as_tensor(x, torch.float32)
+    x = to_tensor(x, torch.float32)
     if x.shape[-1] != W_enc.shape[0]: raise SaetrackError(f"x has d_in={x.shape[-1]}, W_enc is {tuple(W_enc.shape)}")
     return torch.relu(torch.addmm(b_enc, x.reshape(-1, x.shape[-1]) - b_dec, W_enc)).reshape(*x.shape[:-1], -1)
 
@@ -162,7 +147,7 @@ def unique_rows(A) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact deduplication of the vectors A [..., d] -> (rows [U, d] float32, index [...] int64) with
     rows[index] == A. Rows are keyed by two random projections and the result is checked element by element
     (a hash collision falls back to a full sort)."""
-    A = _as_tensor(A, torch.float32)
+    A = to_tensor(A, torch.float32)
     flat = A.reshape(-1, A.shape[-1]).contiguous()
     proj = torch.randn(flat.shape[-1], 2, generator=torch.Generator().manual_seed(0))
     h = (flat @ proj).contiguous().view(torch.int64).reshape(-1)
@@ -179,7 +164,7 @@ def sparse_encode(x, sae, batch: int = 4096) -> SparseCodes:
     """`encode` of the rows of x [N, d_in], kept sparse: only the latents that fire (code > 0), `batch` rows
     at a time (the dense code of one batch is the only d_sae-wide array)."""
     W_enc, b_enc, b_dec = _param(sae, "W_enc"), _param(sae, "b_enc"), _param(sae, "b_dec")
-    x = _as_tensor(x, torch.float32)
+    x = to_tensor(x, torch.float32)
     if x.ndim != 2 or x.shape[-1] != W_enc.shape[0]: raise SaetrackError(f"x must be [N, {W_enc.shape[0]}], got {tuple(x.shape)}")
     counts, lat, val = [torch.zeros(1, dtype=torch.int64)], [], []
     for s in range(0, x.shape[0], batch):
@@ -264,12 +249,12 @@ def progress_measure(sets_at, ref_at, measure="cosine", sae_at=None, batch: int 
         raise SaetrackError("sets_at, ref_at (and sae_at) must have one entry per checkpoint")
     sim_sets, sim_ref = {m: None for m in measures}, {m: np.empty(T) for m in measures}
     for t in range(T):
-        A = _as_tensor(get(t))
+        A = to_tensor(get(t))
         if A.ndim != 3: raise SaetrackError(f"sets_at[{t}] must be [F, k, d], got {tuple(A.shape)}")
         for m in measures:
             if sim_sets[m] is None: sim_sets[m] = np.empty((T, A.shape[0]))
             elif sim_sets[m].shape[1] != A.shape[0]: raise SaetrackError("number of features changes across checkpoints")
-        R = _as_tensor(ref_at[t])
+        R = to_tensor(ref_at[t])
         if sae_at is None:
             for m in measures:
                 sim_ref[m][t] = mean_pairwise(R, m); sim_sets[m][t] = mean_pairwise(A, m, batch=batch)
@@ -308,7 +293,7 @@ def null_progress(ref_at, k: int = 25, n_draws: int = 200, measure: str = "cosin
     rng = np.random.default_rng(seed)
     out = np.empty((len(ref_at), n_draws))
     for t in range(len(ref_at)):
-        R = _as_tensor(ref_at[t])
+        R = to_tensor(ref_at[t])
         if k > R.shape[0]: raise SaetrackError(f"k={k} > number of reference vectors {R.shape[0]}")
         idx = torch.as_tensor(np.stack([rng.choice(R.shape[0], k, replace=False) for _ in range(n_draws)]))
         if sae_at is None: out[t] = mean_pairwise(R[idx], measure) - mean_pairwise(R, measure)
@@ -327,7 +312,7 @@ def first_stays_above(Y, steps, threshold, return_index: bool = False) -> np.nda
     scalar, [N], [T, 1] or [T, N]. Returns the step per column (int64, -1 = never); NaN counts as not above."""
     Y = np.asarray(Y, dtype=np.float64)
     if Y.ndim == 1: Y = Y[:, None]
-    s = _steps_array(steps, Y.shape[0])
+    s = check_steps(steps, Y.shape[0])
     above = Y > np.asarray(threshold, dtype=np.float64)
     suffix = np.flip(np.logical_and.accumulate(np.flip(above, 0), 0), 0)  # above from t on
     ever = suffix.any(0)
@@ -389,7 +374,6 @@ def plot_umap_panels(sets_by_step, steps, feature_ids, classes, random_state: in
     one UMAP fitted per checkpoint on all chosen features' points. sets_by_step: sequence aligned with
     `steps` (or {step: ...}) of [n_features, k, d] arrays; circles = token-level, diamonds = concept-level.
     `embed(X, random_state)` replaces the embedding (default `umap_embed`)."""
-    _, plt = _plt()
     steps = list(steps)
     if isinstance(sets_by_step, Mapping): sets_by_step = [sets_by_step[st] for st in steps]
     if len(sets_by_step) != len(steps): raise SaetrackError("one activation-set array per panel step is needed")
@@ -398,7 +382,7 @@ def plot_umap_panels(sets_by_step, steps, feature_ids, classes, random_state: in
     nrows = math.ceil(len(steps) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols + 3.0, 3.9 * nrows), squeeze=False)
     for p, (st, A) in enumerate(zip(steps, sets_by_step)):
-        A = _as_tensor(A, torch.float32).numpy()
+        A = to_tensor(A, torch.float32).numpy()
         nf, k, d = A.shape
         if nf != len(feature_ids): raise SaetrackError("sets have a different number of features than feature_ids")
         X = A.reshape(nf * k, d)
@@ -418,13 +402,6 @@ def plot_umap_panels(sets_by_step, steps, feature_ids, classes, random_state: in
     return fig
 
 # %% ../nbs/40_formation.ipynb #9f7eb279
-def _class_color(c, i=0): return CLASS_COLORS.get(str(c), f"C{(i + 2) % 10}")
-
-def _class_list(classes):
-    cl = np.asarray(classes).astype(str)
-    order = [c for c in ("token", "concept") if c in cl]
-    return cl, order + sorted(set(cl) - set(order))
-
 def _median_band(ax, steps, Y, color, label, q=(25, 75), alpha=0.25):
     Y = np.asarray(Y, dtype=np.float64)
     with np.errstate(all="ignore"):
@@ -437,15 +414,14 @@ def plot_progress(M, steps, classes, examples=None, feature_ids=None, title=None
     """Progress-measure figure (Fig. 5). M: [T, F] or {space name: [T, F]} (one row each). Left: example curves
     (columns `examples`, default: `choose_features`); right: median and IQR over all features per class.
     Dotted zero line = random baseline; `floors` {space: value} draws the null floor dashed."""
-    _, plt = _plt()
     Ms = M if isinstance(M, Mapping) else {"": M}
     s = np.asarray(steps)
-    cl, order = _class_list(classes)
+    cl, order = class_order(classes)
     ids = np.arange(len(cl)) if feature_ids is None else np.asarray(feature_ids)
     fig, axes = plt.subplots(len(Ms), 2, figsize=(12, 4.2 * len(Ms)), squeeze=False, sharex=True)
     for r, (name, Mr) in enumerate(Ms.items()):
         Mr = np.asarray(Mr, dtype=np.float64)
-        _steps_array(s, Mr.shape[0])
+        check_steps(s, Mr.shape[0])
         ex = choose_features(Mr, cl, n=6) if examples is None else np.asarray(examples)
         ax = axes[r, 0]
         for j, f in enumerate(ex):
@@ -456,7 +432,7 @@ def plot_progress(M, steps, classes, examples=None, feature_ids=None, title=None
         ax = axes[r, 1]
         for j, c in enumerate(order):
             sel = cl == c
-            _median_band(ax, s, Mr[:, sel], _class_color(c, j), f"{c}-level: median, IQR (n={int(sel.sum())})")
+            _median_band(ax, s, Mr[:, sel], class_color(c, j), f"{c}-level: median, IQR (n={int(sel.sum())})")
         ax.set_title(f"{name + ': ' if name else ''}all features by class", fontsize=10)
         ax.legend(fontsize=8)
         for ax in axes[r]:
@@ -471,9 +447,8 @@ def plot_progress(M, steps, classes, examples=None, feature_ids=None, title=None
 def plot_measure_robustness(Ms: Mapping[str, Any], steps, classes, title=None, formation: Mapping[str, Any] | None = None):
     """Robustness panel: median and IQR per class of M under each similarity measure ({measure: M [T, F]}),
     one panel per measure. Optional `formation` {measure: steps [F]} adds the median formation step per class."""
-    _, plt = _plt()
     s = np.asarray(steps)
-    cl, order = _class_list(classes)
+    cl, order = class_order(classes)
     fig, axes = plt.subplots(1, len(Ms), figsize=(4.6 * len(Ms), 4), squeeze=False)
     for ax, (name, M) in zip(axes[0], Ms.items()):
         M = np.asarray(M, dtype=np.float64)
@@ -483,7 +458,7 @@ def plot_measure_robustness(Ms: Mapping[str, Any], steps, classes, title=None, f
             if formation is not None and name in formation:
                 fs = np.asarray(formation[name])[sel]; fs = fs[fs >= 0]
                 lab += f", median formation step {np.median(fs):.0f}" if len(fs) else ", none formed"
-            _median_band(ax, s, M[:, sel], _class_color(c, j), lab)
+            _median_band(ax, s, M[:, sel], class_color(c, j), lab)
         ax.axhline(0, color="k", ls=":", lw=1)
         step_axis(ax); ax.set_ylabel("progress measure (median, IQR)")
         ax.set_title(f"similarity: {name}"); ax.legend(fontsize=7)
@@ -494,15 +469,14 @@ def plot_measure_robustness(Ms: Mapping[str, Any], steps, classes, title=None, f
 def plot_formation_distribution(formation_steps, steps, classes, title=None):
     """Distribution of formation steps by class: fraction of each class formed by step s (cumulative, -1 =
     never counts as not formed), on the training-step axis."""
-    _, plt = _plt()
     fs, s = np.asarray(formation_steps), np.asarray(steps)
-    cl, order = _class_list(classes)
+    cl, order = class_order(classes)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for j, c in enumerate(order):
         f = fs[cl == c]
         frac = np.array([np.mean((f >= 0) & (f <= st)) for st in s])
         med = f"median step {np.median(f[f >= 0]):.0f}" if (f >= 0).any() else "none formed"
-        ax.step(s, frac, where="post", color=_class_color(c, j), lw=2, marker="o", ms=3,
+        ax.step(s, frac, where="post", color=class_color(c, j), lw=2, marker="o", ms=3,
                 label=f"{c} (n={len(f)}, {med}, never formed: {int(np.sum(f < 0))})")
     ax.set_ylim(-0.02, 1.02)
     step_axis(ax); ax.set_ylabel("fraction of features formed by this step")

@@ -8,10 +8,12 @@ from pathlib import Path
 import matplotlib
 matplotlib.use("Agg") if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline") else None
 import matplotlib.pyplot as plt
+import numpy as np
 from .core import atomic_path
 
 # %% auto #0
-__all__ = ['step_axis', 'save_figure']
+__all__ = ['DEAD', 'TOKEN', 'CONCEPT', 'NOISE', 'CLASS_NAMES', 'CLASS_COLORS', 'step_axis', 'save_figure', 'class_color',
+           'class_order']
 
 # %% ../nbs/00_plotting.ipynb #ff1d886f
 def step_axis(ax, label: str = "training step (log scale; step 0 = untrained)"):
@@ -32,3 +34,19 @@ def save_figure(fig, path, formats=("png", "pdf"), dpi: int = 150) -> list[Path]
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
         out.append(target)
     return out
+
+# %% ../nbs/00_plotting.ipynb #6a551522
+DEAD, TOKEN, CONCEPT, NOISE = 0, 1, 2, 3        # the class codes the analyses store
+CLASS_NAMES = {DEAD: "dead", TOKEN: "token", CONCEPT: "concept", NOISE: "noise"}
+CLASS_COLORS = {"token": "tab:blue", "concept": "tab:orange", "noise": "tab:gray", "dead": "0.75"}
+
+def class_color(c, i: int = 0) -> str:
+    "A class's colour, from its code or name; another label (a pattern, say) takes colour cycle entry `i + 2`."
+    name = CLASS_NAMES.get(int(c), str(c)) if isinstance(c, (int, np.integer)) else str(c)
+    return CLASS_COLORS.get(name, f"C{(i + 2) % 10}")
+
+def class_order(labels) -> tuple[np.ndarray, list[str]]:
+    "The labels as strings, and the order to draw them in: token, concept, then the others alphabetically."
+    cl = np.asarray(labels).astype(str)
+    first = [c for c in ("token", "concept") if c in cl]
+    return cl, first + sorted(set(cl) - set(first))

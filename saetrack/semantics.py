@@ -13,16 +13,14 @@ from .changepoints import fit_piecewise
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['DEAD', 'TOKEN', 'CONCEPT', 'NOISE', 'CLASS_NAMES', 'CLASS_COLORS', 'STAGE_NAMES', 'as_encode_fn', 'top_k_contexts',
-           'token_at', 'token_keys', 'Thresholds', 'context_coherence', 'feature_stats', 'classify_stats',
-           'classify_checkpoint', 'classify_all', 'class_fractions', 'make_planted', 'planted_accuracy',
-           'sensitivity_table', 'detect_stage_boundaries', 'shade_stages', 'plot_class_fractions', 'plot_stage_fit',
-           'pick_checkpoints', 'choose_examples', 'feature_contexts', 'build_feature_panel', 'plot_feature_panel']
+__all__ = ['STAGE_NAMES', 'as_encode_fn', 'top_k_contexts', 'token_at', 'token_keys', 'Thresholds', 'context_coherence',
+           'feature_stats', 'classify_stats', 'classify_checkpoint', 'classify_all', 'class_fractions', 'make_planted',
+           'planted_accuracy', 'sensitivity_table', 'detect_stage_boundaries', 'shade_stages', 'plot_class_fractions',
+           'plot_stage_fit', 'pick_checkpoints', 'choose_examples', 'feature_contexts', 'build_feature_panel',
+           'plot_feature_panel']
 
 # %% ../nbs/20_stages.ipynb #95f820f6
-DEAD, TOKEN, CONCEPT, NOISE = 0, 1, 2, 3
-CLASS_NAMES = {DEAD: "dead", TOKEN: "token", CONCEPT: "concept", NOISE: "noise"}
-CLASS_COLORS = {DEAD: "0.75", TOKEN: "tab:blue", CONCEPT: "tab:orange", NOISE: "tab:gray"}
+from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color   # the one class taxonomy
 STAGE_NAMES = ("init & warm-up", "emergent", "convergent")
 
 # %% ../nbs/20_stages.ipynb #75a3d07c
@@ -369,7 +367,7 @@ def plot_class_fractions(steps, classes, boundaries=None, ax=None, title: str | 
     fr = class_fractions(classes)
     fig, ax = (plt.subplots(figsize=(7, 3.6)) if ax is None else (ax.figure, ax))
     for c in (TOKEN, CONCEPT, NOISE, DEAD):
-        ax.plot(steps, fr[:, c], marker="o", ms=3, color=CLASS_COLORS[c], label=CLASS_NAMES[c])
+        ax.plot(steps, fr[:, c], marker="o", ms=3, color=class_color(c), label=CLASS_NAMES[c])
     step_axis(ax)
     ax.set_ylim(0, 1); ax.set_ylabel("fraction of latents")
     if boundaries is not None: shade_stages(ax, steps, boundaries)

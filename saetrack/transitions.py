@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 import numpy as np
-from .semantics import (CLASS_COLORS, CLASS_NAMES, CONCEPT, DEAD, NOISE, STAGE_NAMES, TOKEN, _clean,
+from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color
+from .semantics import (STAGE_NAMES, _clean,
                                 choose_examples, shade_stages)
 
 # %% auto #0
@@ -150,7 +151,7 @@ def plot_pattern_examples(steps, classes, top_tokens, patterns, change_steps, de
         for c in range(4):
             m = cl == c
             if m.any():
-                ax.scatter(steps[m], np.zeros(m.sum()), s=40, marker="s", color=CLASS_COLORS[c], label=CLASS_NAMES[c], zorder=3)
+                ax.scatter(steps[m], np.zeros(m.sum()), s=40, marker="s", color=class_color(c), label=CLASS_NAMES[c], zorder=3)
         prev = None
         for t in range(len(steps)):
             lab = f"'{_clean(decode(int(tt[t])))}'" if cl[t] == TOKEN else CLASS_NAMES[int(cl[t])]
@@ -164,7 +165,7 @@ def plot_pattern_examples(steps, classes, top_tokens, patterns, change_steps, de
         ax.set_xlim(-0.5, steps.max() * 1.5)        # room for step 0's marker and label
         ax.set_title(f"{p}: feature {f}" + ("" if np.isnan(cs) else f" (change at step {int(cs):,})"), fontsize=9, loc="left")
     axes[-1, 0].set_xlabel("training step (log scale; step 0 = untrained)")
-    handles = [plt.Line2D([], [], marker="s", ls="", color=CLASS_COLORS[c], label=CLASS_NAMES[c]) for c in range(4)]
+    handles = [plt.Line2D([], [], marker="s", ls="", color=class_color(c), label=CLASS_NAMES[c]) for c in range(4)]
     fig.legend(handles=handles, loc="upper right", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
