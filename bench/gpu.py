@@ -53,9 +53,9 @@ def train_saelens(sae, acts, n_tokens: int, batch: int, device):
     "SAELens' SAETrainer on the same batches: CPU rows gathered by saetrack's index stream; the trainer moves them."
     from sae_lens import SAETrainer
     from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from saetrack.sae import _BatchIndexStream
+    from saetrack.sae import BatchIndexStream
     x_all = torch.from_numpy(acts)
-    stream = _BatchIndexStream(len(acts), batch, seed=0)
+    stream = BatchIndexStream(len(acts), batch, seed=0)
     def provider():
         while True: yield x_all.index_select(0, stream.next())
     sae.cfg.l1_coefficient = 8e-5
@@ -66,8 +66,8 @@ def train_saelens(sae, acts, n_tokens: int, batch: int, device):
 
 def batch_copy_seconds(acts, batch: int, steps: int, device) -> float:
     "The batch gather on the CPU and copy to `device` that train_sae does per step, alone, for `steps` steps."
-    from saetrack.sae import _BatchIndexStream
-    x_all, stream = torch.from_numpy(acts), _BatchIndexStream(len(acts), batch, seed=0)
+    from saetrack.sae import BatchIndexStream
+    x_all, stream = torch.from_numpy(acts), BatchIndexStream(len(acts), batch, seed=0)
     def copy_all(_):
         for _ in range(steps): x_all.index_select(0, stream.next()).to(device, non_blocking=True)
     return best_time(2, copy_all, device)

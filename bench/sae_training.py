@@ -7,7 +7,7 @@ compares loops doing the same amount of matmul work per step (one forward, one b
 import torch
 from sae_lens import SAETrainer
 from sae_lens.config import LoggingConfig, SAETrainerConfig
-from saetrack.sae import _BatchIndexStream, make_sae, train_sae
+from saetrack.sae import BatchIndexStream, make_sae, train_sae
 from bench.common import best_of
 
 def matmul_peak(b: int, d_in: int, d_sae: int, reps: int = 20) -> float:
@@ -26,7 +26,7 @@ def saelens(acts, d_sae, n_tokens, batch):
     def run():
         sae = make_sae(acts.shape[1], d_sae, seed=0)
         sae.cfg.l1_coefficient = 8e-5
-        stream = _BatchIndexStream(len(acts), batch, seed=0)
+        stream = BatchIndexStream(len(acts), batch, seed=0)
         def provider():
             while True: yield x_all.index_select(0, stream.next())
         cfg = SAETrainerConfig(total_training_samples=n_tokens, train_batch_size_samples=batch, lr=4e-4, lr_end=4e-4,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, sys, time
 from pathlib import Path
+from .config import SNAPSHOT_TOKENS
 from .core import SaetrackError, read_json, run_lock, writable_dir
 
 # %% auto #0
@@ -101,6 +102,7 @@ def cmd_track(a, times: dict | None = None):
     from saetrack.curves import CurveLog
     from saetrack.pipeline import track
     p = _preset(a)
+    if (a.snapshot_tokens or 0) < 0: raise SaetrackError(f"--snapshot-tokens must be 0 (no snapshots) or positive (got {a.snapshot_tokens})")
     out = writable_dir(a.out or f"runs/{p.name}")
     times, caches, log = ({} if times is None else times), {}, None
     with distributed(a.device) as device, contextlib.ExitStack() as held:
@@ -112,7 +114,8 @@ def cmd_track(a, times: dict | None = None):
         from_rank0(start)
         series = track(p, out, checkpoints=a.checkpoints or p.checkpoints, hook=a.hook, corpus=a.corpus,
                        progress=not a.quiet and main, times=times, caches=caches, device=device, steps=_at_steps(a) or p.steps,
-                       skip_bad=getattr(a, "skip_bad_checkpoints", False), log=log)
+                       skip_bad=getattr(a, "skip_bad_checkpoints", False), log=log,
+                       snapshot_tokens=SNAPSHOT_TOKENS if a.snapshot_tokens is None else a.snapshot_tokens)
     if main: _print_series(series, times)
     return series
 
@@ -359,6 +362,8 @@ def _track_args(sp):
     g.add_argument("--budget", help="adaptive (default: every SAE trains until its held-out loss plateaus, capped) or "
                                     "fixed (the paper's recipe: 1/20 of the first SAE's tokens at 1/10 of its lr)")
     g.add_argument("--sae-seed", type=int, help="SAE seed")
+    g.add_argument("--snapshot-tokens", type=int, help=f"tokens between snapshots of an SAE in training, from which a killed "
+                   f"run resumes inside that SAE (default {SNAPSHOT_TOKENS:,}; 0: none)")
 
 def build_parser() -> argparse.ArgumentParser:
     from saetrack import __version__

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'ActsConfig', 'SAEConfig', 'check_warmup', 'paper_recipe',
-           'Preset', 'get_preset', 'checkpoint_steps', 'pythia_plan']
+__all__ = ['SNAPSHOT_TOKENS', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'ActsConfig', 'SAEConfig', 'check_warmup',
+           'paper_recipe', 'Preset', 'get_preset', 'checkpoint_steps', 'pythia_plan']
 
 # %% ../nbs/01_config.ipynb #2bae2830
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class ActsConfig:
         for k in ("train_tokens", "eval_tokens"): _positive(self, k)
         if self.dtype not in ("float32", "float16"): raise SaetrackError(f"--dtype must be float32 or float16 (got '{self.dtype}')")
         if not self.hook: raise SaetrackError("--hook must name a hook, e.g. blocks.2.hook_resid_pre")
+
+SNAPSHOT_TOKENS = 1 << 25   # tokens between snapshots of an SAE in training (33.5M: minutes on a GPU; tiny's SAEs never reach it)
 
 @dataclass(frozen=True)
 class SAEConfig:

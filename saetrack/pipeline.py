@@ -14,6 +14,7 @@ from .config import check_warmup
 from .lm import run_meta, train_lm
 from .sae import split_batch
 from .quality import ce_recovered
+from .config import SNAPSHOT_TOKENS
 from .series import SAESeries, check_reuse, check_series_config, train_series
 
 # %% auto #0
@@ -46,13 +47,13 @@ def _dataset_name(source, corpus, root=None) -> str:
 
 def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
           progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None,
-          skip_bad: bool = False, log=None) -> SAESeries:
+          skip_bad: bool = False, log=None, snapshot_tokens: int = SNAPSHOT_TOKENS) -> SAESeries:
     """Build whatever is missing under `out` (training run, activations) and then the SAE series. `times`
     receives stage seconds and `caches` the activation cache dirs ({"train": {step: dir}, "eval": ...}). The model's
     forward passes and SAE training run on `device` (the tiny LM itself trains on the CPU); `steps` restricts the
     series to those checkpoints (default: all). `skip_bad` leaves out unloadable checkpoint folders (nbs/05_checkpoints);
     each activation cache's manifest lists them. `log` (a `CurveLog`, nbs/16_curves) receives the LM's curves and each
-    SAE's as it is ready. Under torchrun the checks, the LM and the activations are rank 0's work (the others wait for
+    SAE's as it is ready; `snapshot_tokens` spaces the snapshots of an SAE in training (`train_series`). Under torchrun the checks, the LM and the activations are rank 0's work (the others wait for
     its caches), and then every process trains the series together (`train_series`)."""
     out, device = Path(out), resolve_device(device)
     times = {} if times is None else times
@@ -89,7 +90,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
         def metadata(step):
             return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
     series = train_series(preset.sae, train_acts, eval_acts, out/"series", hook, progress=progress, quality_fn=quality_fn,
-                          device=device, metadata=metadata, on_entry=log.sae if log else None)
+                          device=device, metadata=metadata, on_entry=log.sae if log else None, snapshot_tokens=snapshot_tokens)
     times["series"] = time.time() - t
     return series
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_sae.ipynb #23035129
 from __future__ import annotations
-import json, math, warnings
+import hashlib, json, math, pickle, warnings
 from pathlib import Path
 from typing import Any
 import numpy as np
@@ -18,7 +18,8 @@ _ARCHES = ("relu", "topk")
 
 # %% auto #0
 __all__ = ['ADAM_FILE', 'make_sae', 'normalise_decoder_', 'geometric_median', 'relu_step', 'paper_loss', 'remove_parallel_grad_',
-           'split_batch', 'train_sae', 'save_sae', 'load_sae', 'load_training_sae', 'load_adam_state', 'sae_metrics']
+           'split_batch', 'BatchIndexStream', 'train_sae', 'save_sae', 'load_sae', 'load_training_sae',
+           'load_adam_state', 'sae_metrics']
 
 # %% ../nbs/10_sae.ipynb #e234cf56
 def make_sae(
@@ -252,7 +253,7 @@ def _as_torch_rows(acts: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32)
 
 
-class _BatchIndexStream:
+class BatchIndexStream:
     """Seeded stream of row indices: concatenated independent permutations of range(N).
 
     A batch that crosses an epoch boundary takes the tail of one permutation and the head of the
@@ -296,6 +297,7 @@ def train_sae(
     eval_every: int = 0,
     until=None,
     opt_state: dict | None = None,
+    snapshot: tuple | None = None,
 ) -> dict[str, list[float]]:
     """Train ``sae`` in place on rows of ``acts`` for n_tokens // batch_size steps.
 
@@ -326,6 +328,10 @@ def train_sae(
     - opt_state: Adam's state to start from (a dict from an earlier call: moments carried over from the
       previous SAE) or ``{}`` for a fresh optimiser; either way it is replaced by the final state.
       None (the default, the paper) starts fresh and keeps nothing.
+    - snapshot: ``(path, every_steps, key)`` writes the whole training state (weights, Adam, the batch stream's
+      generator, the curve) to ``path`` atomically every ``every_steps`` steps, and a call that finds a snapshot of the
+      same ``key`` there resumes from it: a killed SAE continues where its last snapshot was, to the same bits. The
+      file is removed when training ends. ``key`` names the training (the series passes its cache key).
     - Several processes (torchrun, `saetrack.core.distributed`): every process draws the same global batches from
       ``seed`` and trains on its contiguous share of their rows (`split_batch`); the batch mean that centres the norms
       and the gradients are summed over the processes, and the losses divide by the global batch, so every process
@@ -351,7 +357,7 @@ def train_sae(
     lo, hi = split_batch(batch_size, rank, n_proc)
     n_rows = None if n_proc == 1 else batch_size       # the global batch, when x is a share of it
     dev = sae.W_enc.device
-    stream = _BatchIndexStream(x_all.shape[0], batch_size, seed)
+    stream = BatchIndexStream(x_all.shape[0], batch_size, seed)
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     assert {id(p) for p in params} == {id(p) for p in sae.parameters()}
     opt = torch.optim.Adam(params, lr=lr)
@@ -366,13 +372,15 @@ def train_sae(
     if progress:
         from tqdm.auto import tqdm
 
-        pbar = tqdm(total=n_steps, desc="train_sae", mininterval=1.0)
+        pbar = tqdm(total=n_steps, desc="train_sae", mininterval=1.0, leave=False)
 
-    if eval_fn is not None:
+    start = _resume(snapshot, sae, opt, stream, curve) if snapshot else 0
+    if eval_fn is not None and start == 0:
         curve["eval"] = [dict(tokens=0, **eval_fn(sae))]
+    if pbar is not None: pbar.update(start)
     sae.train()
     by_hand, buf = fast and type(sae) is StandardTrainingSAE and not _has_hooks(sae), {}
-    for step in range(n_steps):
+    for step in range(start, n_steps):
         with torch.no_grad():
             idx = stream.next()
             x = x_all.index_select(0, idx if n_proc == 1 else idx[lo:hi]).to(dev, non_blocking=True)
@@ -412,6 +420,8 @@ def train_sae(
             curve["eval"].append(dict(tokens=(step + 1) * batch_size, **eval_fn(sae)))
             if until is not None and from_rank0(until, curve["eval"]):
                 curve["stop"] = "until"; break
+        if snapshot and snapshot[1] and (step + 1) % snapshot[1] == 0 and step != n_steps - 1:
+            from_rank0(_write_snapshot, snapshot, sae, opt, stream, curve, step + 1)
     else:
         curve["stop"] = "budget"
         normalise_decoder_(sae)
@@ -423,7 +433,38 @@ def train_sae(
     if pbar is not None:
         pbar.n = n_steps
         pbar.close()
+    if snapshot and world()[0] == 0: Path(snapshot[0]).unlink(missing_ok=True)
     return curve
+
+# %% ../nbs/10_sae.ipynb #17589436
+def _write_snapshot(snapshot, sae, opt, stream, curve, next_step: int) -> None:
+    "Everything `train_sae` needs to go on from `next_step` exactly, in one atomically written file."
+    params = {n: p.detach().cpu() for n, p in sae.named_parameters()}
+    state = dict(key=snapshot[2], step=next_step, params=params, digest=_digest(params), adam=opt.state_dict(),
+                 generator=stream.gen.get_state(), perm=stream.perm, pos=stream.pos, curve=curve)
+    with atomic_path(snapshot[0]) as tmp: torch.save(state, tmp)
+
+def _digest(params: dict) -> str:
+    "sha256 of the weights, so a snapshot damaged on disk is never resumed from."
+    h = hashlib.sha256()
+    for n in sorted(params): h.update(params[n].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+def _resume(snapshot, sae, opt, stream, curve) -> int:
+    "Load a snapshot of the same key into the training state; the step to start at (0: none, another key, or damaged)."
+    path = Path(snapshot[0])
+    if not path.exists(): return 0
+    try:
+        s = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(s, dict) or s.get("key") != snapshot[2] or _digest(s["params"]) != s["digest"]: return 0
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return 0                           # damaged on disk (a kill mid-write cannot do it: the write is atomic)
+    opt.load_state_dict(s["adam"])         # moves Adam's moments to the parameters' device
+    with torch.no_grad():
+        for n, p in sae.named_parameters(): p.copy_(s["params"][n])
+    stream.gen.set_state(s["generator"]); stream.perm, stream.pos = s["perm"], s["pos"]
+    curve.clear(); curve.update(s["curve"])
+    return int(s["step"])
 
 # %% ../nbs/10_sae.ipynb #062e67d6
 ADAM_FILE = "adam.safetensors"    # optimiser state beside an SAE, when the series carries it over

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from .activations import load_activations
-from .config import SAEConfig
+from .config import SNAPSHOT_TOKENS, SAEConfig
 from .core import (CorruptCacheError, SaetrackError, atomic_write_json, clean_stale_tmp, file_sha256,
                            from_rank0, read_json, resolve_device, stable_hash, world)
 from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_training_sae, make_sae,
@@ -88,13 +88,14 @@ def check_reuse(cfg: SAEConfig, tokens: int, n_rows: int, who: str) -> None:
                             f"the reuse (--epochs {math.ceil(passes)})")
 
 def train_one(cfg: SAEConfig, acts: np.ndarray, step: int, init_from=None, eval_acts=None, progress: bool = False,
-              until=None, seed: int | None = None, device="cpu"):
+              until=None, seed: int | None = None, device="cpu", snapshot: tuple | None = None):
     """Train the SAE of `step`: from scratch (`init_from=None`: geometric-median b_dec, the first SAE's budget,
     warm-up and lr) or from the SAE saved in the directory `init_from` (the later SAEs' settings; with
     `cfg.carry_adam` its Adam state too, with `cfg.refit_b_dec` a fresh geometric-median b_dec). `eval_acts`
     (held-out rows) are scored every `eval_every_*` steps; with `budget="adaptive"` training stops when the plateau
     rule holds. `until(evals)` replaces that stopping rule (the recipe study stops at a match). `seed` defaults to
-    `step_seed(cfg.seed, step)`; the SAE trains on `device`. Returns (sae, curve, adam_state or None); `curve["verdict"]` is 'plateau' or 'cap'."""
+    `step_seed(cfg.seed, step)`; the SAE trains on `device`. `snapshot=(path, every_tokens, key)` snapshots the
+    training state every `every_tokens` tokens and resumes from a snapshot of the same key (`train_sae`). Returns (sae, curve, adam_state or None); `curve["verdict"]` is 'plateau' or 'cap'."""
     first = init_from is None
     seed = step_seed(cfg.seed, step) if seed is None else seed
     tokens = cfg.tokens_first if first else cfg.tokens_next
@@ -121,7 +122,8 @@ def train_one(cfg: SAEConfig, acts: np.ndarray, step: int, init_from=None, eval_
     curve = train_sae(sae, acts, n_tokens=tokens, lr=cfg.lr_first if first else cfg.lr_next,
                       l1_coefficient=cfg.l1_coefficient, batch_size=batch, warmup_steps=warmup, seed=seed,
                       progress=progress, eval_fn=held_out_fn(cfg, ev, device=sae.W_enc.device) if ev is not None else None,
-                      eval_every=cfg.eval_every_first if first else cfg.eval_every_next, until=until, opt_state=adam)
+                      eval_every=cfg.eval_every_first if first else cfg.eval_every_next, until=until, opt_state=adam,
+                      snapshot=(snapshot[0], max(1, snapshot[1] // batch), snapshot[2]) if snapshot and snapshot[1] else None)
     if ev is not None: curve["verdict"] = verdict(cfg, curve["eval"])
     return sae, curve, adam
 
@@ -130,13 +132,16 @@ def _order(steps, direction):
     return sorted(steps) if direction == "forward" else sorted(steps, reverse=True)
 
 def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: str, progress: bool = True,
-                 quality_fn=None, budgets: dict | None = None, device="cpu", metadata=None, on_entry=None) -> "SAESeries":
+                 quality_fn=None, budgets: dict | None = None, device="cpu", metadata=None, on_entry=None,
+                 snapshot_tokens: int = SNAPSHOT_TOKENS) -> "SAESeries":
     """Train (or resume) the series over the steps of `train_acts` ({step: activation-cache dir}) into `out`.
     `quality_fn(step, sae, eval_entry) -> dict` adds metrics that need the model (CE-loss recovered).
     The null chain passes the same cache for every step and `budgets` ({step: tokens}: a fixed budget per link).
     SAEs train on `device` and are saved from there; nothing on disk depends on it. `metadata(step) -> dict` adds
     SAELens metadata (the model, its context size, the dataset) to each SAE's cfg.json. `on_entry(step, dir)` is
-    called as each SAE is ready, reused or trained (the training-curve logger)."""
+    called as each SAE is ready, reused or trained (the training-curve logger). Every `snapshot_tokens` tokens the SAE in
+    training is snapshotted to `out/step<N>.partial.pt` (0: never), so a killed run resumes inside that SAE.
+    Each SAE shows its own progress bar below the series' one."""
     device = resolve_device(device)
     out = Path(out)
     main = world()[0] == 0                         # the process that writes (the only one without torchrun)
@@ -165,7 +170,8 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         ev = load_activations(eval_acts[step])
         c = cfg if not budgets or step not in budgets else dataclasses.replace(
             cfg, budget="fixed", **{("tokens_first" if prev_dir is None else "tokens_next"): budgets[step]})
-        sae, curve, adam = train_one(c, a.acts, step, init_from=prev_dir, eval_acts=ev.acts, device=device)
+        sae, curve, adam = train_one(c, a.acts, step, init_from=prev_dir, eval_acts=ev.acts, device=device, progress=progress,
+                                     snapshot=(out/f"step{step}.partial.pt", snapshot_tokens, key))
         seconds = time.time() - t0
         def measure_and_save():                    # rank 0's alone: the others wait, then start the next SAE from `d`
             m = sae_metrics(sae, ev.acts)

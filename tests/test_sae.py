@@ -180,11 +180,11 @@ def test_geometric_median_vs_reference_optimiser():
 
 # ------------------------------------------------------------------------------ batching
 def test_batch_stream_is_epoch_permutations():
-    s = sd._BatchIndexStream(10, 4, seed=0)
+    s = sd.BatchIndexStream(10, 4, seed=0)
     idx = torch.cat([s.next() for _ in range(5)]).tolist()  # 20 rows = exactly 2 epochs
     assert sorted(idx[:8]) == sorted(set(idx[:8]))  # no repeat inside a batch pair of epoch 1
     # each epoch covers every row once (batches may straddle the boundary)
-    s = sd._BatchIndexStream(10, 5, seed=0)
+    s = sd.BatchIndexStream(10, 5, seed=0)
     b = [s.next().tolist() for _ in range(4)]
     assert sorted(b[0] + b[1]) == list(range(10)) and sorted(b[2] + b[3]) == list(range(10))
     assert all(x == sorted(x) for x in b)

@@ -136,3 +136,30 @@ def test_backward_direction(micro_run, tmp_path):
     m = s.metrics()
     assert not m.loc[24, "recurrent"] and m.loc[0, "recurrent"]
     assert s.manifest["steps"][0] == 24
+
+def test_kill_inside_an_sae_resumes_from_its_snapshot(series, tmp_path, monkeypatch):
+    "A run killed inside an SAE goes on from that SAE's last snapshot (not from its start) and ends bit-identical."
+    import saetrack.sae as sd
+    out = tmp_path / "inside"
+    shutil.copytree(series.path.parent, out)
+    man = json.loads((out / "series" / "series.json").read_text())
+    for s in ("16", "24"): del man["entries"][s]; shutil.rmtree(out / "series" / f"step{s}")
+    (out / "series" / "series.json").write_text(json.dumps(man))
+    real, calls = sd.relu_step, [0]
+    def counting(*a):
+        calls[0] += 1
+        if calls[0] == kill_at: raise KeyboardInterrupt("killed")
+        return real(*a)
+    monkeypatch.setattr(sd, "relu_step", counting)
+    kill_at, every = 30, 8 * 64                      # later SAEs: batch 64, so a snapshot every 8 steps
+    with pytest.raises(KeyboardInterrupt):
+        track(get_preset("micro"), out, progress=False, snapshot_tokens=every)
+    snap = torch.load(out / "series" / "step16.partial.pt", weights_only=False)
+    assert snap["step"] == 24 and len(snap["curve"]["step"]) > 0          # the last snapshot before step 30
+    calls[0], kill_at = 0, None
+    track(get_preset("micro"), out, progress=False, snapshot_tokens=every)
+    full = json.loads((series.path / "step16" / "metrics.json").read_text())["tokens"] // 64 \
+        + json.loads((series.path / "step24" / "metrics.json").read_text())["tokens"] // 64
+    assert calls[0] == full - 24                                           # step 16's SAE went on from its step 24
+    assert _shas(out / "series") == _shas(series.path)
+    assert not list((out / "series").glob("*.partial.pt"))
