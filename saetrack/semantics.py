@@ -13,11 +13,12 @@ from .changepoints import fit_piecewise
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['STAGE_NAMES', 'as_encode_fn', 'top_k_contexts', 'token_at', 'token_keys', 'Thresholds', 'context_coherence',
-           'feature_stats', 'classify_stats', 'classify_checkpoint', 'classify_all', 'class_fractions', 'make_planted',
-           'planted_accuracy', 'sensitivity_table', 'detect_stage_boundaries', 'shade_stages', 'plot_class_fractions',
-           'plot_stage_fit', 'pick_checkpoints', 'choose_examples', 'feature_contexts', 'build_feature_panel',
-           'plot_feature_panel']
+__all__ = ['STAGE_NAMES', 'LABEL_DRAW', 'LABELS', 'as_encode_fn', 'top_k_contexts', 'token_at', 'token_keys', 'Thresholds',
+           'context_coherence', 'feature_stats', 'classify_stats', 'classify_checkpoint', 'classify_all',
+           'class_fractions', 'make_planted', 'planted_accuracy', 'sensitivity_table', 'detect_stage_boundaries',
+           'shade_stages', 'plot_class_fractions', 'plot_stage_fit', 'pick_checkpoints', 'choose_examples',
+           'feature_contexts', 'build_feature_panel', 'plot_feature_panel', 'draw_label_set', 'label_confusion',
+           'label_scores']
 
 # %% ../nbs/20_stages.ipynb #95f820f6
 from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color   # the one class taxonomy
@@ -485,3 +486,52 @@ def plot_feature_panel(panels: dict | Sequence[dict], titles: Sequence[str] | No
                 ax.text(width_chars, y, f"{v:.2f}", **{**kw, "ha": "right", "color": "0.2"})
                 y += 1
     return fig
+
+# %% ../nbs/20_stages.ipynb #lab1exp1
+LABEL_DRAW = dict(steps=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 750, 1000, 1250, 1500, 1750, 2000),
+                  d_sae=1024, n=150, seed=2026)   # the tiny run's checkpoints and SAE width: the labelled set's draw
+LABELS = ("dead", "token", "concept", "noise")
+
+def draw_label_set(steps, d_sae: int, n: int = 150, seed: int = 0, parts: int = 3):
+    """`n` distinct (step, feature) pairs drawn uniformly (seeded) and stratified over time: the checkpoint positions
+    are split into `parts` consecutive near-equal groups (early, middle, late) and n // parts pairs (the remainder to
+    the earliest groups) are drawn without replacement from each group's (checkpoint, feature) grid. Returns a
+    DataFrame with columns step, feature, third (0..parts-1), sorted by step then feature."""
+    import pandas as pd
+    steps = np.asarray(steps, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    groups = np.array_split(np.arange(len(steps)), parts)
+    sizes = [n // parts + (g < n % parts) for g in range(parts)]
+    rows = []
+    for g, (pos, m) in enumerate(zip(groups, sizes)):
+        if m > len(pos) * d_sae: raise SaetrackError(f"draw_label_set: {m} pairs from {len(pos)} checkpoints x {d_sae}")
+        flat = rng.choice(len(pos) * d_sae, size=m, replace=False)
+        rows += [(int(steps[pos[i // d_sae]]), int(i % d_sae), g) for i in flat]
+    df = pd.DataFrame(rows, columns=["step", "feature", "third"])
+    return df.sort_values(["step", "feature"], kind="stable").reset_index(drop=True)
+
+def label_confusion(labels, rule):
+    """Confusion matrix (pandas DataFrame, counts) of hand labels (rows) against the rule's classes (columns),
+    both as class names from `LABELS`, with every class as a row and a column."""
+    import pandas as pd
+    labels, rule = np.asarray(labels, dtype=str), np.asarray(rule, dtype=str)
+    bad = sorted(set(labels.tolist() + rule.tolist()) - set(LABELS))
+    if bad: raise SaetrackError(f"label_confusion: unknown classes {bad} (expected {LABELS})")
+    m = pd.DataFrame(0, index=pd.Index(LABELS, name="label"), columns=pd.Index(LABELS, name="rule"))
+    for a, b in zip(labels, rule): m.loc[a, b] += 1
+    return m
+
+def label_scores(conf):
+    """Per class: n (labelled), predicted (by the rule), precision, recall, F1 from a `label_confusion` matrix; a last
+    row `overall` holds the accuracy (as recall) and the totals."""
+    import pandas as pd
+    M = conf.to_numpy(dtype=np.float64)
+    tp, n, pred = np.diag(M), M.sum(1), M.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec, rec = tp / pred, tp / n
+        f1 = 2 * prec * rec / (prec + rec)
+    out = pd.DataFrame(dict(n=n.astype(int), predicted=pred.astype(int), precision=prec, recall=rec, f1=f1),
+                       index=conf.index)
+    out.loc["overall"] = [int(M.sum()), int(M.sum()), np.nan, tp.sum() / max(M.sum(), 1), np.nan]
+    return out
+
