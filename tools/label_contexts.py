@@ -1,10 +1,12 @@
-"""Blind labelling of the labelled set `nbs/data/feature_labels.csv` (see nbs/20_stages, "Checked against labelled features").
+"""Blind labelling of the labelled sets `nbs/data/feature_labels_<pool>.csv` (see nbs/20_stages, "Checked against labelled features").
 
     python tools/label_contexts.py show RUN [--start I] [--count N]   # print the drawn pairs' top contexts
     python tools/label_contexts.py add-rule RUN                      # afterwards: fill the `rule` column
 
+The labels of a pool live in `nbs/data/feature_labels_<pool>.csv`, the pool being the analysis' context pool
+(`AnalysisConfig.pool`: "train", the ~1M training tokens, or "eval", the 65k held-out tokens).
 `show` draws the (step, feature) pairs with `draw_label_set(**LABEL_DRAW)` and prints, for each, its top-k contexts
-under SAE[t] on checkpoint t's held-out activations (the analysis cache's `values` / `indices`), the activating token
+under SAE[t] on checkpoint t's activations in that pool (the analysis cache's `values` / `indices`), the activating token
 marked [[like this]], a few tokens either side. It reads ONLY values, indices, steps and the token strings: no class,
 statistic or threshold of the rule, so the labeller is blind to it. `add-rule` is run once, after every label is
 written, and adds the rule's class from the cached analysis as the last column."""
@@ -13,9 +15,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CSV = ROOT/"nbs"/"data"/"feature_labels.csv"
+DATA = ROOT/"nbs"/"data"
 sys.path.insert(0, str(ROOT))
 from saetrack.semantics import LABEL_DRAW, draw_label_set, _clean   # noqa: E402
+
+def pool_of(meta: dict) -> str: return meta["config"].get("pool", "eval")    # analyses before version 4 read "eval"
 
 def show(run: Path, start: int, count: int, full: int = 10, before: int = 7, after: int = 3):
     from saetrack.activations import load_activations
@@ -24,7 +28,7 @@ def show(run: Path, start: int, count: int, full: int = 10, before: int = 7, aft
     z = np.load(run/"analysis"/"analysis.npz")
     steps, values, indices = z["steps"], z["values"], z["indices"]     # nothing else is read from the cache
     assert tuple(int(s) for s in steps) == LABEL_DRAW["steps"] and values.shape[1] == LABEL_DRAW["d_sae"]
-    tokens = np.asarray(load_activations(run/"activations"/meta["hook"]/"eval"/f"step{int(steps[-1])}").tokens)
+    tokens = np.asarray(load_activations(run/"activations"/meta["hook"]/pool_of(meta)/f"step{int(steps[-1])}").tokens)
     L = tokens.shape[1] - 1
     dec = lambda t: _clean(strings[int(t)]) if 0 <= int(t) < len(strings) else f"<{int(t)}>"
     draw = draw_label_set(**LABEL_DRAW)
@@ -50,14 +54,15 @@ def show(run: Path, start: int, count: int, full: int = 10, before: int = 7, aft
 def add_rule(run: Path):
     import pandas as pd
     from saetrack.semantics import CLASS_NAMES
-    lab = pd.read_csv(CSV, keep_default_na=False)
-    if "rule" in lab.columns: raise SystemExit(f"{CSV} already has a rule column")
+    csv = DATA/f"feature_labels_{pool_of(json.loads((run/'analysis'/'analysis.json').read_text()))}.csv"
+    lab = pd.read_csv(csv, keep_default_na=False)
+    if "rule" in lab.columns: raise SystemExit(f"{csv} already has a rule column")
     z = np.load(run/"analysis"/"analysis.npz")
     steps, classes = z["steps"], z["classes"]
     t = np.array([int(np.flatnonzero(steps == s)[0]) for s in lab.step])
     lab["rule"] = [CLASS_NAMES[int(c)] for c in classes[t, lab.feature.to_numpy()]]
-    lab.to_csv(CSV, index=False)
-    print(f"wrote the rule column of {len(lab)} rows to {CSV}")
+    lab.to_csv(csv, index=False)
+    print(f"wrote the rule column of {len(lab)} rows to {csv}")
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
