@@ -16,11 +16,12 @@ from .series import SAESeries
 from . import changepoints as cp, drift as dr, formation as fm, semantics as sm, transitions as tr
 
 # %% auto #0
-__all__ = ['ANALYSIS_VERSION', 'SPACES', 'AnalysisConfig', 'eval_caches', 'token_strings', 'analysis_key', 'analyse',
+__all__ = ['ANALYSIS_VERSION', 'POOLS', 'SPACES', 'AnalysisConfig', 'context_caches', 'token_strings', 'analysis_key', 'analyse',
            'cached_analysis', 'moved_after_formation', 'summarise', 'feature_report']
 
 # %% ../nbs/60_analysis.ipynb #fd8a68e6
-ANALYSIS_VERSION = 3          # bump when the cached result changes shape or meaning (3: whole-sequence patterns)
+ANALYSIS_VERSION = 5          # bump when the cached result changes shape or meaning (4: contexts from the training pool; 5: BIC with a margin of 10)
+POOLS = ("train", "eval")
 SPACES = ("act_cosine", "feat_cosine", "feat_jaccard", "feat_wjaccard")   # progress-measure variants
 
 @dataclass(frozen=True)
@@ -38,25 +39,29 @@ class AnalysisConfig:
     settle: float = 0.9               # decoder settled = cos to final stays above this
     min_run: int = 2                  # transition patterns: runs shorter than this are flicker
     max_segments: int = 4             # drift phases: BIC over 1..max_segments
+    pool: str = "train"               # the contexts read: each checkpoint's training activations (tiny: 1,048,512 tokens;
+                                      # the paper: ~4.2M) or "eval", the held-out cache (tiny: 65,536; too few, see 20_stages)
     seed: int = 0
 
     def __post_init__(self):
         if self.formation_space not in SPACES: raise SaetrackError(f"formation_space must be one of {SPACES}")
         if self.k < 2: raise SaetrackError("k must be at least 2")
+        if self.pool not in POOLS: raise SaetrackError(f"pool must be one of {POOLS} (got {self.pool!r})")
 
-def eval_caches(out, series: SAESeries, acts_root=None) -> dict:
-    "The held-out activation cache of every step of the series ({step: Activations}), checked to share tokens."
+def context_caches(out, series: SAESeries, pool: str = "train", acts_root=None) -> dict:
+    """The activation cache of every step of the series in `pool` ("train" or "eval": `AnalysisConfig.pool`),
+    {step: Activations}, checked to hold the same token rows at every step (the contexts the analysis reads)."""
     root = Path(acts_root) if acts_root is not None else Path(out)/"activations"
     caches = {}
     for s in series.steps:
-        d = root/series.hook/"eval"/f"step{series.acts_step(s)}"   # a null chain reads one checkpoint throughout
+        d = root/series.hook/pool/f"step{series.acts_step(s)}"     # a null chain reads one checkpoint throughout
         if not (d/"manifest.json").exists():
-            raise SaetrackError(f"no held-out activations for step {s} at {d}; build them with `saetrack track` "
+            raise SaetrackError(f"no {pool} activations for step {s} at {d}; build them with `saetrack track` "
                                 f"(or pass acts_root= where they are)")
         caches[s] = load_activations(d)
     shas = {c.manifest["files"]["tokens"]["sha256"] for c in caches.values()}
     if len(shas) != 1:
-        raise SaetrackError(f"the eval caches under {root/series.hook/'eval'} hold different token rows; rebuild them "
+        raise SaetrackError(f"the {pool} caches under {root/series.hook/pool} hold different token rows; rebuild them "
                             "from one token stream (`saetrack track`)")
     return caches
 
@@ -187,7 +192,7 @@ def _load(path: Path, key: str) -> dict | None:
 def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_root=None, force: bool = False,
             series_dir=None) -> dict:
     """Classes, patterns, stages, progress measure, formation, drift for all features at all checkpoints of the
-    series in `out/series` on the eval caches in `out/activations` (or `acts_root`). Cached in `out/analysis/`
+    series in `out/series` on the `cfg.pool` caches in `out/activations` (or `acts_root`). Cached in `out/analysis/`
     by series, caches and settings (`force` recomputes). `series_dir` analyses another series of the run (a control
     chain) instead, cached beside it in `series_dir/../analysis`. Returns a dict of arrays and numbers (see the table
     at the top); `summarise` turns it into headline numbers."""
@@ -197,7 +202,7 @@ def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_
     t = time.time()
     series = SAESeries.load(series_dir or out/"series")
     where = Path(series_dir).parent/"analysis" if series_dir else out/"analysis"
-    caches = eval_caches(out, series, acts_root)
+    caches = context_caches(out, series, cfg.pool, acts_root)
     key = analysis_key(series, caches, cfg)
     if not force and (cached := _load(where, key)) is not None:
         cached["cached"] = True
@@ -230,7 +235,7 @@ def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_
     r["patterns"], r["change_steps"] = pats.astype(str), change
     r["pattern_counts"] = tr.pattern_counts(pats, change, st["boundaries"]).to_dict(orient="records")
     times["patterns"] = time.time() - t
-    r["n_features"], r["n_live"], r["n_eval"] = int(len(r["live"])), int(r["live"].sum()), int(caches[series.steps[-1]].acts.shape[0])
+    r["n_features"], r["n_live"], r["n_pool"] = int(len(r["live"])), int(r["live"].sum()), int(caches[series.steps[-1]].acts.shape[0])
     times["total"] = time.time() - t_all
     r["timings"] = times
     _save(where, r)
@@ -241,21 +246,21 @@ def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_
 # %% ../nbs/60_analysis.ipynb #35e9344e
 def cached_analysis(out) -> dict:
     """The analysis `saetrack analyse` cached for the series in `out`, read back without computing anything. Raises a
-    one-line `SaetrackError` naming the command to run when there is none, or when the series or its held-out caches
+    one-line `SaetrackError` naming the command to run when there is none, or when the series or its activation caches
     changed since (a stale key)."""
     out = Path(out)
     where = out/"analysis"
     series = SAESeries.load(out/"series")
     if not ((where/"analysis.json").exists() and (where/"analysis.npz").exists()):
         raise SaetrackError(f"no cached analysis under '{where}'; run `saetrack analyse --out {out}` first")
-    stale = SaetrackError(f"the cached analysis under '{where}' is not for this series and its held-out caches (or is "
+    stale = SaetrackError(f"the cached analysis under '{where}' is not for this series and its activation caches (or is "
                           f"damaged); rerun `saetrack analyse --out {out}`")
     try:
         c = dict(read_json(where/"analysis.json")["config"])
         cfg = AnalysisConfig(**{**c, "thresholds": sm.Thresholds(**c["thresholds"])})
     except (OSError, ValueError, KeyError, TypeError):
         raise stale from None
-    r = _load(where, analysis_key(series, eval_caches(out, series), cfg))
+    r = _load(where, analysis_key(series, context_caches(out, series, cfg.pool), cfg))
     if r is None: raise stale
     r["cached"] = True
     return r

@@ -205,15 +205,15 @@ def independent_saes(out, train_acts: dict, eval_acts: dict, n_seeds: int = 3, n
 
 def independent_check(out, result: dict, sae_dirs: dict, progress: bool = True) -> dict:
     """(c) The converged independent SAEs `sae_dirs` ({step: [dirs]}, from `independent_saes`) classified with the series'
-    rule on the same eval set: class fractions beside the series' at those steps; Hungarian decoder matching between
+    rule on the same contexts: class fractions beside the series' at those steps; Hungarian decoder matching between
     seeds (the seed floor) and between the series' SAE and each independent one."""
-    from saetrack.analysis import eval_caches, token_strings
+    from saetrack.analysis import context_caches, token_strings
     from saetrack.matching import latent_stats, match_features
     from saetrack.sae import load_sae
     from saetrack import semantics as sm
     out = Path(out)
     series = SAESeries.load(out/"series")
-    caches = eval_caches(out, series)
+    caches = context_caches(out, series, result["config"]["pool"])
     tokens = np.asarray(caches[series.steps[-1]].tokens)
     key_map = sm.token_keys(token_strings(out, int(tokens.max()) + 1))
     cfg = result["config"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .analysis import cached_analysis, eval_caches
+from .analysis import cached_analysis, context_caches
 from matplotlib.colors import to_hex
 from .core import SaetrackError, atomic_path, read_json, stable_hash
 from .plotting import CLASS_NAMES, class_color
@@ -17,9 +17,9 @@ from .series import SAESeries
 from . import semantics as sm
 
 # %% auto #0
-__all__ = ['EXPLORER_VERSION', 'CHROMIUM_FLAGS', 'context_windows', 'fast_encoder', 'encode_pass', 'decoder_neighbours',
-           'ExplorerConfig', 'explorer_data', 'token_html', 'context_html', 'histogram_svg', 'overview_svg',
-           'feature_page', 'index_page', 'build_explorer', 'external_refs', 'find_chromium', 'Chromium']
+__all__ = ['EXPLORER_VERSION', 'CHROMIUM_FLAGS', 'context_windows', 'encode_pass', 'decoder_neighbours', 'ExplorerConfig',
+           'explorer_data', 'token_html', 'context_html', 'histogram_svg', 'overview_svg', 'feature_page', 'index_page',
+           'build_explorer', 'external_refs', 'find_chromium', 'Chromium']
 
 # %% ../nbs/75_explorer.ipynb #2a8847db
 def context_windows(idx, L: int, before: int = 12, after: int = 4) -> np.ndarray:
@@ -32,20 +32,11 @@ def context_windows(idx, L: int, before: int = 12, after: int = 4) -> np.ndarray
     return np.where(ok, idx[..., None] + off, -1)
 
 # %% ../nbs/75_explorer.ipynb #953b81d5
-def fast_encoder(sae):
-    "`f(x [B, d_in]) -> codes [B, d_sae]`: one addmm + ReLU for SAELens' standard ReLU SAE, else `semantics.as_encode_fn(sae)`."
-    cfg = getattr(sae, "cfg", None)
-    if (type(sae).__name__ == "StandardSAE" and getattr(cfg, "apply_b_dec_to_input", False)
-            and getattr(cfg, "normalize_activations", "none") == "none" and getattr(cfg, "reshape_activations", "none") == "none"):
-        W, be, bd = (p.detach().float() for p in (sae.W_enc, sae.b_enc, sae.b_dec))
-        return lambda x: torch.addmm(be, x - bd, W).relu_()
-    return sm.as_encode_fn(sae)
-
 def encode_pass(encoder, acts, hmax, n_bins: int = 24, pos=None, feat=None, batch: int = 16384):
     """One pass of `encoder` (an SAE, or anything `semantics.as_encode_fn` takes) over `acts` [N, d_in]. `hmax` [F]: the
     upper edge of each latent's histogram. Returns (hist [F, n_bins] int64 counts of positive activations, fires [F]
     int64 positive counts, vals [len(pos)] float32 = activation of latent `feat[j]` at row `pos[j]`)."""
-    enc = fast_encoder(encoder)
+    enc = sm.as_encode_fn(encoder)
     scale = (n_bins / np.maximum(np.asarray(hmax, np.float32), 1e-12)).astype(np.float32)
     F = len(scale)
     pos = np.zeros(0, np.int64) if pos is None else np.asarray(pos, np.int64)
@@ -103,7 +94,7 @@ class ExplorerConfig:
 def explorer_data(out, result: dict, cfg: ExplorerConfig = ExplorerConfig(), progress: bool = False) -> dict:
     """What the pages need beyond the cached analysis `result` of the series in `out`: context token ids `ctx_tokens`
     and activations `ctx_acts` [T, F, n_contexts, before + 1 + after] (-1 / 0 outside the row), histograms `hist`
-    [T, F, n_bins] with upper edges `hmax` [F], firing counts `fires` [T, F] over `n_tokens` held-out tokens, final
+    [T, F, n_bins] with upper edges `hmax` [F], firing counts `fires` [T, F] over the `n_tokens` tokens of the analysis' pool (`pool_name`), final
     decoder neighbours `nb_ids`, `nb_cos` [F, n_neighbours], and `seconds` per part."""
     out, times = Path(out), {}
     t0 = time.time()
@@ -112,7 +103,7 @@ def explorer_data(out, result: dict, cfg: ExplorerConfig = ExplorerConfig(), pro
     if steps != series.steps:
         raise SaetrackError(f"the analysis is for steps {steps}, the series under '{out/'series'}' has {series.steps}; "
                             f"rerun `saetrack analyse --out {out}`")
-    caches = eval_caches(out, series)
+    caches = context_caches(out, series, result["config"]["pool"])
     tokens = np.asarray(caches[steps[-1]].tokens)
     n = min(cfg.n_contexts, result["indices"].shape[2])
     win = context_windows(result["indices"][:, :, :n], tokens.shape[1] - 1, cfg.before, cfg.after)   # [T, F, n, w]
@@ -130,7 +121,10 @@ def explorer_data(out, result: dict, cfg: ExplorerConfig = ExplorerConfig(), pro
         nb_ids, nb_cos = decoder_neighbours(W, cfg.n_neighbours)
     times["neighbours"] = time.time() - t
     return dict(steps=steps, ctx_tokens=sm.token_at(tokens, win), ctx_acts=acts, hist=hist, hmax=hmax, fires=fires,
-                n_tokens=int(caches[steps[-1]].acts.shape[0]), nb_ids=nb_ids, nb_cos=nb_cos, config=cfg, seconds=times)
+                n_tokens=int(caches[steps[-1]].acts.shape[0]), pool_name=_POOL_NAME[result["config"]["pool"]],
+                nb_ids=nb_ids, nb_cos=nb_cos, config=cfg, seconds=times)
+
+_POOL_NAME = {"train": "training", "eval": "held-out"}
 
 # %% ../nbs/75_explorer.ipynb #6e0ed6dc
 _VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}
@@ -254,7 +248,7 @@ def _label(e: str) -> str:
 def _context_list(D: dict, t: int, i: int, esc, before: int) -> str:
     items = [f'<li><span class="v">{float(a[before]):.3g}</span><span class="ctx">{context_html(tok, a, before, esc)}</span></li>'
              for tok, a in zip(D["ctx_tokens"][t, i], D["ctx_acts"][t, i]) if tok[before] >= 0]
-    return f'<ol class="ctxs">{"".join(items)}</ol>' if items else '<p class="muted">no positive activation on the held-out tokens</p>'
+    return f'<ol class="ctxs">{"".join(items)}</ol>' if items else f'<p class="muted">no positive activation on the {D["pool_name"]} tokens</p>'
 
 def feature_page(i: int, R: dict, D: dict, esc) -> str:
     """The page of latent `i` from the cached analysis `R`, `explorer_data` output `D` and the escaped vocabulary `esc`."""
@@ -274,7 +268,7 @@ def feature_page(i: int, R: dict, D: dict, esc) -> str:
             + (f'<a href="{i + 1}.html">latent {i + 1} ›</a>' if i + 1 < F else "") + "</nav>",
             f"<h1>Latent {i} {_badge(cls[-1])}{tok(T - 1)}</h1>",
             f'<p class="sub">pattern <b>{html.escape(pat)}</b>' + (f" (changes at step {int(change):,})" if math.isfinite(change) else "")
-            + f"; fires on {D['fires'][-1, i] / D['n_tokens']:.2%} of {D['n_tokens']:,} held-out tokens at the final step</p>"]
+            + f"; fires on {D['fires'][-1, i] / D['n_tokens']:.2%} of {D['n_tokens']:,} {D['pool_name']} tokens at the final step</p>"]
     rows = [("class at the final step", _badge(cls[-1]) + tok(T - 1)),
             ("transition pattern", html.escape(pat) + (f", change at step {int(change):,}" if math.isfinite(change) else "")),
             (f"formation step ({main})", f"{form:,}" if form >= 0 else ("never" if live else "– (not live)")),
@@ -390,13 +384,13 @@ def index_page(R: dict, D: dict, esc, title: str) -> str:
             f'<p class="muted">formation step: first checkpoint from which M ({main}) stays above half its final value and the null floor; '
             "cos(first, final): cosine between the latent's decoder rows at the first and final checkpoints (1 = no drift); "
             "path after formation: the angle its decoder row still travels from the formation step to the end; fires on: share of "
-            "held-out tokens with a positive activation at the final step.</p>")
+            f"{D['pool_name']} tokens with a positive activation at the final step.</p>")
     return _page(title, body, _INDEX_JS)
 
 # %% ../nbs/75_explorer.ipynb #c4f5738b
 def build_explorer(out, result: dict | None = None, cfg: ExplorerConfig = ExplorerConfig(), dest=None, force: bool = True,
                    progress: bool = True) -> dict:
-    """The static HTML explorer of the run in `out` (its series, held-out caches and cached analysis `result`, read with
+    """The static HTML explorer of the run in `out` (its series, activation caches and cached analysis `result`, read with
     `cached_analysis` when not given), written into `dest` (default `out/explorer`). Returns a summary: `dir`, `index`,
     `pages` (feature pages), `bytes`, `seconds` (per part and `total`), `reused`."""
     t0 = time.time()

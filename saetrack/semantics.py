@@ -29,7 +29,12 @@ def as_encode_fn(sae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """Turn an SAE into `f(x [B, d_in] float32) -> codes [B, d_sae]` (no grad). Accepts an object with
     `.encode` (SAELens SAE), a mapping with `W_enc, b_enc, b_dec` (codes = ReLU((x - b_dec) @ W_enc + b_enc)),
     or a plain callable."""
-    if hasattr(sae, "encode"):
+    cfg = getattr(sae, "cfg", None)
+    if (type(sae).__name__ in ("StandardSAE", "StandardTrainingSAE") and getattr(cfg, "apply_b_dec_to_input", False)
+            and getattr(cfg, "normalize_activations", "none") == "none" and getattr(cfg, "reshape_activations", "none") == "none"):
+        W, be, bd = (p.detach().float() for p in (sae.W_enc, sae.b_enc, sae.b_dec))
+        f = lambda x: torch.addmm(be, x - bd, W).relu_()   # SAELens' standard ReLU SAE: its encode, in one addmm  # noqa: E731
+    elif hasattr(sae, "encode"):
         f = sae.encode
     elif isinstance(sae, dict) and {"W_enc", "b_enc", "b_dec"} <= set(sae):
         W, be, bd = (torch.as_tensor(sae[n], dtype=torch.float32) for n in ("W_enc", "b_enc", "b_dec"))
@@ -50,17 +55,21 @@ def _order_rows(v: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.T
     o = torch.argsort(v, dim=1, descending=True, stable=True)
     return v.gather(1, o), i.gather(1, o)
 
-def _batch_topk(v: torch.Tensor, k: int, positive_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    "Top-k positions of each row of v [F, B] with exact lowest-position tie-breaking at the k-th value."
-    kb = min(k, v.shape[1])
-    bv, bp = torch.topk(v, kb, dim=1)
-    kth = bv[:, -1:]
-    tie = (v >= kth).sum(1) > kb          # the k-th value is tied with an unselected element
-    if positive_only: tie &= kth[:, 0] > 0
-    if tie.any():
-        rows = tie.nonzero()[:, 0]
-        sv, sp = torch.sort(v[rows], dim=1, descending=True, stable=True)
-        bv[rows], bp[rows] = sv[:, :kb], sp[:, :kb]
+def _batch_topk(c: torch.Tensor, k: int, positive_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k positions of each column of c [B, F] -> (values [F, k], positions [F, k]), exact lowest-position
+    tie-breaking at the k-th value. Works down the columns (no transpose of the batch); taking k+1 values
+    finds a tie with an unselected element without another pass: the (k+1)-th equals the k-th."""
+    B = c.shape[0]
+    kb = min(k, B)
+    tv, tp = torch.topk(c, min(kb + 1, B), dim=0)
+    bv, bp = tv[:kb].T.contiguous(), tp[:kb].T.contiguous()
+    if kb < B:
+        tie = tv[kb] == tv[kb - 1]
+        if positive_only: tie &= tv[kb - 1] > 0
+        if tie.any():
+            cols = tie.nonzero()[:, 0]
+            sv, sp = torch.sort(c[:, cols].T, dim=1, descending=True, stable=True)
+            bv[cols], bp[cols] = sv[:, :kb], sp[:, :kb]
     return bv, bp
 
 # %% ../nbs/20_stages.ipynb #db17cfd8
@@ -81,18 +90,16 @@ def top_k_contexts(encode_fn, acts, k: int = 25, batch: int = 8192, positive_onl
     for s in range(0, N, batch):
         x = torch.from_numpy(np.array(acts[s:s + batch], dtype=np.float32))  # copy: memmaps are read-only
         with torch.no_grad():
-            c = enc(x)
-            if extra_fn is not None: c = torch.cat([c, extra_fn(x)], dim=1)
-        c = c.float()
-        if not torch.isfinite(c).all():
+            parts = [enc(x).float()] + ([extra_fn(x).float()] if extra_fn is not None else [])
+        tops = [_batch_topk(c, k, positive_only) for c in parts]   # row j of the batch <-> index s + j
+        bv, bp = torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops])
+        if not torch.isfinite(bv).all():    # topk ranks NaN and +inf first, so a non-finite code reaches bv
             raise SaetrackError(f"encoder returned non-finite codes in rows {s}..{s + len(x)}")
-        v = c.T.contiguous()  # [F, B], column j <-> index s + j
         if best_v is None:
-            best_v = torch.full((v.shape[0], k), -math.inf)
-            best_i = torch.full((v.shape[0], k), -1, dtype=torch.int64)
-            counts = torch.zeros(v.shape[0], dtype=torch.int64)
-        if fire_counts: counts += (v > 0).sum(1)
-        bv, bp = _batch_topk(v, k, positive_only)
+            best_v = torch.full((bv.shape[0], k), -math.inf)
+            best_i = torch.full((bv.shape[0], k), -1, dtype=torch.int64)
+            counts = torch.zeros(bv.shape[0], dtype=torch.int64)
+        if fire_counts: counts += torch.cat([(c > 0).sum(0) for c in parts])
         bv, bi = _order_rows(bv, bp + s)
         # merge: kept indices < batch indices and both parts are (value desc, index asc) ordered,
         # so a stable descending sort keeps the lower index first among ties.

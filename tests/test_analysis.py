@@ -24,7 +24,7 @@ def _write_cache(d, acts, tokens, step):
     for name, a in (("acts", acts), ("tokens", tokens)):
         np.save(d / f"{name}.npy", a)
         files[name] = dict(shape=list(a.shape), dtype=str(a.dtype), sha256=file_sha256(d / f"{name}.npy"))
-    atomic_write_json(d / "manifest.json", dict(key=f"cache{step}", step=step, hook=HOOK, split="eval", files=files))
+    atomic_write_json(d / "manifest.json", dict(key=f"cache{step}", step=step, hook=HOOK, split="train", files=files))
 
 
 def _angles(F):
@@ -57,7 +57,7 @@ def run(tmp_path_factory):
         sd = save_sae(sae, out / "series" / f"step{s}", extra_files={"metrics.json": {"step": s}, "curve.json": {}})
         entries[str(s)] = dict(key=f"k{s}", sha256=file_sha256(sd / "sae_weights.safetensors"))
         noise = rng.standard_normal(P["acts"].shape).astype(np.float32) * (NOISE[t] / np.sqrt(d))
-        _write_cache(out / "activations" / HOOK / "eval" / f"step{s}", P["acts"] + noise, P["tokens"], s)
+        _write_cache(out / "activations" / HOOK / "train" / f"step{s}", P["acts"] + noise, P["tokens"], s)
     atomic_write_json(out / "series" / "series.json", dict(config={}, config_hash="h0", hook=HOOK, steps=STEPS,
                                                           direction="forward", entries=entries))
     return dict(out=out, P=P, ang=ang)
@@ -142,16 +142,16 @@ def test_plot_analysis_writes_every_figure(run, result, tmp_path):
         assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 5000
 
 
-def test_missing_or_mixed_eval_caches_are_clear_errors(run, tmp_path):
+def test_missing_or_mixed_pool_caches_are_clear_errors(run, tmp_path):
     import shutil
     bad = tmp_path / "bad"
     shutil.copytree(run["out"] / "series", bad / "series")
-    with pytest.raises(SaetrackError, match="no held-out activations for step 0"):
+    with pytest.raises(SaetrackError, match="no train activations for step 0"):
         analyse(bad, progress=False)
     for s in STEPS:
-        src = run["out"] / "activations" / HOOK / "eval" / f"step{s}"
-        shutil.copytree(src, bad / "activations" / HOOK / "eval" / f"step{s}")
-    d = bad / "activations" / HOOK / "eval" / "step4"
+        src = run["out"] / "activations" / HOOK / "train" / f"step{s}"
+        shutil.copytree(src, bad / "activations" / HOOK / "train" / f"step{s}")
+    d = bad / "activations" / HOOK / "train" / "step4"
     tok = np.load(d / "tokens.npy"); tok[0, 1] += 1
     np.save(d / "tokens.npy", tok)
     man = read_json(d / "manifest.json"); man["files"]["tokens"]["sha256"] = file_sha256(d / "tokens.npy")

@@ -1,4 +1,4 @@
-"The labelled set nbs/data/feature_labels.csv (issue 13, item 1): its seeded, stratified draw, its validity, and its rule column against the cached tiny analysis."
+"The labelled sets nbs/data/feature_labels_<pool>.csv (issue 13, items 1 and 2): the seeded, stratified draw, each file's validity, and the rule column of the cached tiny analysis' pool against that analysis."
 
 from __future__ import annotations
 
@@ -12,12 +12,17 @@ from saetrack.core import SaetrackError
 from saetrack.semantics import CLASS_NAMES, LABEL_DRAW, LABELS, draw_label_set, label_confusion, label_scores
 
 ROOT = Path(__file__).resolve().parents[1]
-CSV = ROOT/"nbs"/"data"/"feature_labels.csv"
+DATA = ROOT/"nbs"/"data"
+CSVS = sorted(DATA.glob("feature_labels_*.csv"))
 TINY = ROOT/"runs"/"tiny"
 
 
-def read_labels() -> pd.DataFrame:
-    return pd.read_csv(CSV, keep_default_na=False)
+def read_labels(pool: str) -> pd.DataFrame:
+    return pd.read_csv(DATA/f"feature_labels_{pool}.csv", keep_default_na=False)
+
+
+def test_a_labelled_set_per_pool():
+    assert [p.name for p in CSVS] == ["feature_labels_eval.csv", "feature_labels_train.csv"]
 
 
 def test_draw_is_deterministic_and_stratified():
@@ -38,8 +43,9 @@ def test_draw_is_deterministic_and_stratified():
         draw_label_set(range(3), d_sae=2, n=9, seed=0)       # more pairs than a third holds
 
 
-def test_csv_is_valid_and_matches_the_draw():
-    lab = read_labels()
+@pytest.mark.parametrize("pool", ["eval", "train"])
+def test_csv_is_valid_and_matches_the_draw(pool):
+    lab = read_labels(pool)
     assert list(lab.columns) == ["step", "feature", "label", "note", "rule"]   # labels first, the rule last
     assert len(lab) >= 150
     assert set(lab.label) <= set(LABELS) and set(lab.rule) <= set(LABELS)
@@ -60,9 +66,10 @@ def test_confusion_and_scores():
     assert s.loc["overall", "recall"] == pytest.approx(4 / 6)
     with pytest.raises(SaetrackError):
         label_confusion(["token"], ["tokn"])
-    lab = read_labels()
-    conf = label_confusion(lab.label, lab.rule)
-    assert conf.to_numpy().sum() == len(lab)
+    for pool in ("eval", "train"):
+        lab = read_labels(pool)
+        conf = label_confusion(lab.label, lab.rule)
+        assert conf.to_numpy().sum() == len(lab)
 
 
 @pytest.mark.skipif(not (TINY/"analysis"/"analysis.npz").exists(), reason="no cached tiny analysis under runs/tiny")
@@ -71,7 +78,7 @@ def test_rule_column_equals_the_cached_tiny_analysis():
     res = cached_analysis(TINY)
     steps = np.asarray(res["steps"])
     assert tuple(int(s) for s in steps) == LABEL_DRAW["steps"] and res["classes"].shape[1] == LABEL_DRAW["d_sae"]
-    lab = read_labels()
+    lab = read_labels(res["config"]["pool"])       # the rule column was filled from this pool's analysis
     t = np.array([int(np.flatnonzero(steps == s)[0]) for s in lab.step])
     rule = [CLASS_NAMES[int(c)] for c in res["classes"][t, lab.feature.to_numpy()]]
     assert lab.rule.tolist() == rule
