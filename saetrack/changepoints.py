@@ -89,11 +89,14 @@ def fit_piecewise(steps, y, n_segments: int = 3, continuous: bool = True, min_si
                     fit[:, 0] if one else fit, segs)
 
 def select_n_segments(steps, y, max_segments: int = 5, continuous: bool = True,
-                      min_size: int = 2) -> tuple[PhaseFit, dict[int, float]]:
-    "Fit 1..`max_segments` segments and keep the minimum-BIC fit; returns it and {n_segments: BIC}."
+                      min_size: int = 2, margin: float = 10.0) -> tuple[PhaseFit, dict[int, float]]:
+    """Fit 1..`max_segments` segments and keep the fewest whose BIC is within `margin` of the minimum: a segment is
+    added only on 'very strong' evidence (a BIC drop > 10, Kass & Raftery 1995), because searching the knot positions
+    is not charged for by BIC. Returns the fit and {n_segments: BIC}."""
     fits = {}
     for m in range(1, max_segments + 1):
         try: fits[m] = fit_piecewise(steps, y, m, continuous, min_size)
         except SaetrackError: break
     bics = {m: f.bic for m, f in fits.items()}
-    return fits[min(bics, key=bics.get)], bics
+    best = min(bics.values())
+    return fits[min(m for m, b in bics.items() if b <= best + margin)], bics

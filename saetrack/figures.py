@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from . import changepoints as cp, drift as dr, formation as fm, semantics as sm, transitions as tr
-from .analysis import SPACES, _class_names, cached_analysis, eval_caches
+from .analysis import SPACES, _class_names, cached_analysis, context_caches
 from .core import SaetrackError, atomic_write_json, read_json
 from .lm import run_log, run_meta
 from .matching import cached_baseline
@@ -160,7 +160,7 @@ def plot_analysis(out, figures_dir, result: dict | None = None, umap: bool = Tru
     out, figures_dir = Path(out), Path(figures_dir)
     result = result if result is not None else cached_analysis(out)
     series = SAESeries.load(out/"series")
-    caches = eval_caches(out, series)
+    caches = context_caches(out, series, result["config"]["pool"])
     tokens = np.asarray(caches[series.steps[-1]].tokens)
     strings = result["strings"]
     decode = lambda i: strings[i] if 0 <= i < len(strings) else f"<{i}>"
@@ -306,6 +306,7 @@ def make_figures(out, figures="figures") -> dict:
     import matplotlib.pyplot as plt
     from saetrack.controls import plot_controls
     from saetrack.convergence import plot_convergence, plot_recipes
+    from saetrack.inference import cached_inference, plot_stage_inference
     from saetrack.lm import plot_lm_loss
     from saetrack.quality import plot_quality
     out, figures = Path(out), Path(figures)
@@ -320,6 +321,7 @@ def make_figures(out, figures="figures") -> dict:
         compare = {"paper's recipe (1/20 tokens, lr/10)": SAESeries.load(paper).metrics()} if (paper/"series.json").exists() else None
         study = read_json(out/"convergence"/"study.json") if (out/"convergence"/"study.json").exists() else None
         controls = read_json(out/"controls"/"controls.json") if (out/"controls"/"controls.json").exists() else None
+        inference = cached_inference(out)                        # None: `saetrack seeds` has not been run
         analysis = cached_analysis(out)
         baseline = cached_baseline(out)                          # None: `saetrack baseline` has not been run
         runs = scaling_runs(out.parent)                          # `saetrack scaling` has analysed other widths beside this run
@@ -346,6 +348,10 @@ def make_figures(out, figures="figures") -> dict:
             plot_controls(controls, figures/"controls")
             made["controls"] = dict(shows="per-link angle against checkpoint gap, drift, classes and transition patterns of the series beside the paper's recipe, a null chain and a backward chain",
                                     paper="(none: the controls the reviewers found missing)")
+        if inference is not None:
+            plot_stage_inference(inference, figures/"stage_inference")
+            made["stage_inference"] = dict(shows=f"each view's BIC segments and knots with {inference['level']:.0%} bootstrap intervals over features and {inference['n_seeds']} SAE seeds",
+                                           paper="Fig. 2's stages, placed with intervals (reviewer 4's question)")
         made.update(plot_analysis(out, figures, analysis))
         if baseline is not None: made.update(plot_matching(out, figures, baseline))
         if runs:
