@@ -126,9 +126,9 @@ def harvest_rates(model, rows: np.ndarray, hook: str, batch_rows: int, device) -
     r = {}
     for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
         store = saelens_store(model, rows, hook, batch_rows, dtype is not None, device)
-        harvest(model, rows[:batch_rows], hook, out, batch_rows, autocast=dtype)          # warm-up
+        harvest(model, rows[:batch_rows], {hook: out}, batch_rows, autocast=dtype)          # warm-up
         saelens_harvest(store, rows[:batch_rows], batch_rows, device)
-        t_ours = best_time(2, lambda _: harvest(model, rows, hook, out, batch_rows, autocast=dtype), device)
+        t_ours = best_time(2, lambda _: harvest(model, rows, {hook: out}, batch_rows, autocast=dtype), device)
         t_sl = best_time(2, lambda _: saelens_harvest(store, rows, batch_rows, device), device)
         theirs = store.get_activations(torch.from_numpy(rows[:batch_rows]).long().to(device))[:, 1:].reshape(-1, d).float().cpu()
         ours = torch.from_numpy(out[:len(theirs)])
@@ -142,7 +142,7 @@ def harvesting(s: dict, device) -> dict:
     model = neox_model(s["lm"], device)
     rows = token_rows(s["n_rows"], s["ctx"], s["lm"]["vocab_size"])
     layer = check_hook(model, s["hook"])
-    err = bf16_error(model, rows[:64], s["hook"])
+    err = bf16_error(model, rows[:64], [s["hook"]])
     return dict(hook=s["hook"], ctx=s["ctx"], n_rows=s["n_rows"], batch_rows=s["batch_rows"], tokens=s["n_rows"] * (s["ctx"] - 1),
                 layers_ours=layer, layers_saelens=layer + 1, bf16_rel_err=err, bf16_tol=BF16_TOL,
                 used_dtype="bfloat16" if err <= BF16_TOL else "float32",

@@ -23,7 +23,7 @@ def run(run_dir: str = "runs/tiny", hook: str = "blocks.2.hook_resid_pre", n_tok
         for i in range(0, len(rows), batch_rows):
             _, cache = model.run_with_cache(torch.from_numpy(rows[i:i+batch_rows]).long())
             out[i * (rows.shape[1] - 1):(i + len(cache[hook])) * (rows.shape[1] - 1)] = cache[hook][:, 1:].reshape(-1, out.shape[1]).numpy()
-    t_ours = best_of(3, harvest, model, rows, hook, out, batch_rows)
+    t_ours = best_of(3, harvest, model, rows, {hook: out}, batch_rows)
     ref = out.copy()
     t_naive = best_of(3, naive)
     assert np.allclose(ref, out, atol=1e-5), "the two harvesters disagree"

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_activations.ipynb #5437264d
 from __future__ import annotations
-import json
+import contextlib, json
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np
@@ -21,7 +21,7 @@ CACHE_VERSION = 1
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'BF16_TOL', 'SPLIT_FILE', 'token_rows', 'harvest', 'bf16_error', 'forward_dtype', 'Activations',
-           'load_activations', 'cache_activations', 'activation_split', 'token_stream']
+           'load_activations', 'cache_hooks', 'cache_activations', 'activation_split', 'token_stream']
 
 # %% ../nbs/06_activations.ipynb #a7afac19
 def token_rows(stream: np.ndarray, n_tokens: int, ctx: int, bos: int = 0) -> np.ndarray:
@@ -37,51 +37,56 @@ def token_rows(stream: np.ndarray, n_tokens: int, ctx: int, bos: int = 0) -> np.
     return rows
 
 # %% ../nbs/06_activations.ipynb #364a4bba
-def _stop_layer(hook: str, layer: int) -> tuple[int, bool]:
-    "How far to run the model, and whether the hook's value is simply the returned residual."
-    if hook == f"blocks.{layer}.hook_resid_pre": return layer, True
-    return layer + 1, False
+def _plan(model, hooks: list[str]) -> tuple[int, list[str]]:
+    """How far the model runs for `hooks` (each checked against it): through the block of the deepest one. Returns that
+    stop and the hooks read through TransformerLens hook points: all but a `hook_resid_pre` of the block it stops
+    before, which is the residual the model returns."""
+    layers = [check_hook(model, h) for h in hooks]
+    stop = max(l if h == f"blocks.{l}.hook_resid_pre" else l + 1 for h, l in zip(hooks, layers))
+    return stop, [h for h in hooks if h != f"blocks.{stop}.hook_resid_pre"]
 
-def _forward(model, x: torch.Tensor, hook: str, stop: int, is_resid: bool, autocast=None) -> torch.Tensor:
-    "`hook`'s activations [B, ctx, d] for token ids `x`, running the model only as far as `stop`."
+def _forward(model, x: torch.Tensor, hooks: list[str], autocast=None) -> dict[str, torch.Tensor]:
+    "Each hook's activations [B, ctx, d] for token ids `x`, from one forward pass that stops after the deepest hook."
+    stop, hooked = _plan(model, hooks)
+    saved = {}
+    def save(act, hook): saved[hook.name] = act
     with torch.autocast(torch.device(model.cfg.device).type, dtype=autocast or torch.float32, enabled=autocast is not None):
-        if is_resid: return model(x, stop_at_layer=stop)
-        saved = {}
-        def save(act, hook): saved["x"] = act
-        model.run_with_hooks(x, fwd_hooks=[(hook, save)], stop_at_layer=stop)
-        return saved["x"]
+        resid = model.run_with_hooks(x, fwd_hooks=[(h, save) for h in hooked], stop_at_layer=stop)
+    return {h: saved[h] if h in hooked else resid for h in hooks}
 
 @torch.inference_mode()
-def harvest(model, rows: np.ndarray, hook: str, out: np.ndarray, batch_rows: int = 64, progress: bool = False,
+def harvest(model, rows: np.ndarray, outs: dict[str, np.ndarray], batch_rows: int = 64, progress: bool = False,
             autocast: torch.dtype | None = None):
-    "Write `hook`'s activations at positions 1.. of every row into `out` [n_rows*(ctx-1), d] (`autocast`: e.g. bfloat16)."
-    layer = check_hook(model, hook)
-    stop, is_resid = _stop_layer(hook, layer)
+    """Write each hook's activations at positions 1.. of every row into `outs[hook]` [n_rows*(ctx-1), d], one forward
+    pass per batch for every hook (`autocast`: e.g. bfloat16)."""
+    hooks = list(outs)
+    _plan(model, hooks)                         # every hook checked before any work
     per = rows.shape[1] - 1
     dev = model.cfg.device
     for i in tqdm(range(0, len(rows), batch_rows), desc="harvest", disable=not progress, leave=False):
         x = torch.from_numpy(rows[i:i+batch_rows]).long().to(dev)
-        a = _forward(model, x, hook, stop, is_resid, autocast)
-        a = a[:, 1:, :].reshape(-1, a.shape[-1])
-        out[i * per:i * per + len(a)] = a.to("cpu", torch.float32).numpy()
+        for h, a in _forward(model, x, hooks, autocast).items():
+            a = a[:, 1:, :].reshape(-1, a.shape[-1])
+            outs[h][i * per:i * per + len(a)] = a.to("cpu", torch.float32).numpy()
+
 
 # %% ../nbs/06_activations.ipynb #e30ee622
 BF16_TOL = 0.02   # largest relative error of bfloat16-autocast activations against float32 for harvest to use them
 
 @torch.inference_mode()
-def bf16_error(model, rows: np.ndarray, hook: str) -> float:
-    "Relative Frobenius error of `hook`'s activations under bfloat16 autocast against float32, on token `rows`."
-    stop, is_resid = _stop_layer(hook, check_hook(model, hook))
+def bf16_error(model, rows: np.ndarray, hooks: list[str]) -> float:
+    "The largest relative Frobenius error of the `hooks`' activations under bfloat16 autocast against float32, on token `rows`."
     x = torch.from_numpy(np.asarray(rows)).long().to(model.cfg.device)
-    ref = _forward(model, x, hook, stop, is_resid)[:, 1:].float()
-    low = _forward(model, x, hook, stop, is_resid, torch.bfloat16)[:, 1:].float()
-    return float(torch.linalg.vector_norm(low - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
+    ref, low = _forward(model, x, hooks), _forward(model, x, hooks, torch.bfloat16)
+    rel = lambda h: torch.linalg.vector_norm(low[h][:, 1:].float() - ref[h][:, 1:].float()) / torch.linalg.vector_norm(ref[h][:, 1:].float()).clamp_min(1e-30)
+    return max(float(rel(h)) for h in hooks)
 
-def forward_dtype(model, rows: np.ndarray, hook: str, tol: float = BF16_TOL) -> tuple[str, float | None]:
+def forward_dtype(model, rows: np.ndarray, hooks: list[str], tol: float = BF16_TOL) -> tuple[str, float | None]:
     "('bfloat16', error) on a GPU where `bf16_error` of the first rows is within `tol`; else ('float32', error or None)."
     if torch.device(model.cfg.device).type != "cuda": return "float32", None
-    err = bf16_error(model, rows[:64], hook)
+    err = bf16_error(model, rows[:64], hooks)
     return ("bfloat16" if err <= tol else "float32"), err
+
 
 # %% ../nbs/06_activations.ipynb #dd332400
 @dataclass
@@ -127,48 +132,63 @@ def _write_npy(path: Path, arr: np.ndarray) -> dict:
     return dict(shape=list(arr.shape), dtype=str(arr.dtype), sha256=file_sha256(path))
 
 # %% ../nbs/06_activations.ipynb #bc4ae8d2
-def cache_activations(source, hook: str, stream: np.ndarray, n_tokens: int, root, split: str = "train",
-                      steps=None, dtype: str = "float32", batch_rows: int = 64, corpus_sha256: str | None = None,
-                      device="cpu", progress: bool = True) -> dict[int, Path]:
-    """Harvest (or reuse) `hook` activations of `n_tokens` tokens of `stream` at each step; returns entry paths.
-    The model runs on `device`, in bfloat16 where `forward_dtype` finds that faithful."""
-    source, device = open_source(source), resolve_device(device)
+def cache_hooks(source, hooks: list[str], stream: np.ndarray, n_tokens: int, root, split: str = "train",
+                steps=None, dtype: str = "float32", batch_rows: int = 64, corpus_sha256: str | None = None,
+                device="cpu", progress: bool = True) -> dict[str, dict[int, Path]]:
+    """Harvest (or reuse) the activations of every hook in `hooks` on `n_tokens` tokens of `stream` at each step;
+    returns {hook: {step: entry path}}. At a step, the hooks whose entries are missing or stale are harvested together,
+    one forward pass per batch up to the deepest of them, and each hook's entry is written on its own, atomically, as
+    a one-hook harvest writes it (same key: either reuses the other's). The model runs on `device`, in bfloat16 where
+    `forward_dtype` finds that faithful for every hook of the pass."""
+    source, device, hooks = open_source(source), resolve_device(device), list(hooks)
     steps = source.steps if steps is None else list(steps)
     for s in steps: source.check_step(s)
-    hook_layer(hook, _n_layers(source))      # fail before any work on a hook outside the model
+    n_layers = _n_layers(source)
+    for h in hooks: hook_layer(h, n_layers)   # fail before any work on a hook outside the model
     if dtype == "bfloat16": raise SaetrackError("--dtype bfloat16 cannot be stored in .npy files; use float16 (half the disk) or float32")
     if dtype not in ("float32", "float16"): raise SaetrackError(f"--dtype must be float32 or float16 (got {dtype})")
-    rows, out = None, {}
-    for step in tqdm(steps, desc=f"activations {hook} [{split}]", disable=not progress):
+    rows, out = None, {h: {} for h in hooks}
+    for step in tqdm(steps, desc=f"activations {','.join(hooks)} [{split}]", disable=not progress):
         ctx = _ctx(source, step)
         if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx, _bos(source, step)); rows_hash = _rows_hash(rows)
-        key = dict(v=CACHE_VERSION, source=source.identity(step), hook=hook, split=split, dtype=dtype,
-                   rows=rows_hash, processing=TL_PROCESSING)
-        d = _entry_dir(root, hook, split, step)
-        if (d/"manifest.json").exists():
-            try:                                        # harvested in float32 or, on a GPU, in bfloat16
-                load_activations(d, (_key(key, "float32"), _key(key, "bfloat16"))); out[step] = d; continue
-            except CorruptCacheError as e:
-                if progress: tqdm.write(f"rebuilding: {e}")
+        keys = {h: dict(v=CACHE_VERSION, source=source.identity(step), hook=h, split=split, dtype=dtype,
+                        rows=rows_hash, processing=TL_PROCESSING) for h in hooks}
+        for h in hooks: out[h][step] = _entry_dir(root, h, split, step)
+        todo = [h for h in hooks if not _reusable(out[h][step], keys[h], progress)]
+        if not todo: continue
         model = source.hooked(step, device)
-        check_hook(model, hook)
-        fwd, fwd_err = forward_dtype(model, rows, hook)
-        key = _key(key, fwd)
+        _plan(model, todo)                          # every hook checked against the model before anything is written
+        fwd, fwd_err = forward_dtype(model, rows, todo)
         n, dim = rows.shape[0] * (ctx - 1), model.cfg.d_model
-        with atomic_path(d, is_dir=True) as tmp:
-            mm = np.lib.format.open_memmap(tmp/"acts.npy", mode="w+", dtype=np.float32 if dtype == "float32" else np.float16, shape=(n, dim))
-            harvest(model, rows, hook, mm, batch_rows, autocast=torch.bfloat16 if fwd == "bfloat16" else None)
-            mm.flush(); del mm
-            files = dict(acts=dict(shape=[n, dim], dtype="float32" if dtype == "float32" else "float16",
-                                   sha256=file_sha256(tmp/"acts.npy")),
-                         tokens=_write_npy(tmp/"tokens.npy", rows))
-            atomic_write_json(tmp/"manifest.json", dict(key=key, step=step, hook=hook, split=split, source=str(source),
-                              identity=source.identity(step), skipped=getattr(source, "skipped", []),
-                              corpus_sha256=corpus_sha256, n_tokens=n, ctx=ctx,
-                              processing=TL_PROCESSING, files=files, version=CACHE_VERSION, forward_dtype=fwd,
-                              forward_rel_err=fwd_err))
-        out[step] = d
+        with contextlib.ExitStack() as entries:     # one atomic directory per hook, renamed into place once all are full
+            tmp = {h: entries.enter_context(atomic_path(out[h][step], is_dir=True)) for h in todo}
+            mms = {h: np.lib.format.open_memmap(tmp[h]/"acts.npy", mode="w+", dtype=np.float32 if dtype == "float32" else np.float16,
+                                                shape=(n, dim)) for h in todo}
+            harvest(model, rows, mms, batch_rows, autocast=torch.bfloat16 if fwd == "bfloat16" else None)
+            for m in mms.values(): m.flush()
+            del mms
+            for h in todo:
+                files = dict(acts=dict(shape=[n, dim], dtype="float32" if dtype == "float32" else "float16",
+                                       sha256=file_sha256(tmp[h]/"acts.npy")),
+                             tokens=_write_npy(tmp[h]/"tokens.npy", rows))
+                atomic_write_json(tmp[h]/"manifest.json", dict(key=_key(keys[h], fwd), step=step, hook=h, split=split, source=str(source),
+                                  identity=source.identity(step), skipped=getattr(source, "skipped", []),
+                                  corpus_sha256=corpus_sha256, n_tokens=n, ctx=ctx,
+                                  processing=TL_PROCESSING, files=files, version=CACHE_VERSION, forward_dtype=fwd,
+                                  forward_rel_err=fwd_err))
     return out
+
+def cache_activations(source, hook: str, stream: np.ndarray, n_tokens: int, root, **kw) -> dict[int, Path]:
+    "`cache_hooks` for one hook: {step: entry path}."
+    return cache_hooks(source, [hook], stream, n_tokens, root, **kw)[hook]
+
+def _reusable(d: Path, key: dict, progress: bool) -> bool:
+    "Whether the entry `d` is complete and was built with `key` (harvested in float32 or, on a GPU, bfloat16); a damaged one is reported."
+    if not (d/"manifest.json").exists(): return False
+    try: load_activations(d, (_key(key, "float32"), _key(key, "bfloat16"))); return True
+    except CorruptCacheError as e:
+        if progress: tqdm.write(f"rebuilding: {e}")
+        return False
 
 def _key(key: dict, forward: str) -> str:
     "The cache key: float32 entries keep the key they always had; a bfloat16 forward pass is part of the key."
@@ -195,6 +215,7 @@ def _bos(source, step) -> int:
     tok = source.tokenizer(step) if hasattr(source, "path") else None
     ids = [getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)]
     return next((i for i in ids if i is not None), 0)
+
 
 # %% ../nbs/06_activations.ipynb #87cc5d4d
 SPLIT_FILE = "split.json"   # beside the caches of checkpoints not trained by saetrack: the split they are taken on

@@ -57,16 +57,16 @@ def cmd_activations(a) -> dict:
     from saetrack.pipeline import activations_for
     p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype))
     src = open_source(a.checkpoints or a.run or f"runs/{p.name}", skip_bad=a.skip_bad_checkpoints)
-    hook, steps = p.acts.hook, _at_steps(a)
+    steps = _at_steps(a)
     root = writable_dir(a.out) if a.out else (src.path/"activations" if hasattr(src, "path") else Path("activations"))
     with run_lock(writable_dir(a.out or getattr(src, "path", root))):     # the run whose caches these are (or --out)
         tr, ev = activations_for(src, p, root, corpus=a.corpus, steps=steps, progress=not a.quiet, device=a.device)
-    res = dict(train=tr, eval=ev)
-    n_files = sum(len(v) for v in res.values())
-    size = sum(f.stat().st_size for v in res.values() for d in v.values() for f in d.iterdir())
-    print(f"activations {hook}: {len(res['train'])} checkpoints x (train + eval) = {n_files} cache entries, "
-          f"{size/2**20:.0f} MiB under {root}")
-    return res
+    for h in p.acts.hooks:
+        entries = [*tr[h].values(), *ev[h].values()]
+        size = sum(f.stat().st_size for d in entries for f in d.iterdir())
+        print(f"activations {h}: {len(tr[h])} checkpoints x (train + eval) = {len(entries)} cache entries, "
+              f"{size/2**20:.0f} MiB under {root}")
+    return dict(train=tr, eval=ev)
 
 def _preset(a):
     from dataclasses import replace
@@ -82,7 +82,7 @@ def _preset(a):
     base = paper_recipe(p.sae) if budget == "fixed" else replace(p.sae, budget=budget or p.sae.budget)
     return replace(p, sae=check_warmup(_override(base, sae, "SAE")))    # flags win over the recipe
 
-def _print_series(series, times):
+def _print_series(series):
     from saetrack.convergence import series_cost
     m = series.metrics()
     cols = [c for c in ("nmse", "explained_variance", "l0", "dead_frac", "shrinkage", "ce_recovered", "tokens", "verdict") if c in m]
@@ -93,10 +93,9 @@ def _print_series(series, times):
     print(f"tokens: first SAE {c['first_tokens']:,}; later SAEs median {c['later_tokens_median']:,.0f} "
           f"({c['later_fraction_median']:.3f} of the first's), worst {c['later_tokens_max']:,} ({c['later_fraction_max']:.3f}); "
           "verdicts: " + ", ".join(f"{k} {v}" for k, v in c["verdicts"].items()))
-    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
 
-def cmd_track(a, times: dict | None = None):
-    "An SAE-Track series for a checkpoint source (building the run and activations if needed); under torchrun, data-parallel."
+def cmd_track(a, times: dict | None = None) -> dict:
+    "An SAE-Track series per hook for a checkpoint source (building the run and activations if needed); under torchrun, data-parallel."
     import contextlib
     from saetrack.core import distributed, from_rank0, world
     from saetrack.curves import CurveLog
@@ -116,8 +115,17 @@ def cmd_track(a, times: dict | None = None):
                        progress=not a.quiet and main, times=times, caches=caches, device=device, steps=_at_steps(a) or p.steps,
                        skip_bad=getattr(a, "skip_bad_checkpoints", False), log=log,
                        snapshot_tokens=SNAPSHOT_TOKENS if a.snapshot_tokens is None else a.snapshot_tokens)
-    if main: _print_series(series, times)
+    if main:
+        for s in series.values(): _print_series(s)
+        print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
     return series
+
+def _one_hook(p, cmd: str) -> str:
+    "The preset's hook, for a command that works on one; several are one line naming the commands that take them."
+    if len(p.acts.hooks) > 1:
+        raise SaetrackError(f"`saetrack {cmd}` takes one --hook (got {len(p.acts.hooks)}); several hooks in one run are for "
+                            "`saetrack track` and `saetrack activations`")
+    return p.acts.hook
 
 def _run_caches(out: Path, hook: str) -> tuple[dict, dict]:
     "The activation caches a run directory already holds for `hook`: ({step: train dir}, {step: eval dir})."
@@ -136,7 +144,7 @@ def cmd_convergence(a) -> dict:
     out = writable_dir(a.out or f"runs/{p.name}")
     quick = dict(n_steps=3, n_seeds=1, l1_factors=(2.0,)) if a.quick else {}
     with run_lock(out):
-        tr, ev = _run_caches(out, p.acts.hook)
+        tr, ev = _run_caches(out, _one_hook(p, "convergence"))
         t = time.time()
         res = recipe_study(p.sae, tr, ev, out/"convergence", progress=not a.quiet, device=a.device, **quick)
     s = recipe_summary(res)
@@ -205,7 +213,12 @@ def cmd_figures(a):
 def _series_out(a) -> Path:
     "The run directory of a command that needs a trained series."
     out = Path(a.out or f"runs/{a.preset}")
-    if not (out/"series"/"series.json").exists(): raise SaetrackError(f"no SAE series under '{out}'; run `saetrack track --out {out}` first")
+    if not (out/"series"/"series.json").exists():
+        from saetrack.series import series_hooks
+        held = series_hooks(out/"series")
+        if held: raise SaetrackError(f"'{out}' holds the series of several hooks ({', '.join(held)}); `saetrack {a.cmd}` reads a "
+                                     f"one-hook run: track the hook you want into its own --out")
+        raise SaetrackError(f"no SAE series under '{out}'; run `saetrack track --out {out}` first")
     return writable_dir(out)                                # these commands cache what they compute under it
 
 def cmd_analyse(a) -> dict:
@@ -289,7 +302,7 @@ def cmd_reproduce(a):
     t0 = time.time()
     a.checkpoints = None
     times = {}
-    _preset(a); writable_dir(a.figures, "--figures")          # every setting and path checked before any work
+    _one_hook(_preset(a), "reproduce"); writable_dir(a.figures, "--figures")          # every setting and path checked before any work
     out = writable_dir(a.out or f"runs/{a.preset}")
     with run_lock(out):                                         # held through every stage (the stages' own locks nest)
         cmd_track(a, times)
@@ -353,7 +366,8 @@ def _lm_args(sp):
 
 def _acts_args(sp):
     g = sp.add_argument_group("activations")
-    g.add_argument("--hook", help="TransformerLens hook (default from the preset, e.g. blocks.2.hook_resid_pre)")
+    g.add_argument("--hook", help="TransformerLens hook (default from the preset, e.g. blocks.2.hook_resid_pre); track and "
+                   "activations take several, comma-separated, from one forward pass (a series per hook in OUT/series/<hook>/)")
     g.add_argument("--tokens", type=int, help="training-split tokens per checkpoint")
     g.add_argument("--eval-tokens", type=int, help="held-out tokens per checkpoint")
     g.add_argument("--dtype", help="float32 (paper, default) or float16")

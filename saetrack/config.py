@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['SNAPSHOT_TOKENS', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'ActsConfig', 'SAEConfig', 'check_warmup',
-           'paper_recipe', 'Preset', 'get_preset', 'checkpoint_steps', 'pythia_plan']
+__all__ = ['SNAPSHOT_TOKENS', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'split_hooks', 'ActsConfig', 'SAEConfig',
+           'check_warmup', 'paper_recipe', 'Preset', 'get_preset', 'checkpoint_steps', 'pythia_plan']
 
 # %% ../nbs/01_config.ipynb #2bae2830
 @dataclass(frozen=True)
@@ -50,10 +50,18 @@ class LMConfig:
         if self.d_model % self.n_heads: raise SaetrackError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not 0 < self.eval_frac < 1: raise SaetrackError(f"eval_frac must be in (0, 1) (got {self.eval_frac})")
 
+def split_hooks(spec: str) -> tuple[str, ...]:
+    "The hooks `spec` names: one, or several comma-separated (`blocks.1.hook_resid_pre,blocks.2.hook_resid_pre`), each once."
+    hooks = tuple(h.strip() for h in (spec or "").split(","))
+    if "" in hooks: raise SaetrackError(f"--hook must name hooks, comma-separated, e.g. blocks.1.hook_resid_pre,blocks.2.hook_resid_pre (got '{spec}')")
+    twice = [h for i, h in enumerate(hooks) if h in hooks[:i]]
+    if twice: raise SaetrackError(f"--hook names {twice[0]} twice; name each hook once")
+    return hooks
+
 @dataclass(frozen=True)
 class ActsConfig:
     "Which activations to harvest from every checkpoint, and how many."
-    hook: str = "blocks.2.hook_resid_pre"
+    hook: str = "blocks.2.hook_resid_pre"   # several: comma-separated, harvested in one forward pass (`hooks`)
     train_tokens: int = 1 << 20      # activations per checkpoint for SAE training
     eval_tokens: int = 1 << 16       # held-out activations per checkpoint for SAE quality
     dtype: str = "float32"           # the paper's dtype; float16 halves the disk
@@ -61,7 +69,10 @@ class ActsConfig:
     def __post_init__(self):
         for k in ("train_tokens", "eval_tokens"): _positive(self, k)
         if self.dtype not in ("float32", "float16"): raise SaetrackError(f"--dtype must be float32 or float16 (got '{self.dtype}')")
-        if not self.hook: raise SaetrackError("--hook must name a hook, e.g. blocks.2.hook_resid_pre")
+        split_hooks(self.hook)
+
+    @property
+    def hooks(self) -> tuple[str, ...]: return split_hooks(self.hook)
 
 SNAPSHOT_TOKENS = 1 << 25   # tokens between snapshots of an SAE in training (33.5M: minutes on a GPU; tiny's SAEs never reach it)
 

@@ -78,9 +78,9 @@ class CurveLog:
         self._write("lm", lm_rows(log), read_json(run/"run.json")["config"],
                     {"eval/loss": log["eval"][max(log["eval"], key=int)], "n_params": log["n_params"]})
 
-    def sae(self, step: int, d):
-        "The SAE of checkpoint `step`, saved in `d` (curve.json, metrics.json, cfg.json)."
+    def sae(self, step: int, d, hook: str | None = None):
+        "The SAE of checkpoint `step`, saved in `d` (curve.json, metrics.json, cfg.json); `hook` names it in a run of several hooks."
         d = Path(d)
         m = read_json(d/"metrics.json")
-        self._write(f"sae-step{step}", sae_rows(read_json(d/"curve.json")), dict(read_json(d/"cfg.json"), checkpoint_step=step),
+        self._write(f"sae-{hook}-step{step}" if hook else f"sae-step{step}", sae_rows(read_json(d/"curve.json")), dict(read_json(d/"cfg.json"), checkpoint_step=step),
                     {k: v for k, v in m.items() if isinstance(v, (int, float, str))})

@@ -6,16 +6,16 @@
 from __future__ import annotations
 import time
 from pathlib import Path
-from .activations import _ctx, activation_split, cache_activations, token_stream
+from .activations import _ctx, activation_split, cache_hooks, token_stream
 from .checkpoints import LocalRun, open_source
-from .config import Preset
+from .config import Preset, split_hooks
 from .core import from_rank0, resolve_device, world
 from .config import check_warmup
 from .lm import run_meta, train_lm
 from .sae import split_batch
 from .quality import ce_recovered
 from .config import SNAPSHOT_TOKENS
-from .series import SAESeries, check_reuse, check_series_config, train_series
+from .series import SAESeries, check_reuse, check_series_config, series_dirs, train_series
 
 # %% auto #0
 __all__ = ['CE_ROWS', 'activations_for', 'track', 'repo_root', 'notebook_run']
@@ -25,18 +25,21 @@ CE_ROWS = 32   # held-out rows (of ctx tokens) for CE-loss recovered at every ch
 
 def activations_for(source, preset: Preset, root, hook: str | None = None, corpus: str | None = None,
                     steps=None, progress: bool = True, device="cpu") -> tuple[dict, dict]:
-    """Train and eval activation caches of every checkpoint (the model on `device`): ({step: dir}, {step: dir}).
-    Checkpoint by checkpoint, both splits, so each model is loaded once (the source keeps the last one)."""
+    """Train and eval activation caches of every checkpoint (the model on `device`) for the preset's hooks, or
+    `hook`'s (comma-separated: several): ({hook: {step: dir}}, {hook: {step: dir}}). Checkpoint by checkpoint, both
+    splits, so each model is loaded once (the source keeps the last one), and each split's batches go through it once
+    for all the hooks (`cache_hooks`)."""
     from tqdm.auto import tqdm
-    hook, source = hook or preset.acts.hook, open_source(source)
+    hooks, source = split_hooks(hook or preset.acts.hook), open_source(source)
     splits = [(split, n, *token_stream(source, split, corpus, root))
               for split, n in (("train", preset.acts.train_tokens), ("eval", preset.acts.eval_tokens))]
-    out, steps = ({}, {}), source.steps if steps is None else list(steps)
+    out, steps = ({h: {} for h in hooks}, {h: {} for h in hooks}), source.steps if steps is None else list(steps)
     for s in steps: source.check_step(s)                  # every step exists before any work
-    for step in tqdm(steps, desc=f"activations {hook}", disable=not progress):
+    for step in tqdm(steps, desc=f"activations {','.join(hooks)}", disable=not progress):
         for res, (split, n, stream, sha) in zip(out, splits):
-            res.update(cache_activations(source, hook, stream, n, root, split=split, steps=[step], dtype=preset.acts.dtype,
-                                         corpus_sha256=sha, device=device, progress=False))
+            for h, entries in cache_hooks(source, hooks, stream, n, root, split=split, steps=[step], dtype=preset.acts.dtype,
+                                          corpus_sha256=sha, device=device, progress=False).items():
+                res[h].update(entries)
     return out
 
 def _dataset_name(source, corpus, root=None) -> str:
@@ -47,9 +50,11 @@ def _dataset_name(source, corpus, root=None) -> str:
 
 def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
           progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None,
-          skip_bad: bool = False, log=None, snapshot_tokens: int = SNAPSHOT_TOKENS) -> SAESeries:
-    """Build whatever is missing under `out` (training run, activations) and then the SAE series. `times`
-    receives stage seconds and `caches` the activation cache dirs ({"train": {step: dir}, "eval": ...}). The model's
+          skip_bad: bool = False, log=None, snapshot_tokens: int = SNAPSHOT_TOKENS) -> dict[str, SAESeries]:
+    """Build whatever is missing under `out` (training run, activations) and then the SAE series of each hook of the
+    preset, or of `hook` (comma-separated: several): {hook: series}, in `out/series`, or `out/series/<hook>/` for
+    several (`series_dirs`). `times` receives stage seconds and `caches` the activation cache dirs
+    ({"train": {hook: {step: dir}}, "eval": ...}). The model's
     forward passes and SAE training run on `device` (the tiny LM itself trains on the CPU); `steps` restricts the
     series to those checkpoints (default: all). `skip_bad` leaves out unloadable checkpoint folders (nbs/05_checkpoints);
     each activation cache's manifest lists them. `log` (a `CurveLog`, nbs/16_curves) receives the LM's curves and each
@@ -57,7 +62,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     its caches), and then every process trains the series together (`train_series`)."""
     out, device = Path(out), resolve_device(device)
     times = {} if times is None else times
-    hook, rank0 = hook or preset.acts.hook, {}       # rank0: what only rank 0 holds (the checkpoint source)
+    hooks, rank0 = split_hooks(hook or preset.acts.hook), {}       # rank0: what only rank 0 holds (the checkpoint source)
 
     def prepare():
         t = time.time()
@@ -68,29 +73,33 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
         check_reuse(preset.sae, preset.sae.tokens_next, rows, "each later SAE")
         check_warmup(preset.sae)
         for b in (preset.sae.batch_size, preset.sae.batch_next or preset.sae.batch_size): split_batch(b, 0, world()[1])
-        check_series_config(preset.sae, out/"series", hook)   # a finished series is never replaced
+        dirs = series_dirs(out/"series", hooks)
+        for h, d in dirs.items(): check_series_config(preset.sae, d, h)   # a finished series is never replaced
         if source is None:
             train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
             if log: log.lm(out)
         times["lm"] = time.time() - t; t = time.time()
-        acts = activations_for(source, preset, out/"activations", hook, corpus, steps=steps, progress=progress, device=device)
+        acts = activations_for(source, preset, out/"activations", ",".join(hooks), corpus, steps=steps, progress=progress, device=device)
         times["activations"] = time.time() - t
         rank0.update(source=source, ctx=ctx)
-        return acts
-    train_acts, eval_acts = from_rank0(prepare)
+        return dirs, *acts
+    dirs, train_acts, eval_acts = from_rank0(prepare)
     t = time.time()
     if caches is not None: caches.update(train=train_acts, eval=eval_acts)
 
-    quality_fn = metadata = None
+    metadata = None
     if rank0:
         source, ctx = rank0["source"], rank0["ctx"]
-        def quality_fn(step, sae, eval_entry):
-            return ce_recovered(source.hooked(step, device), sae, hook, eval_entry.tokens[:CE_ROWS])
         dataset = _dataset_name(source, corpus, out/"activations")
         def metadata(step):
             return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
-    series = train_series(preset.sae, train_acts, eval_acts, out/"series", hook, progress=progress, quality_fn=quality_fn,
-                          device=device, metadata=metadata, on_entry=log.sae if log else None, snapshot_tokens=snapshot_tokens)
+    series = {}
+    for h in hooks:
+        quality_fn = None if not rank0 else (
+            lambda step, sae, eval_entry, h=h: ce_recovered(source.hooked(step, device), sae, h, eval_entry.tokens[:CE_ROWS]))
+        on_entry = None if not log else (lambda step, d, h=h: log.sae(step, d, hook=h if len(hooks) > 1 else None))
+        series[h] = train_series(preset.sae, train_acts[h], eval_acts[h], dirs[h], h, progress=progress, quality_fn=quality_fn,
+                                 device=device, metadata=metadata, on_entry=on_entry, snapshot_tokens=snapshot_tokens)
     times["series"] = time.time() - t
     return series
 

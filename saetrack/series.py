@@ -19,7 +19,7 @@ from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_t
 
 # %% auto #0
 __all__ = ['step_seed', 'plateaued', 'plateau_rule', 'verdict', 'eval_subset', 'held_out_fn', 'check_reuse', 'train_one',
-           'train_series', 'check_series_config', 'SAESeries']
+           'train_series', 'check_series_config', 'series_dirs', 'series_hooks', 'SAESeries']
 
 # %% ../nbs/11_series.ipynb #7fa3b5ae
 def step_seed(seed: int, step: int) -> int:
@@ -219,6 +219,23 @@ def check_series_config(cfg: SAEConfig, out, hook: str) -> None:
     raise SaetrackError(f"{out} holds a series with another SAE config ({'; '.join(diff[:4]) or 'config hash differs'}); "
                         f"use a new --out, or delete {out} to retrain the series")
 
+def series_dirs(root, hooks) -> dict[str, Path]:
+    """Where each hook's series lives: `root` itself for one hook (the layout of every one-hook run), `root/<hook>` for
+    several. A `root` already holding the other layout is refused: a run keeps one of them."""
+    root, hooks = Path(root), list(hooks)
+    held = series_hooks(root)
+    if len(hooks) == 1 and held:
+        raise SaetrackError(f"{root} holds the series of hooks {', '.join(held)}, one directory each; track several hooks "
+                            f"into it (--hook {','.join(held)}) or use a new --out for {hooks[0]} alone")
+    if len(hooks) > 1 and (root/"series.json").exists():
+        raise SaetrackError(f"{root} holds a one-hook series; several hooks are kept in one directory each, so use a new --out")
+    return {hooks[0]: root} if len(hooks) == 1 else {h: root/h for h in hooks}
+
+def series_hooks(root) -> list[str]:
+    "The hooks whose series lie under `root/<hook>/` (a run of several hooks; none for a one-hook run's series directory)."
+    root = Path(root)
+    return sorted(d.name for d in root.iterdir() if (d/"series.json").exists()) if root.is_dir() else []
+
 # %% ../nbs/11_series.ipynb #e2192026
 class SAESeries:
     "A trained SAE-Track series on disk."
@@ -229,8 +246,15 @@ class SAESeries:
         self._verified: set[int] = set()
 
     @classmethod
-    def load(cls, path) -> "SAESeries":
+    def load(cls, path, hook: str | None = None) -> "SAESeries":
+        "The series in `path`; where `path` holds several hooks' series (`series_dirs`), `hook` picks one. A `hook` given must be the series'."
         path = Path(path)
+        held = [] if (path/"series.json").exists() else series_hooks(path)
+        if held and hook not in held:
+            raise SaetrackError(f"'{path}' holds the series of hooks {', '.join(held)}: " + (
+                f"pick one, e.g. SAESeries.load('{path}', hook='{held[0]}')" if hook is None else
+                f"none of {hook}; pick one of those, or add it with `saetrack track --hook {','.join([*held, hook])}`"))
+        if held: path = path/hook
         if not (path/"series.json").exists():
             raise SaetrackError(f"'{path}' is not an SAE series (no series.json); build one with `saetrack track`")
         man = _manifest(path)
@@ -238,6 +262,8 @@ class SAESeries:
         except (KeyError, TypeError):
             raise SaetrackError(f"'{path/'series.json'}' is damaged; rerun `saetrack track` (it retrains the series)") from None
         if missing: raise SaetrackError(f"series {path} is incomplete (steps {missing[:5]} missing); rerun `saetrack track` to finish it")
+        if hook not in (None, man["hook"]):
+            raise SaetrackError(f"series {path} is of {man['hook']}, not {hook}; load it without hook=, or track {hook} into a new --out")
         return cls(path, man)
 
     def __repr__(self): return f"SAESeries({str(self.path)!r}, hook={self.hook!r}, steps={self.steps})"

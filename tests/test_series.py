@@ -16,7 +16,8 @@ from saetrack.activations import load_activations
 def series(micro_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("series") / "micro"
     shutil.copytree(micro_run, out)
-    return track(get_preset("micro"), out, progress=False)
+    p = get_preset("micro")
+    return track(p, out, progress=False)[p.acts.hook]
 
 def _shas(path):
     return {p.parent.name: file_sha256(p) for p in sorted(path.glob("step*/sae_weights.safetensors"))}
@@ -132,7 +133,8 @@ def test_corrupt_sae_file_detected_and_rebuilt(series, micro_run, tmp_path):
 def test_backward_direction(micro_run, tmp_path):
     out = tmp_path / "back"
     shutil.copytree(micro_run, out)
-    s = track(get_preset("micro", sae=dict(direction="backward")), out, progress=False)
+    p = get_preset("micro", sae=dict(direction="backward"))
+    s = track(p, out, progress=False)[p.acts.hook]
     m = s.metrics()
     assert not m.loc[24, "recurrent"] and m.loc[0, "recurrent"]
     assert s.manifest["steps"][0] == 24

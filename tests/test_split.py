@@ -38,7 +38,7 @@ def _stream(entry) -> np.ndarray:
 
 def _harvest(source, preset, root, corpus):
     tr, ev = activations_for(source, preset, root, corpus=corpus, steps=[preset.lm.steps], progress=False)
-    return _stream(tr[preset.lm.steps]), _stream(ev[preset.lm.steps])
+    return _stream(tr[preset.acts.hook][preset.lm.steps]), _stream(ev[preset.acts.hook][preset.lm.steps])
 
 def test_explicit_corpus_of_the_run_gives_the_runs_split(run, preset, tmp_path):
     "`--corpus` naming the run's own corpus: the activations' eval tokens are the run's held-out documents."
@@ -98,4 +98,4 @@ def test_default_caches_keep_their_keys(run, preset, tmp_path):
         rows = token_rows(load_tokens(run, split), n, preset.lm.ctx)
         key = stable_hash(dict(v=CACHE_VERSION, source=src.identity(step), hook=preset.acts.hook, split=split,
                                dtype=preset.acts.dtype, rows=_rows_hash(rows), processing=TL_PROCESSING))
-        assert load_activations(res[step]).manifest["key"] == key
+        assert load_activations(res[preset.acts.hook][step]).manifest["key"] == key
