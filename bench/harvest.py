@@ -1,6 +1,7 @@
 """Activation harvest throughput on the tiny model: saetrack's harvester (stop at the hook's layer,
-inference mode, write into a preallocated array) against a naive full forward with `run_with_cache` and no
-names filter, taking the hook from the cache. Same token rows, same model, one process."""
+inference mode, write into a preallocated array) against the peer's best path, SAELens' `ActivationsStore.get_activations`
+(its `run_with_cache` with a names filter and `stop_at_layer`), and against a naive full forward with `run_with_cache`
+and no names filter. Same token rows, same model, one process, side by side."""
 import numpy as np
 import torch
 from saetrack.activations import harvest, token_rows
@@ -23,16 +24,21 @@ def run(run_dir: str = "runs/tiny", hook: str = "blocks.2.hook_resid_pre", n_tok
         for i in range(0, len(rows), batch_rows):
             _, cache = model.run_with_cache(torch.from_numpy(rows[i:i+batch_rows]).long())
             out[i * (rows.shape[1] - 1):(i + len(cache[hook])) * (rows.shape[1] - 1)] = cache[hook][:, 1:].reshape(-1, out.shape[1]).numpy()
+    from bench.gpu import saelens_harvest, saelens_store
+    store = saelens_store(model, rows, hook, batch_rows, False, "cpu")
     t_ours = best_of(3, harvest, model, rows, {hook: out}, batch_rows)
     ref = out.copy()
+    t_store = best_of(3, saelens_harvest, store, rows, batch_rows, "cpu")
+    theirs = store.get_activations(torch.from_numpy(rows[:batch_rows]).long())[:, 1:].reshape(-1, out.shape[1]).numpy()
+    assert np.allclose(ref[:len(theirs)], theirs, atol=1e-5), "saetrack and ActivationsStore disagree"
     t_naive = best_of(3, naive)
     assert np.allclose(ref, out, atol=1e-5), "the two harvesters disagree"
     n = out.shape[0]
     from saetrack.checkpoints import check_hook
     layer = check_hook(model, hook)
     ceiling = flops_per_token(model.cfg, model.cfg.n_layers, True) / flops_per_token(model.cfg, layer, False)
-    return dict(tokens=n, ours_tokens_per_s=n / t_ours, naive_tokens_per_s=n / t_naive, ratio=t_naive / t_ours,
-                flop_ratio=ceiling)
+    return dict(tokens=n, ours_tokens_per_s=n / t_ours, store_tokens_per_s=n / t_store, store_ratio=t_store / t_ours,
+                naive_tokens_per_s=n / t_naive, ratio=t_naive / t_ours, flop_ratio=ceiling)
 
 if __name__ == "__main__":
     print(run())

@@ -153,7 +153,8 @@ def knots_table(inf: dict):
     "One row per view: segments chosen, each knot with its interval, what each segment does, each seed's own knots."
     import pandas as pd
     rows = {}
-    for name, v in inf["views"].items():
+    for name in [n for n in VIEWS if n in inf["views"]]:      # VIEWS' order (a JSON round trip sorts the keys)
+        v = inf["views"][name]
         rows[name] = {"segments (BIC)": v["n_segments"],
                       f"knots [{inf['level']:.0%} interval]": "; ".join(f"{k['step']} [{k['lo']}–{k['hi']}]" for k in v["knots"]) or "none",
                       "segments do": ", ".join(f"{s['trend']} {s['start']}–{s['end']}" for s in v["segments"]),
@@ -167,7 +168,7 @@ def plot_stage_inference(inf: dict, path=None):
     import matplotlib.pyplot as plt
     from saetrack.plotting import save_figure, step_axis
     steps = np.asarray(inf["steps"])
-    names = list(inf["views"])
+    names = [n for n in VIEWS if n in inf["views"]]
     fig, axes = plt.subplots(len(names), 1, figsize=(7.5, 2.2 * len(names)), sharex=True)
     for ax, name in zip(np.atleast_1d(axes), names):
         v = inf["views"][name]
@@ -180,6 +181,7 @@ def plot_stage_inference(inf: dict, path=None):
         trends = ", ".join(f"{s['trend']} to {s['end']}" for s in v["segments"])
         ax.set_title(f"{name}: {v['n_segments']} segment(s) by BIC; {trends}", fontsize=9, loc="left")
         step_axis(ax)
+        if ax is not np.atleast_1d(axes)[-1]: ax.set_xlabel("")
     fig.suptitle(f"Knots with {inf['level']:.0%} bootstrap intervals (features and {inf['n_seeds']} SAE seed(s), "
                  f"{inf['n_boot']} replicates); grey: each seed", fontsize=9)
     fig.tight_layout()
