@@ -470,6 +470,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'saetrack.semantics.draw_label_set': ('stages.html#draw_label_set', 'saetrack/semantics.py'),
                                     'saetrack.semantics.feature_contexts': ('stages.html#feature_contexts', 'saetrack/semantics.py'),
                                     'saetrack.semantics.feature_stats': ('stages.html#feature_stats', 'saetrack/semantics.py'),
+                                    'saetrack.semantics.headline_sensitivity': ( 'stages.html#headline_sensitivity',
+                                                                                 'saetrack/semantics.py'),
                                     'saetrack.semantics.label_confusion': ('stages.html#label_confusion', 'saetrack/semantics.py'),
                                     'saetrack.semantics.label_scores': ('stages.html#label_scores', 'saetrack/semantics.py'),
                                     'saetrack.semantics.make_planted': ('stages.html#make_planted', 'saetrack/semantics.py'),

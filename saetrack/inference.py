@@ -41,7 +41,7 @@ def aggregate(X: np.ndarray, how: str) -> np.ndarray:
 # %% ../nbs/22_inference.ipynb #fae81fb6
 def knot_fit(steps, y, max_segments: int = 4, min_size: int = 2) -> dict:
     """Continuous piecewise-linear fits of one curve against log10(step + 1) with 1..`max_segments` segments
-    (`select_n_segments`); the minimum-BIC one is kept. Returns n_segments, knots (the steps where a new segment
+    (`select_n_segments`): the fewest segments whose BIC is within its margin of the lowest. Returns n_segments, knots (the steps where a new segment
     begins), bics {m: BIC}, segments (`describe_segments`) and fitted [T]. A constant curve has one flat segment."""
     s, y = np.asarray(steps), np.asarray(y, np.float64)
     if np.ptp(y) < 1e-12:

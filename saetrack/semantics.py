@@ -13,12 +13,12 @@ from .changepoints import fit_piecewise
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['STAGE_NAMES', 'LABEL_DRAW', 'LABELS', 'as_encode_fn', 'top_k_contexts', 'token_at', 'token_keys', 'Thresholds',
-           'context_coherence', 'feature_stats', 'classify_stats', 'classify_checkpoint', 'classify_all',
+__all__ = ['STAGE_NAMES', 'LABEL_DRAW', 'LABELS', 'RULE_STATS', 'as_encode_fn', 'top_k_contexts', 'token_at', 'token_keys',
+           'Thresholds', 'context_coherence', 'feature_stats', 'classify_stats', 'classify_checkpoint', 'classify_all',
            'class_fractions', 'make_planted', 'planted_accuracy', 'sensitivity_table', 'detect_stage_boundaries',
            'shade_stages', 'plot_class_fractions', 'plot_stage_fit', 'pick_checkpoints', 'choose_examples',
            'feature_contexts', 'build_feature_panel', 'plot_feature_panel', 'draw_label_set', 'label_confusion',
-           'label_scores']
+           'label_scores', 'headline_sensitivity']
 
 # %% ../nbs/20_stages.ipynb #95f820f6
 from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color   # the one class taxonomy
@@ -542,3 +542,33 @@ def label_scores(conf):
     out.loc["overall"] = [int(M.sum()), int(M.sum()), np.nan, tp.sum() / max(M.sum(), 1), np.nan]
     return out
 
+
+# %% ../nbs/20_stages.ipynb #2def8478
+RULE_STATS = ("n_active", "top_share", "n90", "coherence_z")   # what `classify_stats` reads, cached [T, F] by the analysis
+
+def headline_sensitivity(result: dict, grid: dict, th: Thresholds = Thresholds(), labels=None):
+    """Each `Thresholds` field in `grid` ({name: values}) varied on its own, every checkpoint of `result` (an `analyse`
+    output) re-classified from its cached statistics: token and concept shares at the first, middle and final
+    checkpoint, the share of final latents whose class differs from the defaults', and, given `labels` (a labelled
+    set with columns step, feature, label for this run), the agreement with them. A DataFrame, one row per setting."""
+    import pandas as pd
+    steps = [int(s) for s in result["steps"]]
+    T = len(steps)
+    stats = [{k: np.asarray(result[k][t]) for k in RULE_STATS} for t in range(T)]
+    at = {s: t for t, s in enumerate(steps)}
+    base = np.asarray(result["classes"])
+    rows = []
+    for name, values in grid.items():
+        if not hasattr(th, name): raise SaetrackError(f"headline_sensitivity: '{name}' is not a Thresholds field")
+        for v in values:
+            cls = np.stack([classify_stats(s, replace(th, **{name: v})) for s in stats])
+            fr = class_fractions(cls)
+            row = {"threshold": name, "value": v, "default": getattr(th, name) == v}
+            for t in (0, T // 2, T - 1):
+                row[f"token @ {steps[t]}"], row[f"concept @ {steps[t]}"] = fr[t, TOKEN], fr[t, CONCEPT]
+            row["final classes changed"] = float(np.mean(cls[-1] != base[-1]))
+            if labels is not None:
+                got = [CLASS_NAMES[int(cls[at[int(s)], int(f)])] for s, f in zip(labels.step, labels.feature)]
+                row["agreement with labels (in-sample)"] = float(np.mean(np.asarray(got) == labels.label.to_numpy()))
+            rows.append(row)
+    return pd.DataFrame(rows)
