@@ -4,9 +4,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
+import torch
 from saetrack.config import get_preset
 from saetrack.lm import train_lm, load_tokens
 from saetrack.activations import cache_activations
+
+# torch's intra-op thread count changes float sums, and a library can change it behind a test's back (threadpoolctl,
+# under UMAP, restores OpenMP's count to what it read): every test and every shared fixture runs at the session's count,
+# so "same seed, same weights" compares like with like.
+THREADS = torch.get_num_threads()
+
+@pytest.fixture(autouse=True)
+def _session_threads():
+    torch.set_num_threads(THREADS)
+    yield
 
 @pytest.fixture(scope="session")
 def micro():
@@ -15,18 +26,20 @@ def micro():
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory, micro):
     run = tmp_path_factory.mktemp("runs") / "micro"
+    torch.set_num_threads(THREADS)
     train_lm(micro.lm, run, progress=False)
     return run
 
 @pytest.fixture(scope="session")
 def micro_acts(micro_run, micro):
+    torch.set_num_threads(THREADS)
     return cache_activations(micro_run, micro.acts.hook, load_tokens(micro_run, "train"), micro.acts.train_tokens,
                              micro_run / "activations", progress=False)
 
 @pytest.fixture
 def one_thread():
     "Unit tests of numerical kernels run single-threaded: fast on a shared 2-core box and bit-reproducible."
-    import torch, matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -39,6 +52,7 @@ def micro_tracked(tmp_path_factory, micro_run):
     import shutil
     from saetrack.cli import main
     run = tmp_path_factory.mktemp("tracked") / "micro"
+    torch.set_num_threads(THREADS)
     shutil.copytree(micro_run, run, ignore=shutil.ignore_patterns("activations"))
     assert main(["track", "--preset", "micro", "--out", str(run), "--quiet"]) == 0
     assert main(["analyse", "--preset", "micro", "--out", str(run), "--quiet"]) == 0
