@@ -47,6 +47,9 @@ def main(run_dir: str = "runs/tiny") -> str:
                   "ActivationsStore is the peer's best path: it also stops at the hook's layer, so the two do the same model work; "
                   "what differs is the cache machinery around it (saetrack registers one hook and writes into a preallocated "
                   "array in inference mode).", "",
+                  f"Where the time goes: the blocks below the hook alone, with no hook and no copy, run at "
+                  f"{h['forward_tokens_per_s']:,.0f} tokens/s, {h['forward_share']:.0%} of the harvester's time; the rest is "
+                  "the hook, the slice and the copy into the cache.", "",
                   "The harvester runs the model only up to the hook's layer; the naive path runs every layer and the unembedding "
                   "and keeps every activation. Skipping work can gain at most the FLOP ratio (forward FLOPs per token of the "
                   "full model over those of the layers below the hook), so a ratio near it means the harvester computes what it "

@@ -33,12 +33,18 @@ def run(run_dir: str = "runs/tiny", hook: str = "blocks.2.hook_resid_pre", n_tok
     assert np.allclose(ref[:len(theirs)], theirs, atol=1e-5), "saetrack and ActivationsStore disagree"
     t_naive = best_of(3, naive)
     assert np.allclose(ref, out, atol=1e-5), "the two harvesters disagree"
-    n = out.shape[0]
     from saetrack.checkpoints import check_hook
     layer = check_hook(model, hook)
+    @torch.inference_mode()
+    def forward_only():     # the blocks below the hook and nothing else: no hook, no copy (where the time goes)
+        for i in range(0, len(rows), batch_rows):
+            model(torch.from_numpy(rows[i:i+batch_rows]).long(), stop_at_layer=layer)
+    t_fwd = best_of(3, forward_only)
+    n = out.shape[0]
     ceiling = flops_per_token(model.cfg, model.cfg.n_layers, True) / flops_per_token(model.cfg, layer, False)
     return dict(tokens=n, ours_tokens_per_s=n / t_ours, store_tokens_per_s=n / t_store, store_ratio=t_store / t_ours,
-                naive_tokens_per_s=n / t_naive, ratio=t_naive / t_ours, flop_ratio=ceiling)
+                naive_tokens_per_s=n / t_naive, ratio=t_naive / t_ours, flop_ratio=ceiling,
+                forward_tokens_per_s=n / t_fwd, forward_share=t_fwd / t_ours)
 
 if __name__ == "__main__":
     print(run())
