@@ -8,7 +8,7 @@ from saetrack.cli import main
 from saetrack.core import read_json
 from saetrack.series import SAESeries
 
-ARGS = ["--preset", "micro", "--at-steps", "0,1,2,4", "--tokens-first", "32768", "--quiet"]   # 4 SAEs, a quarter of the budgets
+ARGS = ["--preset", "micro", "--at-steps", "0,1,2,4", "--tokens-first", "32768", "--budget", "fixed", "--quiet"]   # 4 SAEs, fixed budgets
 
 
 def torchrun(out, nproc=2):
@@ -54,8 +54,10 @@ def runs(tmp_path_factory, micro_run):
     root = tmp_path_factory.mktemp("ddp")
     one, two = root/"one", root/"two"
     shutil.copytree(micro_run, one, ignore=shutil.ignore_patterns("activations", "series"))
-    t = time.time()
-    assert main(["track", "--out", str(one), *ARGS]) == 0
+    t, threads = time.time(), torch.get_num_threads()
+    torch.set_num_threads(1)           # like each torchrun worker (OMP_NUM_THREADS=1): the same float sums per process
+    try: assert main(["track", "--out", str(one), *ARGS]) == 0
+    finally: torch.set_num_threads(threads)
     t1 = time.time() - t
     shutil.copytree(one, two, ignore=shutil.ignore_patterns("series"))
     t = time.time()
