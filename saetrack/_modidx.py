@@ -353,6 +353,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'saetrack.inference.knot_fit': ('inference.html#knot_fit', 'saetrack/inference.py'),
                                     'saetrack.inference.knot_intervals': ('inference.html#knot_intervals', 'saetrack/inference.py'),
                                     'saetrack.inference.knots_table': ('inference.html#knots_table', 'saetrack/inference.py'),
+                                    'saetrack.inference.knots_text': ('inference.html#knots_text', 'saetrack/inference.py'),
                                     'saetrack.inference.overlapping': ('inference.html#overlapping', 'saetrack/inference.py'),
                                     'saetrack.inference.planted_knot_features': ( 'inference.html#planted_knot_features',
                                                                                   'saetrack/inference.py'),

@@ -14,8 +14,8 @@ from .series import SAESeries, train_series
 
 # %% auto #0
 __all__ = ['VIEWS', 'view_matrices', 'aggregate', 'knot_fit', 'describe_segments', 'planted_knot_features', 'bootstrap_knots',
-           'knot_intervals', 'overlapping', 'agreement_table', 'shared_steps', 'stage_inference', 'knots_table',
-           'plot_stage_inference', 'seed_dir', 'run_seeds', 'cached_inference']
+           'knot_intervals', 'overlapping', 'knots_text', 'agreement_table', 'shared_steps', 'stage_inference',
+           'knots_table', 'plot_stage_inference', 'seed_dir', 'run_seeds', 'cached_inference']
 
 # %% ../nbs/22_inference.ipynb #fc0c07bd
 VIEWS = ("token fraction", "concept fraction", "progress measure", "cos to final")
@@ -98,17 +98,20 @@ def overlapping(a: list, b: list) -> list[tuple[int, int]]:
     "Index pairs (i, j) of knot intervals a[i] = (lo, hi) and b[j] that overlap (closed intervals)."
     return [(i, j) for i, (l1, h1) in enumerate(a) for j, (l2, h2) in enumerate(b) if l1 <= h2 and l2 <= h1]
 
+def knots_text(knots: list) -> str:
+    "Knots as 'step [lo–hi]; ...' ('' when there is none): the one way tables print them."
+    return "; ".join(f"{k['step']} [{k['lo']}–{k['hi']}]" for k in knots)
+
 def agreement_table(views: dict):
     """Views x views: for each pair, the knots whose intervals overlap ('a ~ b', point steps) or 'no'; the diagonal
     lists each view's own knots with their intervals. `views` maps name -> list of dict(step, lo, hi)."""
     import pandas as pd
     names = list(views)
-    cell = lambda k: f"{k['step']} [{k['lo']}–{k['hi']}]"   # noqa: E731
     T = pd.DataFrame("", index=names, columns=names)
     for a in names:
         for b in names:
             A, B = views[a], views[b]
-            if a == b: T.loc[a, b] = "; ".join(map(cell, A)) or "(no knot)"; continue
+            if a == b: T.loc[a, b] = knots_text(A) or "(no knot)"; continue
             pairs = overlapping([(k["lo"], k["hi"]) for k in A], [(k["lo"], k["hi"]) for k in B])
             T.loc[a, b] = ", ".join(f"{A[i]['step']} ~ {B[j]['step']}" for i, j in pairs) or "no"
     return T
@@ -156,7 +159,7 @@ def knots_table(inf: dict):
     for name in [n for n in VIEWS if n in inf["views"]]:      # VIEWS' order (a JSON round trip sorts the keys)
         v = inf["views"][name]
         rows[name] = {"segments (BIC)": v["n_segments"],
-                      f"knots [{inf['level']:.0%} interval]": "; ".join(f"{k['step']} [{k['lo']}–{k['hi']}]" for k in v["knots"]) or "none",
+                      f"knots [{inf['level']:.0%} interval]": knots_text(v["knots"]) or "none",
                       "segments do": ", ".join(f"{s['trend']} {s['start']}–{s['end']}" for s in v["segments"]),
                       "per seed": " | ".join(",".join(map(str, k)) or "none" for k in v["per_seed"])}
     return pd.DataFrame(rows).T
@@ -193,8 +196,8 @@ def seed_dir(out, seed: int) -> Path:
     "Where the run's series trained again with SAE seed `seed` lives: `out/seeds/seed<N>/series` (analysis beside it)."
     return Path(out)/"seeds"/f"seed{int(seed)}"/"series"
 
-def _series_key(out) -> str:
-    return stable_hash(SAESeries.load(Path(out)/"series").manifest["entries"])
+def _series_key(series: SAESeries) -> str:
+    return stable_hash(series.manifest["entries"])
 
 def run_seeds(out, seeds, train_acts: dict, eval_acts: dict, n_boot: int = 200, progress: bool = True) -> dict:
     """Train (or reuse) the run's series again with each SAE seed in `seeds`: the same config, checkpoints, activations
@@ -211,7 +214,7 @@ def run_seeds(out, seeds, train_acts: dict, eval_acts: dict, n_boot: int = 200, 
         train_series(dataclasses.replace(cfg, seed=s), train_acts, eval_acts, seed_dir(out, s), series.hook, progress=progress)
         results.append(analyse(out, progress=progress, series_dir=seed_dir(out, s)))
     inf = stage_inference(series.steps, results, n_boot=n_boot, seed=cfg.seed)
-    inf.update(seeds=[cfg.seed, *seeds], series_key=_series_key(out))
+    inf.update(seeds=[cfg.seed, *seeds], series_key=_series_key(series))
     atomic_write_json(out/"seeds"/"inference.json", inf)
     return inf
 
@@ -221,6 +224,6 @@ def cached_inference(out) -> dict | None:
     path = Path(out)/"seeds"/"inference.json"
     if not path.exists(): return None
     inf = read_json(path)
-    if inf.get("series_key") != _series_key(out):
+    if inf.get("series_key") != _series_key(SAESeries.load(Path(out)/"series")):
         raise SaetrackError(f"{path} is stale (the series changed since); rerun `saetrack seeds --out {out}`")
     return inf
