@@ -21,7 +21,7 @@ CACHE_VERSION = 1
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'BF16_TOL', 'SPLIT_FILE', 'token_rows', 'harvest', 'bf16_error', 'forward_dtype', 'Activations',
-           'load_activations', 'cache_hooks', 'cache_activations', 'activation_split', 'token_stream']
+           'load_activations', 'cache_hooks', 'cache_activations', 'rows_hash', 'activation_split', 'token_stream']
 
 # %% ../nbs/06_activations.ipynb #a7afac19
 def token_rows(stream: np.ndarray, n_tokens: int, ctx: int, bos: int = 0) -> np.ndarray:
@@ -57,8 +57,8 @@ def _forward(model, x: torch.Tensor, hooks: list[str], autocast=None) -> dict[st
 @torch.inference_mode()
 def harvest(model, rows: np.ndarray, outs: dict[str, np.ndarray], batch_rows: int = 64, progress: bool = False,
             autocast: torch.dtype | None = None):
-    """Write each hook's activations at positions 1.. of every row into `outs[hook]` [n_rows*(ctx-1), d], one forward
-    pass per batch for every hook (`autocast`: e.g. bfloat16)."""
+    """Write each hook's activations at positions 1.. of every row into `outs[hook]` [n_rows*(ctx-1), d] (a numpy array or
+    memory map, or a float32 tensor on any device), one forward pass per batch for every hook (`autocast`: e.g. bfloat16)."""
     hooks = list(outs)
     _plan(model, hooks)                         # every hook checked before any work
     per = rows.shape[1] - 1
@@ -67,7 +67,9 @@ def harvest(model, rows: np.ndarray, outs: dict[str, np.ndarray], batch_rows: in
         x = torch.from_numpy(rows[i:i+batch_rows]).long().to(dev)
         for h, a in _forward(model, x, hooks, autocast).items():
             a = a[:, 1:, :].reshape(-1, a.shape[-1])
-            outs[h][i * per:i * per + len(a)] = a.to("cpu", torch.float32).numpy()
+            dst = outs[h][i * per:i * per + len(a)]
+            if isinstance(dst, torch.Tensor): dst.copy_(a)
+            else: dst[:] = a.to("cpu", torch.float32).numpy()
 
 
 # %% ../nbs/06_activations.ipynb #e30ee622
@@ -150,9 +152,9 @@ def cache_hooks(source, hooks: list[str], stream: np.ndarray, n_tokens: int, roo
     rows, out = None, {h: {} for h in hooks}
     for step in tqdm(steps, desc=f"activations {','.join(hooks)} [{split}]", disable=not progress):
         ctx = _ctx(source, step)
-        if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx, _bos(source, step)); rows_hash = _rows_hash(rows)
+        if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx, _bos(source, step)); rhash = rows_hash(rows)
         keys = {h: dict(v=CACHE_VERSION, source=source.identity(step), hook=h, split=split, dtype=dtype,
-                        rows=rows_hash, processing=TL_PROCESSING) for h in hooks}
+                        rows=rhash, processing=TL_PROCESSING) for h in hooks}
         for h in hooks: out[h][step] = _entry_dir(root, h, split, step)
         todo = [h for h in hooks if not _reusable(out[h][step], keys[h], progress)]
         if not todo: continue
@@ -194,7 +196,8 @@ def _key(key: dict, forward: str) -> str:
     "The cache key: float32 entries keep the key they always had; a bfloat16 forward pass is part of the key."
     return stable_hash(key if forward == "float32" else dict(key, forward=forward))
 
-def _rows_hash(rows: np.ndarray) -> str:
+def rows_hash(rows: np.ndarray) -> str:
+    "The first 16 hex digits of the sha256 of token `rows`: what a cache's (or a stream's) key records of them."
     import hashlib
     return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]
 

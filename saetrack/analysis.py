@@ -56,8 +56,8 @@ def context_caches(out, series: SAESeries, pool: str = "train", acts_root=None) 
     for s in series.steps:
         d = root/series.hook/pool/f"step{series.acts_step(s)}"     # a null chain reads one checkpoint throughout
         if not (d/"manifest.json").exists():
-            raise SaetrackError(f"no {pool} activations for step {s} at {d}; build them with `saetrack track` "
-                                f"(or pass acts_root= where they are)")
+            raise SaetrackError(f"no {pool} activations for step {s} at {d}; cache them with `saetrack activations --run {out}` "
+                                f"(a series trained with --stream caches only the held-out ones), or pass acts_root= where they are")
         caches[s] = load_activations(d)
     shas = {c.manifest["files"]["tokens"]["sha256"] for c in caches.values()}
     if len(shas) != 1:

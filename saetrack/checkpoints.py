@@ -235,15 +235,19 @@ class PythiaHub:
         except Exception as e: raise self._unreachable(e) from None
 
     def hooked(self, step: int, device: str = "cpu"):
-        "`step` through TransformerLens' `from_pretrained` (downloads the revision once, into the HF cache)."
+        """`step` through TransformerLens' `from_pretrained` (downloads the revision once, into the HF cache); the last one
+        loaded is kept, as `LocalRun.hooked` keeps it."""
         from transformer_lens import HookedTransformer
+        if getattr(self, "_last", (None,))[0] == (step, str(device)): return self._last[1]
         self.check_step(step); self.check_hub(step)
+        self._last = (None, None)                 # the previous model is freed before the next one loads
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 model = HookedTransformer.from_pretrained(self.repo, checkpoint_value=step, device=str(device), **TL_PROCESSING)
         except Exception as e: raise self._unreachable(e, step) from None
-        return model.eval()
+        self._last = ((step, str(device)), model.eval())
+        return self._last[1]
 
     def _unreachable(self, e: Exception, step: int | None = None) -> SaetrackError:
         s = self.steps[-1] if step is None else step

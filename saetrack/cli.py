@@ -114,7 +114,8 @@ def cmd_track(a, times: dict | None = None) -> dict:
         series = track(p, out, checkpoints=a.checkpoints or p.checkpoints, hook=a.hook, corpus=a.corpus,
                        progress=not a.quiet and main, times=times, caches=caches, device=device, steps=_at_steps(a) or p.steps,
                        skip_bad=getattr(a, "skip_bad_checkpoints", False), log=log,
-                       snapshot_tokens=SNAPSHOT_TOKENS if a.snapshot_tokens is None else a.snapshot_tokens)
+                       snapshot_tokens=SNAPSHOT_TOKENS if a.snapshot_tokens is None else a.snapshot_tokens,
+                       stream=getattr(a, "stream", False))
     if main:
         for s in series.values(): _print_series(s)
         print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
@@ -424,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoints", help="a directory of someone else's step<N>/ or checkpoint-<N>/ HF checkpoints, or a Pythia name (needs the Hub)")
     sp.add_argument("--at-steps", help="comma-separated checkpoint steps (default: all, or the Pythia preset's)")
     sp.add_argument("--skip-bad-checkpoints", action="store_true", help=skip_help)
+    sp.add_argument("--stream", action="store_true", help="compute the SAEs' training activations from each checkpoint's model as "
+                    "they are read, with no training cache on disk (only the held-out one); `saetrack activations` caches the "
+                    "analysis' pool later")
     sp.set_defaults(fn=cmd_track)
     sp = sub.add_parser("activations", help="cache hook activations at every checkpoint")
     _common(sp, "cache root (default RUN/activations)")

@@ -6,41 +6,55 @@
 from __future__ import annotations
 import time
 from pathlib import Path
-from .activations import _ctx, activation_split, cache_hooks, token_stream
+import numpy as np
+from .activations import _bos, _ctx, activation_split, cache_hooks, token_rows, token_stream
 from .checkpoints import LocalRun, open_source
-from .config import Preset, split_hooks
-from .core import from_rank0, resolve_device, world
-from .config import check_warmup
+from .config import SNAPSHOT_TOKENS, Preset, check_warmup, split_hooks
+from .core import SaetrackError, from_rank0, resolve_device, world
 from .lm import run_meta, train_lm
 from .sae import split_batch
 from .quality import ce_recovered
-from .config import SNAPSHOT_TOKENS
+from .stream import model_stream
 from .series import SAESeries, check_reuse, check_series_config, series_dirs, train_series
 
 # %% auto #0
-__all__ = ['CE_ROWS', 'activations_for', 'track', 'repo_root', 'notebook_run']
+__all__ = ['CE_ROWS', 'activations_for', 'stream_rows', 'track', 'repo_root', 'notebook_run']
 
 # %% ../nbs/80_pipeline.ipynb #2cee686f
 CE_ROWS = 32   # held-out rows (of ctx tokens) for CE-loss recovered at every checkpoint
 
 def activations_for(source, preset: Preset, root, hook: str | None = None, corpus: str | None = None,
-                    steps=None, progress: bool = True, device="cpu") -> tuple[dict, dict]:
+                    steps=None, progress: bool = True, device="cpu", splits=("train", "eval")) -> tuple[dict, dict]:
     """Train and eval activation caches of every checkpoint (the model on `device`) for the preset's hooks, or
-    `hook`'s (comma-separated: several): ({hook: {step: dir}}, {hook: {step: dir}}). Checkpoint by checkpoint, both
-    splits, so each model is loaded once (the source keeps the last one), and each split's batches go through it once
-    for all the hooks (`cache_hooks`)."""
+    `hook`'s (comma-separated: several): ({hook: {step: dir}}, {hook: {step: dir}}); `splits=("eval",)` builds only
+    the held-out caches (a streamed series). Checkpoint by checkpoint, both splits, so each model is loaded once (the
+    source keeps the last one), and each split's batches go through it once for all the hooks (`cache_hooks`)."""
     from tqdm.auto import tqdm
     hooks, source = split_hooks(hook or preset.acts.hook), open_source(source)
-    splits = [(split, n, *token_stream(source, split, corpus, root))
-              for split, n in (("train", preset.acts.train_tokens), ("eval", preset.acts.eval_tokens))]
-    out, steps = ({h: {} for h in hooks}, {h: {} for h in hooks}), source.steps if steps is None else list(steps)
+    sizes = dict(train=preset.acts.train_tokens, eval=preset.acts.eval_tokens)
+    todo = [(split, sizes[split], *token_stream(source, split, corpus, root)) for split in splits]
+    out, steps = dict(train={h: {} for h in hooks}, eval={h: {} for h in hooks}), source.steps if steps is None else list(steps)
     for s in steps: source.check_step(s)                  # every step exists before any work
     for step in tqdm(steps, desc=f"activations {','.join(hooks)}", disable=not progress):
-        for res, (split, n, stream, sha) in zip(out, splits):
+        for split, n, stream, sha in todo:
             for h, entries in cache_hooks(source, hooks, stream, n, root, split=split, steps=[step], dtype=preset.acts.dtype,
                                           corpus_sha256=sha, device=device, progress=False).items():
-                res[h].update(entries)
-    return out
+                out[split][h].update(entries)
+    return out["train"], out["eval"]
+
+def _check_budgets(preset: Preset, n: int) -> None:
+    "Both SAE budgets fit `n` training activations per checkpoint within the preset's `epochs` (`check_reuse`)."
+    check_reuse(preset.sae, preset.sae.tokens_first, n, "the first SAE")
+    check_reuse(preset.sae, preset.sae.tokens_next, n, "each later SAE")
+
+def stream_rows(source, preset: Preset, root, corpus: str | None = None) -> np.ndarray:
+    """The token rows a streamed series reads at every checkpoint: enough for the larger SAE budget, or the whole
+    training split if it is smaller (then the SAEs read it more than once, within `epochs`)."""
+    tokens, _ = token_stream(source, "train", corpus, root)
+    step = source.steps[-1]
+    ctx = _ctx(source, step)
+    n = min(max(preset.sae.tokens_first, preset.sae.tokens_next), len(tokens) // (ctx - 1) * (ctx - 1))
+    return token_rows(tokens, n, ctx, _bos(source, step))
 
 def _dataset_name(source, corpus, root=None) -> str:
     "The corpus the activations' tokens come from, as SAELens' `dataset_path` records it."
@@ -50,7 +64,7 @@ def _dataset_name(source, corpus, root=None) -> str:
 
 def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
           progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None,
-          skip_bad: bool = False, log=None, snapshot_tokens: int = SNAPSHOT_TOKENS) -> dict[str, SAESeries]:
+          skip_bad: bool = False, log=None, snapshot_tokens: int = SNAPSHOT_TOKENS, stream: bool = False) -> dict[str, SAESeries]:
     """Build whatever is missing under `out` (training run, activations) and then the SAE series of each hook of the
     preset, or of `hook` (comma-separated: several): {hook: series}, in `out/series`, or `out/series/<hook>/` for
     several (`series_dirs`). `times` receives stage seconds and `caches` the activation cache dirs
@@ -59,18 +73,21 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     series to those checkpoints (default: all). `skip_bad` leaves out unloadable checkpoint folders (nbs/05_checkpoints);
     each activation cache's manifest lists them. `log` (a `CurveLog`, nbs/16_curves) receives the LM's curves and each
     SAE's as it is ready; `snapshot_tokens` spaces the snapshots of an SAE in training (`train_series`). Under torchrun the checks, the LM and the activations are rank 0's work (the others wait for
-    its caches), and then every process trains the series together (`train_series`)."""
+    its caches), and then every process trains the series together (`train_series`). `stream=True` caches only the
+    held-out activations and streams the training ones through each checkpoint's model (nbs/07_stream): `stream_rows`
+    of the training split, the same at every checkpoint; `caches["train"]` then holds the streams."""
     out, device = Path(out), resolve_device(device)
     times = {} if times is None else times
     hooks, rank0 = split_hooks(hook or preset.acts.hook), {}       # rank0: what only rank 0 holds (the checkpoint source)
 
+    if stream and world()[1] > 1:
+        raise SaetrackError("--stream runs in one process for now (each torchrun process would need the model); drop --stream "
+                            "to train data-parallel on cached activations, or stream without torchrun")
     def prepare():
         t = time.time()
         source = None if checkpoints is None else open_source(checkpoints, skip_bad=skip_bad)
         ctx = preset.lm.ctx if source is None else _ctx(source, source.steps[-1])
-        rows = preset.acts.train_tokens // (ctx - 1) * (ctx - 1)          # before any work: the budgets fit the caches
-        check_reuse(preset.sae, preset.sae.tokens_first, rows, "the first SAE")
-        check_reuse(preset.sae, preset.sae.tokens_next, rows, "each later SAE")
+        if not stream: _check_budgets(preset, preset.acts.train_tokens // (ctx - 1) * (ctx - 1))   # before any work: they fit the caches
         check_warmup(preset.sae)
         for b in (preset.sae.batch_size, preset.sae.batch_next or preset.sae.batch_size): split_batch(b, 0, world()[1])
         dirs = series_dirs(out/"series", hooks)
@@ -79,10 +96,13 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
             train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
             if log: log.lm(out)
         times["lm"] = time.time() - t; t = time.time()
-        acts = activations_for(source, preset, out/"activations", ",".join(hooks), corpus, steps=steps, progress=progress, device=device)
+        if stream: rows = stream_rows(source, preset, out/"activations", corpus); _check_budgets(preset, rows.size - len(rows))
+        train, ev = activations_for(source, preset, out/"activations", ",".join(hooks), corpus, steps=steps, progress=progress,
+                                    device=device, splits=("eval",) if stream else ("train", "eval"))
+        if stream: train = {h: {s: model_stream(source, s, rows, h, device) for s in ev[h]} for h in hooks}
         times["activations"] = time.time() - t
         rank0.update(source=source, ctx=ctx)
-        return dirs, *acts
+        return dirs, train, ev
     dirs, train_acts, eval_acts = from_rank0(prepare)
     t = time.time()
     if caches is not None: caches.update(train=train_acts, eval=eval_acts)

@@ -18,7 +18,7 @@ _ARCHES = ("relu", "topk")
 
 # %% auto #0
 __all__ = ['ADAM_FILE', 'make_sae', 'normalise_decoder_', 'geometric_median', 'relu_step', 'paper_loss', 'remove_parallel_grad_',
-           'split_batch', 'BatchIndexStream', 'train_sae', 'save_sae', 'load_sae', 'load_training_sae',
+           'split_batch', 'BatchIndexStream', 'RowBatches', 'train_sae', 'save_sae', 'load_sae', 'load_training_sae',
            'load_adam_state', 'sae_metrics']
 
 # %% ../nbs/10_sae.ipynb #e234cf56
@@ -281,6 +281,23 @@ class BatchIndexStream:
         return idx.sort().values
 
 
+class RowBatches:
+    """Batches of the rows of `x` [N, d] (a cache's memory map as a tensor) in `BatchIndexStream`'s order. `train_sae`
+    reads any source of batches with this interface: `next(lo, hi)` gives rows `lo:hi` of the next global batch (all
+    of it by default; a torchrun process takes its share), `state_dict()` / `load_state_dict()` carry the position
+    through a snapshot. A streamed source (nbs/07_stream) has the same three."""
+    def __init__(self, x: torch.Tensor, batch_size: int, seed: int):
+        self.x, self.order = x, BatchIndexStream(x.shape[0], batch_size, seed)
+
+    def next(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        return self.x.index_select(0, self.order.next()[lo:hi])
+
+    def state_dict(self) -> dict: return dict(generator=self.order.gen.get_state(), perm=self.order.perm, pos=self.order.pos)
+
+    def load_state_dict(self, s: dict) -> None:
+        self.order.gen.set_state(s["generator"]); self.order.perm, self.order.pos = s["perm"], s["pos"]
+
+
 def train_sae(
     sae: TrainingSAE,
     acts: np.ndarray | torch.Tensor,
@@ -302,7 +319,8 @@ def train_sae(
     """Train ``sae`` in place on rows of ``acts`` for n_tokens // batch_size steps.
 
     - Batches: rows drawn without replacement by a seeded torch.randperm, new permutation each
-      epoch (cycling if n_tokens > N).
+      epoch (cycling if n_tokens > N) (`RowBatches`). ``acts`` may instead be a source with
+      ``batches(batch_size, seed)`` and ``shape``: a streamed checkpoint (nbs/07_stream) gives its own order.
     - Optimiser: a fresh torch.optim.Adam (PyTorch defaults: betas (0.9, 0.999), eps 1e-8, no
       weight decay) per call; LR = lr * min(1, (step + 1) / warmup_steps) (linear warm-up, then
       constant, as the paper code's "constantwithwarmup"); no gradient clipping.
@@ -343,9 +361,11 @@ def train_sae(
     """
     if batch_size <= 0 or n_tokens < batch_size:
         raise SaetrackError("need batch_size > 0 and n_tokens >= batch_size")
-    x_all = _as_torch_rows(acts)
-    if x_all.shape[1] != sae.cfg.d_in:
-        raise SaetrackError(f"acts has d={x_all.shape[1]}, SAE expects d_in={sae.cfg.d_in}")
+    streamed = hasattr(acts, "batches")
+    x_all = None if streamed else _as_torch_rows(acts)
+    d = acts.shape[1] if streamed else x_all.shape[1]
+    if d != sae.cfg.d_in:
+        raise SaetrackError(f"acts has d={d}, SAE expects d_in={sae.cfg.d_in}")
     is_topk = isinstance(sae, TopKTrainingSAE)
     if not is_topk and not isinstance(sae, StandardTrainingSAE):
         raise SaetrackError(f"unsupported SAE class {type(sae).__name__}")
@@ -357,7 +377,7 @@ def train_sae(
     lo, hi = split_batch(batch_size, rank, n_proc)
     n_rows = None if n_proc == 1 else batch_size       # the global batch, when x is a share of it
     dev = sae.W_enc.device
-    stream = BatchIndexStream(x_all.shape[0], batch_size, seed)
+    rows = acts.batches(batch_size, seed) if streamed else RowBatches(x_all, batch_size, seed)
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     assert {id(p) for p in params} == {id(p) for p in sae.parameters()}
     opt = torch.optim.Adam(params, lr=lr)
@@ -374,7 +394,7 @@ def train_sae(
 
         pbar = tqdm(total=n_steps, desc="train_sae", mininterval=1.0, leave=False)
 
-    start = _resume(snapshot, sae, opt, stream, curve) if snapshot else 0
+    start = _resume(snapshot, sae, opt, rows, curve) if snapshot else 0
     if eval_fn is not None and start == 0:
         curve["eval"] = [dict(tokens=0, **eval_fn(sae))]
     if pbar is not None: pbar.update(start)
@@ -382,8 +402,7 @@ def train_sae(
     by_hand, buf = fast and type(sae) is StandardTrainingSAE and not _has_hooks(sae), {}
     for step in range(start, n_steps):
         with torch.no_grad():
-            idx = stream.next()
-            x = x_all.index_select(0, idx if n_proc == 1 else idx[lo:hi]).to(dev, non_blocking=True)
+            x = (rows.next() if n_proc == 1 else rows.next(lo, hi)).to(dev, non_blocking=True)
             # per-token 1 / ||x - mean_batch(x)||_2 (a constant w.r.t. the parameters)
             mean = x.mean(dim=0) if n_proc == 1 else _all_sum(x.sum(dim=0)) / batch_size
             inv_norm = torch.linalg.vector_norm(x - mean, dim=1, keepdim=True)
@@ -421,7 +440,7 @@ def train_sae(
             if until is not None and from_rank0(until, curve["eval"]):
                 curve["stop"] = "until"; break
         if snapshot and snapshot[1] and (step + 1) % snapshot[1] == 0 and step != n_steps - 1:
-            from_rank0(_write_snapshot, snapshot, sae, opt, stream, curve, step + 1)
+            from_rank0(_write_snapshot, snapshot, sae, opt, rows, curve, step + 1)
     else:
         curve["stop"] = "budget"
         normalise_decoder_(sae)
@@ -437,11 +456,11 @@ def train_sae(
     return curve
 
 # %% ../nbs/10_sae.ipynb #17589436
-def _write_snapshot(snapshot, sae, opt, stream, curve, next_step: int) -> None:
+def _write_snapshot(snapshot, sae, opt, rows, curve, next_step: int) -> None:
     "Everything `train_sae` needs to go on from `next_step` exactly, in one atomically written file."
     params = {n: p.detach().cpu() for n, p in sae.named_parameters()}
     state = dict(key=snapshot[2], step=next_step, params=params, digest=_digest(params), adam=opt.state_dict(),
-                 generator=stream.gen.get_state(), perm=stream.perm, pos=stream.pos, curve=curve)
+                 batches=rows.state_dict(), curve=curve)
     with atomic_path(snapshot[0]) as tmp: torch.save(state, tmp)
 
 def _digest(params: dict) -> str:
@@ -450,19 +469,19 @@ def _digest(params: dict) -> str:
     for n in sorted(params): h.update(params[n].contiguous().numpy().tobytes())
     return h.hexdigest()
 
-def _resume(snapshot, sae, opt, stream, curve) -> int:
+def _resume(snapshot, sae, opt, rows, curve) -> int:
     "Load a snapshot of the same key into the training state; the step to start at (0: none, another key, or damaged)."
     path = Path(snapshot[0])
     if not path.exists(): return 0
     try:
         s = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(s, dict) or s.get("key") != snapshot[2] or _digest(s["params"]) != s["digest"]: return 0
+        if not isinstance(s, dict) or s.get("key") != snapshot[2] or _digest(s["params"]) != s["digest"] or "batches" not in s: return 0
     except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
         return 0                           # damaged on disk (a kill mid-write cannot do it: the write is atomic)
     opt.load_state_dict(s["adam"])         # moves Adam's moments to the parameters' device
     with torch.no_grad():
         for n, p in sae.named_parameters(): p.copy_(s["params"][n])
-    stream.gen.set_state(s["generator"]); stream.perm, stream.pos = s["perm"], s["pos"]
+    rows.load_state_dict(s["batches"])
     curve.clear(); curve.update(s["curve"])
     return int(s["step"])
 

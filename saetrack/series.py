@@ -80,12 +80,13 @@ def held_out_fn(cfg: SAEConfig, eval_acts: np.ndarray, batch: int = 8192, device
     return fn
 
 def check_reuse(cfg: SAEConfig, tokens: int, n_rows: int, who: str) -> None:
-    "Refuse a token budget that reads the cached activations more than `cfg.epochs` times, naming the three fixes."
+    """Refuse a token budget that reads a checkpoint's activations (cached, or streamed from a training split) more
+    than `cfg.epochs` times, naming the three fixes."""
     passes = tokens / n_rows
     if passes > cfg.epochs:
         raise SaetrackError(f"{who} may read {tokens:,} tokens: {passes:.7g} passes over the {n_rows:,} activations "
-                            f"cached for it; cache more (--tokens), lower its budget (--tokens-first, --tokens-next) or allow "
-                            f"the reuse (--epochs {math.ceil(passes)})")
+                            f"it has; give it more (--tokens caches more; --stream reads the whole training split), lower "
+                            f"its budget (--tokens-first, --tokens-next) or allow the reuse (--epochs {math.ceil(passes)})")
 
 def train_one(cfg: SAEConfig, acts: np.ndarray, step: int, init_from=None, eval_acts=None, progress: bool = False,
               until=None, seed: int | None = None, device="cpu", snapshot: tuple | None = None):
@@ -134,7 +135,8 @@ def _order(steps, direction):
 def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: str, progress: bool = True,
                  quality_fn=None, budgets: dict | None = None, device="cpu", metadata=None, on_entry=None,
                  snapshot_tokens: int = SNAPSHOT_TOKENS) -> "SAESeries":
-    """Train (or resume) the series over the steps of `train_acts` ({step: activation-cache dir}) into `out`.
+    """Train (or resume) the series over the steps of `train_acts` ({step: activation-cache dir, or an `ActivationStream`
+    of nbs/07_stream}) into `out`.
     `quality_fn(step, sae, eval_entry) -> dict` adds metrics that need the model (CE-loss recovered).
     The null chain passes the same cache for every step and `budgets` ({step: tokens}: a fixed budget per link).
     SAEs train on `device` and are saved from there; nothing on disk depends on it. `metadata(step) -> dict` adds
@@ -158,8 +160,8 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
     prev_key, prev_dir = cfg_key, None
     bar = tqdm(steps, desc="SAE series", disable=not progress)
     for step in bar:
-        a = load_activations(train_acts[step])
-        key = stable_hash([prev_key, a.manifest["key"], step])
+        akey, acts, acts_step = _train_source(train_acts[step], step)
+        key = stable_hash([prev_key, akey, step])
         d = out/f"step{step}"
         e = man["entries"].get(str(step))
         if from_rank0(lambda: bool(e and e["key"] == key and _entry_ok(d, e))):
@@ -170,14 +172,14 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         ev = load_activations(eval_acts[step])
         c = cfg if not budgets or step not in budgets else dataclasses.replace(
             cfg, budget="fixed", **{("tokens_first" if prev_dir is None else "tokens_next"): budgets[step]})
-        sae, curve, adam = train_one(c, a.acts, step, init_from=prev_dir, eval_acts=ev.acts, device=device, progress=progress,
+        sae, curve, adam = train_one(c, acts, step, init_from=prev_dir, eval_acts=ev.acts, device=device, progress=progress,
                                      snapshot=(out/f"step{step}.partial.pt", snapshot_tokens, key))
         seconds = time.time() - t0
         def measure_and_save():                    # rank 0's alone: the others wait, then start the next SAE from `d`
             m = sae_metrics(sae, ev.acts)
             if quality_fn is not None: m.update(quality_fn(step, sae, ev))
             m.update(step=step, tokens=curve["eval"][-1]["tokens"], seconds=round(seconds, 3), recurrent=prev_dir is not None,
-                     verdict=curve["verdict"], acts_step=int(a.manifest.get("step", step)))
+                     verdict=curve["verdict"], acts_step=acts_step)
             meta = dict(metadata(m["acts_step"]) if metadata else {}, hook_name=hook, checkpoint_step=step, saetrack_key=key)
             save_sae(sae, d, extra_metadata=meta,
                      extra_files={"metrics.json": m, "curve.json": curve}, adam_state=adam)
@@ -189,6 +191,12 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         if on_entry and main: on_entry(step, d)
         bar.set_postfix(step=step, nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}", tokens=m["tokens"], verdict=m["verdict"])
     return SAESeries.load(out)
+
+def _train_source(entry, step: int) -> tuple[str, object, int]:
+    "A step's training activations as (key, rows, checkpoint they are of): a cache directory, verified, or a stream."
+    if hasattr(entry, "batches"): return entry.key, entry, entry.step
+    a = load_activations(entry)
+    return a.manifest["key"], a.acts, int(a.manifest.get("step", step))
 
 def _entry_ok(d: Path, e: dict) -> bool:
     "An entry is usable when its weights match the manifest's sha256 and its cfg.json, metrics.json and curve.json parse."
