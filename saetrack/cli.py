@@ -285,10 +285,12 @@ def _print_plan(name: str):
     print(f"  SAE training: {p['flops'] / 1e15:,.0f} PFLOP (10 d_in d_sae per token), ~{p['sae_gpu_hours']:.1f} GPU-hours at an assumed "
           f"{p['gpu_tflops_assumed']:.0f} TFLOP/s sustained, plus harvesting; GPU memory ~{p['gpu_gib']:.1f} GiB (SAE with Adam "
           f"{p['sae_gib_with_adam']:.1f}, one step's buffers, the model)")
-    print(f"  disk, float32: the activation caches (15M training tokens per checkpoint) {p['cache_disk_tib']:.2f} TiB, of which the "
-          f"held-out caches {p['eval_disk_gib']:.0f} GiB; streamed activations, which would keep only those, are not built yet")
-    print(f"  run it: saetrack track --preset {name} --device cuda (with --epochs 20 the first SAE re-reads the 15M tokens "
-          f"cached per checkpoint; or lower --tokens-first)")
+    print(f"  disk, float32, cached: the activation caches (15M training tokens per checkpoint) {p['cache_disk_tib']:.2f} TiB, of "
+          f"which the held-out caches {p['eval_disk_gib']:.0f} GiB, and the SAEs {p['sae_disk_gib']:.0f} GiB")
+    print(f"  disk, float32, streamed (--stream): the held-out caches {p['eval_disk_gib']:.0f} GiB and the SAEs {p['sae_disk_gib']:.0f} GiB; "
+          f"GPU memory +{p['stream_buffer_gib']:.0f} GiB for the shuffled block; no SAE reads a token twice")
+    print(f"  run it: saetrack track --preset {name} --device cuda --stream --corpus DATASET (a corpus of at least "
+          f"{p['tokens_first']:,} tokens); cached instead, --epochs 20 lets the first SAE re-read the 15M tokens cached per checkpoint")
 
 def cmd_reproduce(a):
     "Everything on the embedded default: run, activations, SAE series, analysis, figures (--full: the recipe study, controls, seeds, baseline, scaling)."

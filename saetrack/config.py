@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['SNAPSHOT_TOKENS', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'split_hooks', 'ActsConfig', 'SAEConfig',
-           'check_warmup', 'paper_recipe', 'Preset', 'get_preset', 'checkpoint_steps', 'pythia_plan']
+__all__ = ['STREAM_BUFFER', 'SNAPSHOT_TOKENS', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'split_hooks', 'ActsConfig',
+           'SAEConfig', 'check_warmup', 'paper_recipe', 'Preset', 'get_preset', 'checkpoint_steps', 'pythia_plan']
 
 # %% ../nbs/01_config.ipynb #2bae2830
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ class ActsConfig:
     @property
     def hooks(self) -> tuple[str, ...]: return split_hooks(self.hook)
 
+STREAM_BUFFER = 1 << 18    # activations per shuffled block of a streamed series (nbs/07_stream): 128 MiB at d 128, 1 GiB at d 1,024
 SNAPSHOT_TOKENS = 1 << 25   # tokens between snapshots of an SAE in training (33.5M: minutes on a GPU; tiny's SAEs never reach it)
 
 @dataclass(frozen=True)
@@ -259,5 +260,6 @@ def pythia_plan(name: str, expansion: int = 64, gpu_tflops: float = 50.0) -> dic
                 sae_params=n_params, sae_gib_with_adam=n_params * 4 * 4 / 2**30,
                 cache_disk_tib=T * PAPER_SAE.tokens_next * d_in * 4 / 2**40, sae_gpu_hours=flops / (gpu_tflops * 1e12) / 3600,
                 gpu_tflops_assumed=gpu_tflops, flops=flops,
-                eval_disk_gib=T * (1 << 16) * d_in * 4 / 2**30,
-                gpu_gib=(n_params * 4 * 4 + PAPER_SAE.batch_size * d_sae * 9 + _PYTHIA_PARAMS[name] * 4) / 2**30)
+                eval_disk_gib=T * (1 << 16) * d_in * 4 / 2**30, sae_disk_gib=T * n_params * 4 / 2**30,
+                gpu_gib=(n_params * 4 * 4 + PAPER_SAE.batch_size * d_sae * 9 + _PYTHIA_PARAMS[name] * 4) / 2**30,
+                stream_buffer_gib=2 * STREAM_BUFFER * d_in * 4 / 2**30)   # a streamed block and its shuffled copy

@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from .activations import forward_dtype, harvest, rows_hash
 from .checkpoints import TL_PROCESSING
+from .config import STREAM_BUFFER
 from .core import SaetrackError, stable_hash
 
 STREAM_VERSION = 1
-STREAM_BUFFER = 1 << 18   # activations per shuffled block: 128 MiB at tiny's d 128, 1 GiB at Pythia-410m's d 1,024
 
 # %% auto #0
-__all__ = ['STREAM_VERSION', 'STREAM_BUFFER', 'ActivationStream', 'StreamBatches', 'stream_key', 'model_stream']
+__all__ = ['STREAM_VERSION', 'ActivationStream', 'StreamBatches', 'stream_key', 'model_stream']
 
 # %% ../nbs/07_stream.ipynb #f3271229
 class ActivationStream:

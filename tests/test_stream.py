@@ -137,3 +137,11 @@ def test_stream_is_refused_under_torchrun(micro, tmp_path, monkeypatch):
     monkeypatch.setattr(pl, "world", lambda: (0, 2))
     with pytest.raises(SaetrackError, match="--stream runs in one process"):
         track(micro, tmp_path / "x", progress=False, stream=True)
+
+def test_dry_run_plan_prices_the_streamed_run(capsys):
+    from saetrack.config import pythia_plan
+    p = pythia_plan("pythia-410m")
+    assert p["eval_disk_gib"] + p["sae_disk_gib"] < 25 < p["cache_disk_tib"] * 1024          # no terabyte cache
+    assert p["stream_buffer_gib"] == 2.0                                                     # 2 x 2^18 x 1,024 x 4 bytes
+    assert main(["reproduce", "--preset", "pythia-410m", "--dry-run"]) == 0
+    assert "--stream --corpus" in capsys.readouterr().out
