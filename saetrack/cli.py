@@ -57,7 +57,7 @@ def cmd_activations(a) -> dict:
     from saetrack.pipeline import activations_for
     p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype))
     src = open_source(a.checkpoints or a.run or f"runs/{p.name}", skip_bad=a.skip_bad_checkpoints)
-    steps = _at_steps(a)
+    steps = _at_steps(a) or p.steps                    # a Pythia preset: the paper's checkpoints
     root = writable_dir(a.out) if a.out else (src.path/"activations" if hasattr(src, "path") else Path("activations"))
     with run_lock(writable_dir(a.out or getattr(src, "path", root))):     # the run whose caches these are (or --out)
         tr, ev = activations_for(src, p, root, corpus=a.corpus, steps=steps, progress=not a.quiet, device=a.device)
@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoints", help="a directory of step<N>/ or checkpoint-<N>/ HF checkpoints, or a Pythia name (needs the Hub)")
     sp.add_argument("--corpus", help="corpus the activations are taken on (default: a saetrack run's own; for other checkpoints "
                     "the one recorded with their caches, else stdlib), split with the run's settings")
-    sp.add_argument("--at-steps", help="comma-separated checkpoint steps (default: all)")
+    sp.add_argument("--at-steps", help="comma-separated checkpoint steps (default: all, or the Pythia preset's)")
     sp.add_argument("--skip-bad-checkpoints", action="store_true", help=skip_help)
     _acts_args(sp); sp.set_defaults(fn=cmd_activations)
     sp = sub.add_parser("convergence", help="the recipe study: which warm start reaches a converged scratch SAE, with how many tokens (slow)")
