@@ -89,7 +89,7 @@ def test_foreign_checkpoints_record_their_split_and_read_it_back(run, preset, ot
 
 def test_default_caches_keep_their_keys(run, preset, tmp_path):
     "The cache key of a run harvested without `--corpus` is what it always was (caches are not invalidated)."
-    from saetrack.activations import CACHE_VERSION, _rows_hash, token_rows
+    from saetrack.activations import CACHE_VERSION, rows_hash, token_rows
     from saetrack.checkpoints import TL_PROCESSING, open_source
     from saetrack.core import stable_hash
     src, step = open_source(run), preset.lm.steps
@@ -97,5 +97,5 @@ def test_default_caches_keep_their_keys(run, preset, tmp_path):
     for split, res, n in (("train", tr, preset.acts.train_tokens), ("eval", ev, preset.acts.eval_tokens)):
         rows = token_rows(load_tokens(run, split), n, preset.lm.ctx)
         key = stable_hash(dict(v=CACHE_VERSION, source=src.identity(step), hook=preset.acts.hook, split=split,
-                               dtype=preset.acts.dtype, rows=_rows_hash(rows), processing=TL_PROCESSING))
+                               dtype=preset.acts.dtype, rows=rows_hash(rows), processing=TL_PROCESSING))
         assert load_activations(res[preset.acts.hook][step]).manifest["key"] == key
