@@ -287,6 +287,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'saetrack.explorer._page': ('explorer.html#_page', 'saetrack/explorer.py'),
                                    'saetrack.explorer._xlog': ('explorer.html#_xlog', 'saetrack/explorer.py'),
                                    'saetrack.explorer.build_explorer': ('explorer.html#build_explorer', 'saetrack/explorer.py'),
+                                   'saetrack.explorer.context_acts': ('explorer.html#context_acts', 'saetrack/explorer.py'),
                                    'saetrack.explorer.context_html': ('explorer.html#context_html', 'saetrack/explorer.py'),
                                    'saetrack.explorer.context_windows': ('explorer.html#context_windows', 'saetrack/explorer.py'),
                                    'saetrack.explorer.decoder_neighbours': ('explorer.html#decoder_neighbours', 'saetrack/explorer.py'),

@@ -17,9 +17,9 @@ from .series import SAESeries
 from . import semantics as sm
 
 # %% auto #0
-__all__ = ['EXPLORER_VERSION', 'CHROMIUM_FLAGS', 'context_windows', 'encode_pass', 'decoder_neighbours', 'ExplorerConfig',
-           'explorer_data', 'token_html', 'context_html', 'histogram_svg', 'overview_svg', 'feature_page', 'index_page',
-           'build_explorer', 'external_refs', 'find_chromium', 'Chromium']
+__all__ = ['EXPLORER_VERSION', 'CHROMIUM_FLAGS', 'context_windows', 'encode_pass', 'context_acts', 'decoder_neighbours',
+           'ExplorerConfig', 'explorer_data', 'token_html', 'context_html', 'histogram_svg', 'overview_svg',
+           'feature_page', 'index_page', 'build_explorer', 'external_refs', 'find_chromium', 'Chromium']
 
 # %% ../nbs/75_explorer.ipynb #2a8847db
 def context_windows(idx, L: int, before: int = 12, after: int = 4) -> np.ndarray:
@@ -32,18 +32,13 @@ def context_windows(idx, L: int, before: int = 12, after: int = 4) -> np.ndarray
     return np.where(ok, idx[..., None] + off, -1)
 
 # %% ../nbs/75_explorer.ipynb #953b81d5
-def encode_pass(encoder, acts, hmax, n_bins: int = 24, pos=None, feat=None, batch: int = 16384):
+def encode_pass(encoder, acts, hmax, n_bins: int = 24, batch: int = 16384):
     """One pass of `encoder` (an SAE, or anything `semantics.as_encode_fn` takes) over `acts` [N, d_in]. `hmax` [F]: the
     upper edge of each latent's histogram. Returns (hist [F, n_bins] int64 counts of positive activations, fires [F]
-    int64 positive counts, vals [len(pos)] float32 = activation of latent `feat[j]` at row `pos[j]`)."""
+    int64 positive counts)."""
     enc = sm.as_encode_fn(encoder)
     scale = (n_bins / np.maximum(np.asarray(hmax, np.float32), 1e-12)).astype(np.float32)
     F = len(scale)
-    pos = np.zeros(0, np.int64) if pos is None else np.asarray(pos, np.int64)
-    feat = np.zeros(0, np.int64) if feat is None else np.asarray(feat, np.int64)
-    order = np.argsort(pos, kind="stable")
-    ps, fs = pos[order], feat[order]
-    vals = np.zeros(len(pos), np.float32)
     hist, fires = np.zeros(F * n_bins, np.int64), np.zeros(F, np.int64)
     with torch.inference_mode():
         for s in range(0, int(acts.shape[0]), batch):
@@ -54,9 +49,19 @@ def encode_pass(encoder, acts, hmax, n_bins: int = 24, pos=None, feat=None, batc
             b = np.minimum((c[r, f] * scale[f]).astype(np.int64), n_bins - 1)
             hist += np.bincount(f * n_bins + b, minlength=F * n_bins)
             fires += np.bincount(f, minlength=F)
-            lo, hi = np.searchsorted(ps, [s, s + len(x)])
-            if hi > lo: vals[order[lo:hi]] = c[ps[lo:hi] - s, fs[lo:hi]]
-    return hist.reshape(F, n_bins), fires, vals
+    return hist.reshape(F, n_bins), fires
+
+def context_acts(encoder, acts, pos, feat, batch: int = 16384) -> np.ndarray:
+    "The activation of latent `feat[j]` at row `pos[j]` of `acts` (float32), encoding only the distinct rows asked for."
+    enc, feat = sm.as_encode_fn(encoder), np.asarray(feat, np.int64)
+    rows, inv = np.unique(np.asarray(pos, np.int64), return_inverse=True)
+    vals = np.zeros(len(inv), np.float32)
+    with torch.inference_mode():
+        for s in range(0, len(rows), batch):
+            c = enc(torch.from_numpy(np.array(acts[rows[s:s + batch]], dtype=np.float32))).float().numpy()
+            m = (inv >= s) & (inv < s + batch)
+            vals[m] = c[inv[m] - s, feat[m]]
+    return vals
 
 # %% ../nbs/75_explorer.ipynb #6e817e7c
 def decoder_neighbours(W, n: int = 8, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +80,7 @@ def decoder_neighbours(W, n: int = 8, block: int = 4096) -> tuple[np.ndarray, np
     return ids, cos
 
 # %% ../nbs/75_explorer.ipynb #3940e512
-EXPLORER_VERSION = 1       # bump when the pages change
+EXPLORER_VERSION = 2       # bump when the pages change (2: histograms and firing rates on the held-out tokens)
 
 @dataclasses.dataclass(frozen=True)
 class ExplorerConfig:
@@ -94,8 +99,8 @@ class ExplorerConfig:
 def explorer_data(out, result: dict, cfg: ExplorerConfig = ExplorerConfig(), progress: bool = False) -> dict:
     """What the pages need beyond the cached analysis `result` of the series in `out`: context token ids `ctx_tokens`
     and activations `ctx_acts` [T, F, n_contexts, before + 1 + after] (-1 / 0 outside the row), histograms `hist`
-    [T, F, n_bins] with upper edges `hmax` [F], firing counts `fires` [T, F] over the `n_tokens` tokens of the analysis' pool (`pool_name`), final
-    decoder neighbours `nb_ids`, `nb_cos` [F, n_neighbours], and `seconds` per part."""
+    [T, F, n_bins] with upper edges `hmax` [F] and firing counts `fires` [T, F] over the `n_tokens` held-out tokens (the
+    contexts are the analysis' pool's, `pool_name`), final decoder neighbours `nb_ids`, `nb_cos` [F, n_neighbours], and `seconds` per part."""
     out, times = Path(out), {}
     t0 = time.time()
     series = SAESeries.load(out/"series")
@@ -104,6 +109,7 @@ def explorer_data(out, result: dict, cfg: ExplorerConfig = ExplorerConfig(), pro
         raise SaetrackError(f"the analysis is for steps {steps}, the series under '{out/'series'}' has {series.steps}; "
                             f"rerun `saetrack analyse --out {out}`")
     caches = context_caches(out, series, result["config"]["pool"])
+    held = context_caches(out, series, "eval")
     tokens = np.asarray(caches[steps[-1]].tokens)
     n = min(cfg.n_contexts, result["indices"].shape[2])
     win = context_windows(result["indices"][:, :, :n], tokens.shape[1] - 1, cfg.before, cfg.after)   # [T, F, n, w]
@@ -115,13 +121,15 @@ def explorer_data(out, result: dict, cfg: ExplorerConfig = ExplorerConfig(), pro
     with torch.inference_mode():
         for t, s in enumerate(tqdm(steps, desc="explorer: encoder pass", disable=not progress)):
             ok = win[t] >= 0
-            hist[t], fires[t], acts[t][ok] = encode_pass(series.sae(s), caches[s].acts, hmax, cfg.n_bins, win[t][ok], feat[ok])
+            sae = series.sae(s)
+            hist[t], fires[t] = encode_pass(sae, held[s].acts, hmax, cfg.n_bins)
+            acts[t][ok] = context_acts(sae, caches[s].acts, win[t][ok], feat[ok])
         times["encode"] = time.time() - t0; t = time.time()
         W = series.sae(steps[-1]).W_dec.detach()
         nb_ids, nb_cos = decoder_neighbours(W, cfg.n_neighbours)
     times["neighbours"] = time.time() - t
     return dict(steps=steps, ctx_tokens=sm.token_at(tokens, win), ctx_acts=acts, hist=hist, hmax=hmax, fires=fires,
-                n_tokens=int(caches[steps[-1]].acts.shape[0]), pool_name=_POOL_NAME[result["config"]["pool"]],
+                n_tokens=int(held[steps[-1]].acts.shape[0]), pool_name=_POOL_NAME[result["config"]["pool"]],
                 nb_ids=nb_ids, nb_cos=nb_cos, config=cfg, seconds=times)
 
 _POOL_NAME = {"train": "training", "eval": "held-out"}
@@ -268,7 +276,7 @@ def feature_page(i: int, R: dict, D: dict, esc) -> str:
             + (f'<a href="{i + 1}.html">latent {i + 1} ›</a>' if i + 1 < F else "") + "</nav>",
             f"<h1>Latent {i} {_badge(cls[-1])}{tok(T - 1)}</h1>",
             f'<p class="sub">pattern <b>{html.escape(pat)}</b>' + (f" (changes at step {int(change):,})" if math.isfinite(change) else "")
-            + f"; fires on {D['fires'][-1, i] / D['n_tokens']:.2%} of {D['n_tokens']:,} {D['pool_name']} tokens at the final step</p>"]
+            + f"; fires on {D['fires'][-1, i] / D['n_tokens']:.2%} of {D['n_tokens']:,} held-out tokens at the final step</p>"]
     rows = [("class at the final step", _badge(cls[-1]) + tok(T - 1)),
             ("transition pattern", html.escape(pat) + (f", change at step {int(change):,}" if math.isfinite(change) else "")),
             (f"formation step ({main})", f"{form:,}" if form >= 0 else ("never" if live else "– (not live)")),
@@ -384,7 +392,7 @@ def index_page(R: dict, D: dict, esc, title: str) -> str:
             f'<p class="muted">formation step: first checkpoint from which M ({main}) stays above half its final value and the null floor; '
             "cos(first, final): cosine between the latent's decoder rows at the first and final checkpoints (1 = no drift); "
             "path after formation: the angle its decoder row still travels from the formation step to the end; fires on: share of "
-            f"{D['pool_name']} tokens with a positive activation at the final step.</p>")
+            "held-out tokens with a positive activation at the final step.</p>")
     return _page(title, body, _INDEX_JS)
 
 # %% ../nbs/75_explorer.ipynb #c4f5738b
