@@ -75,14 +75,13 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     SAE's as it is ready; `snapshot_tokens` spaces the snapshots of an SAE in training (`train_series`). Under torchrun the checks, the LM and the activations are rank 0's work (the others wait for
     its caches), and then every process trains the series together (`train_series`). `stream=True` caches only the
     held-out activations and streams the training ones through each checkpoint's model (nbs/07_stream): `stream_rows`
-    of the training split, the same at every checkpoint; `caches["train"]` then holds the streams."""
+    of the training split, the same at every checkpoint; `caches["train"]` then holds the streams. Under torchrun every
+    process runs each checkpoint's model over every block (the forward pass is repeated, not split) and trains on its
+    share of each batch, as it reads its share of a cache's."""
     out, device = Path(out), resolve_device(device)
     times = {} if times is None else times
     hooks, rank0 = split_hooks(hook or preset.acts.hook), {}       # rank0: what only rank 0 holds (the checkpoint source)
 
-    if stream and world()[1] > 1:
-        raise SaetrackError("--stream runs in one process for now (each torchrun process would need the model); drop --stream "
-                            "to train data-parallel on cached activations, or stream without torchrun")
     def prepare():
         t = time.time()
         source = None if checkpoints is None else open_source(checkpoints, skip_bad=skip_bad)
@@ -99,11 +98,14 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
         if stream: rows = stream_rows(source, preset, out/"activations", corpus); _check_budgets(preset, rows.size - len(rows))
         train, ev = activations_for(source, preset, out/"activations", ",".join(hooks), corpus, steps=steps, progress=progress,
                                     device=device, splits=("eval",) if stream else ("train", "eval"))
-        if stream: train = {h: {s: model_stream(source, s, rows, h, device) for s in ev[h]} for h in hooks}
         times["activations"] = time.time() - t
-        rank0.update(source=source, ctx=ctx)
+        rank0.update(source=source, ctx=ctx, rows=rows if stream else None)
         return dirs, train, ev
     dirs, train_acts, eval_acts = from_rank0(prepare)
+    if stream:                                  # every process streams through its own copy of each model (nbs/07_stream)
+        source = rank0.get("source") or open_source(out if checkpoints is None else checkpoints, skip_bad=skip_bad)
+        rows = rank0["rows"] if rank0 else stream_rows(source, preset, out/"activations", corpus)
+        train_acts = {h: {s: model_stream(source, s, rows, h, device) for s in eval_acts[h]} for h in hooks}
     t = time.time()
     if caches is not None: caches.update(train=train_acts, eval=eval_acts)
 

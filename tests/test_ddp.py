@@ -11,10 +11,10 @@ from saetrack.series import SAESeries
 ARGS = ["--preset", "micro", "--at-steps", "0,1,2,4", "--tokens-first", "32768", "--budget", "fixed", "--quiet"]   # 4 SAEs, fixed budgets
 
 
-def torchrun(out, nproc=2):
+def torchrun(out, nproc=2, extra=()):
     "`torchrun --standalone --nproc-per-node 2 -m saetrack track --out OUT ...` in its own process group."
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "saetrack", "track", "--out", str(out), *ARGS]
+           "-m", "saetrack", "track", "--out", str(out), *ARGS, *extra]
     return subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -107,3 +107,18 @@ def test_only_track_runs_under_torchrun(monkeypatch, tmp_path, capsys):
     assert main(["analyse", "--preset", "micro", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "only `saetrack track` runs as several processes" in err and err.count("\n") == 1
+
+
+def test_two_processes_stream_the_series_of_one(runs):
+    "--stream under torchrun: each process runs the model over every block and trains on its share of each batch."
+    one, two = runs["root"]/"s-one", runs["root"]/"s-two"
+    for d in (one, two): shutil.copytree(runs["one"], d, ignore=shutil.ignore_patterns("series", "activations"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try: assert main(["track", "--out", str(one), "--stream", *ARGS]) == 0
+    finally: torch.set_num_threads(threads)
+    finish(torchrun(two, extra=["--stream"]))
+    assert not (two/"activations"/"blocks.1.hook_resid_pre"/"train").exists()
+    d = max_diff(weights(one), weights(two))
+    print(f"streamed: largest weight difference 1 vs 2 processes {d:.3g}")
+    assert d < 1e-4

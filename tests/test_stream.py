@@ -132,12 +132,6 @@ def test_analysis_of_a_streamed_run_names_the_cache_command(streamed, capsys):
     err = capsys.readouterr().err
     assert "saetrack activations --run" in err and "--stream" in err and len(err.strip().splitlines()) == 1
 
-def test_stream_is_refused_under_torchrun(micro, tmp_path, monkeypatch):
-    import saetrack.pipeline as pl
-    monkeypatch.setattr(pl, "world", lambda: (0, 2))
-    with pytest.raises(SaetrackError, match="--stream runs in one process"):
-        track(micro, tmp_path / "x", progress=False, stream=True)
-
 def test_dry_run_plan_prices_the_streamed_run(capsys):
     from saetrack.config import pythia_plan
     p = pythia_plan("pythia-410m")
