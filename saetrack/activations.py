@@ -145,14 +145,14 @@ def cache_hooks(source, hooks: list[str], stream: np.ndarray, n_tokens: int, roo
     source, device, hooks = open_source(source), resolve_device(device), list(hooks)
     steps = source.steps if steps is None else list(steps)
     for s in steps: source.check_step(s)
-    n_layers = _n_layers(source)
+    n_layers = source.n_layers()
     for h in hooks: hook_layer(h, n_layers)   # fail before any work on a hook outside the model
     if dtype == "bfloat16": raise SaetrackError("--dtype bfloat16 cannot be stored in .npy files; use float16 (half the disk) or float32")
     if dtype not in ("float32", "float16"): raise SaetrackError(f"--dtype must be float32 or float16 (got {dtype})")
     rows, out = None, {h: {} for h in hooks}
     for step in tqdm(steps, desc=f"activations {','.join(hooks)} [{split}]", disable=not progress):
-        ctx = _ctx(source, step)
-        if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx, _bos(source, step)); rhash = rows_hash(rows)
+        ctx = source.ctx(step)
+        if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx, source.bos(step)); rhash = rows_hash(rows)
         keys = {h: dict(v=CACHE_VERSION, source=source.identity(step), hook=h, split=split, dtype=dtype,
                         rows=rhash, processing=TL_PROCESSING) for h in hooks}
         for h in hooks: out[h][step] = _entry_dir(root, h, split, step)
@@ -201,23 +201,6 @@ def rows_hash(rows: np.ndarray) -> str:
     import hashlib
     return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]
 
-def _n_layers(source) -> int:
-    from transformers import AutoConfig
-    if hasattr(source, "path"): return AutoConfig.from_pretrained(source.check_step(source.steps[-1])).num_hidden_layers
-    source.check_hub()
-    try: return AutoConfig.from_pretrained(source.repo).num_hidden_layers
-    except OSError as e: raise source._unreachable(e) from None
-
-def _ctx(source, step) -> int:
-    from transformers import AutoConfig
-    if hasattr(source, "path"): return AutoConfig.from_pretrained(source.check_step(step)).max_position_embeddings
-    return 128   # the paper's context length for Pythia
-
-def _bos(source, step) -> int:
-    "The token each row starts with: the checkpoint's tokenizer's BOS (else its EOS; GPT-2 50256, Llama 1), Pythia's 0 without one."
-    tok = source.tokenizer(step) if hasattr(source, "path") else None
-    ids = [getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)]
-    return next((i for i in ids if i is not None), 0)
 
 
 # %% ../nbs/06_activations.ipynb #87cc5d4d

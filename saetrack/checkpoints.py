@@ -166,6 +166,21 @@ class LocalRun:
             if any((t/f).is_file() for f in _TOKENIZER): return AutoTokenizer.from_pretrained(str(t))
         return None
 
+    def n_layers(self) -> int:
+        "The model's number of layers (the last checkpoint's config)."
+        from transformers import AutoConfig
+        return AutoConfig.from_pretrained(self.check_step(self.steps[-1])).num_hidden_layers
+
+    def ctx(self, step: int) -> int:
+        "The context length of `step`'s model: the rows a harvest cuts the token stream into."
+        from transformers import AutoConfig
+        return AutoConfig.from_pretrained(self.check_step(step)).max_position_embeddings
+
+    def bos(self, step: int) -> int:
+        "The token each row starts with: the run's tokenizer's BOS, else its EOS (GPT-2 50256, Llama 1), else 0 (saetrack's, Pythia's)."
+        tok = self.tokenizer(step)
+        return next((i for i in (getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)) if i is not None), 0)
+
     def hooked(self, step: int, device: str = "cpu"):
         "The `HookedTransformer` of `step`; the last one loaded is kept, so consecutive uses of a step load it once."
         if getattr(self, "_last", (None,))[0] != (step, str(device)):
@@ -233,6 +248,15 @@ class PythiaHub:
         self.check_hub()
         try: return AutoTokenizer.from_pretrained(self.repo)
         except Exception as e: raise self._unreachable(e) from None
+
+    def n_layers(self) -> int:
+        from transformers import AutoConfig
+        self.check_hub()
+        try: return AutoConfig.from_pretrained(self.repo).num_hidden_layers
+        except OSError as e: raise self._unreachable(e) from None
+
+    def ctx(self, step: int) -> int: return 128      # the paper's context length for Pythia
+    def bos(self, step: int) -> int: return 0        # Pythia's BOS, <|endoftext|>
 
     def hooked(self, step: int, device: str = "cpu"):
         """`step` through TransformerLens' `from_pretrained` (downloads the revision once, into the HF cache); the last one

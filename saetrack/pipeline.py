@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 import numpy as np
-from .activations import _bos, _ctx, activation_split, cache_hooks, token_rows, token_stream
+from .activations import activation_split, cache_hooks, token_rows, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import SNAPSHOT_TOKENS, Preset, check_warmup, split_hooks
 from .core import SaetrackError, from_rank0, resolve_device, world
@@ -52,9 +52,9 @@ def stream_rows(source, preset: Preset, root, corpus: str | None = None) -> np.n
     training split if it is smaller (then the SAEs read it more than once, within `epochs`)."""
     tokens, _ = token_stream(source, "train", corpus, root)
     step = source.steps[-1]
-    ctx = _ctx(source, step)
+    ctx = source.ctx(step)
     n = min(max(preset.sae.tokens_first, preset.sae.tokens_next), len(tokens) // (ctx - 1) * (ctx - 1))
-    return token_rows(tokens, n, ctx, _bos(source, step))
+    return token_rows(tokens, n, ctx, source.bos(step))
 
 def _dataset_name(source, corpus, root=None) -> str:
     "The corpus the activations' tokens come from, as SAELens' `dataset_path` records it."
@@ -85,7 +85,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     def prepare():
         t = time.time()
         source = None if checkpoints is None else open_source(checkpoints, skip_bad=skip_bad)
-        ctx = preset.lm.ctx if source is None else _ctx(source, source.steps[-1])
+        ctx = preset.lm.ctx if source is None else source.ctx(source.steps[-1])
         if not stream: _check_budgets(preset, preset.acts.train_tokens // (ctx - 1) * (ctx - 1))   # before any work: they fit the caches
         check_warmup(preset.sae)
         for b in (preset.sae.batch_size, preset.sae.batch_next or preset.sae.batch_size): split_batch(b, 0, world()[1])
