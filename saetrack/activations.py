@@ -21,7 +21,8 @@ CACHE_VERSION = 1
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'BF16_TOL', 'SPLIT_FILE', 'token_rows', 'harvest', 'bf16_error', 'forward_dtype', 'Activations',
-           'load_activations', 'cache_hooks', 'cache_activations', 'rows_hash', 'activation_split', 'token_stream']
+           'run_acts_root', 'acts_dir', 'load_activations', 'cache_hooks', 'cache_activations', 'rows_hash',
+           'activation_split', 'token_stream']
 
 # %% ../nbs/06_activations.ipynb #a7afac19
 def token_rows(stream: np.ndarray, n_tokens: int, ctx: int, bos: int = 0) -> np.ndarray:
@@ -107,7 +108,14 @@ class Activations:
         per = self.tokens.shape[1] - 1
         return i // per, i % per + 1
 
-def _entry_dir(root, hook, split, step) -> Path: return Path(root)/hook/split/f"step{step}"
+def run_acts_root(run) -> Path:
+    "The activation cache root of a run directory, `RUN/activations`."
+    return Path(run)/"activations"
+
+def acts_dir(root, hook: str, split: str, step: int | None = None) -> Path:
+    "Where the `split` (train / eval) cache entry of `hook` at `step` lives under the cache `root`; without `step`, the split's directory."
+    d = Path(root)/hook/split
+    return d if step is None else d/f"step{step}"
 
 def _file_ok(path: Path, shape, dtype, sha) -> bool:
     try:
@@ -155,7 +163,7 @@ def cache_hooks(source, hooks: list[str], stream: np.ndarray, n_tokens: int, roo
         if rows is None or rows.shape[1] != ctx: rows = token_rows(stream, n_tokens, ctx, source.bos(step)); rhash = rows_hash(rows)
         keys = {h: dict(v=CACHE_VERSION, source=source.identity(step), hook=h, split=split, dtype=dtype,
                         rows=rhash, processing=TL_PROCESSING) for h in hooks}
-        for h in hooks: out[h][step] = _entry_dir(root, h, split, step)
+        for h in hooks: out[h][step] = acts_dir(root, h, split, step)
         todo = [h for h in hooks if not _reusable(out[h][step], keys[h], progress)]
         if not todo: continue
         model = source.hooked(step, device)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
-from .activations import load_activations
+from .activations import acts_dir, load_activations, run_acts_root
 from .core import SaetrackError, atomic_path, atomic_write_json, read_json, stable_hash
 from .series import SAESeries
 from . import changepoints as cp, drift as dr, formation as fm, semantics as sm, transitions as tr
@@ -51,17 +51,17 @@ class AnalysisConfig:
 def context_caches(out, series: SAESeries, pool: str = "train", acts_root=None) -> dict:
     """The activation cache of every step of the series in `pool` ("train" or "eval": `AnalysisConfig.pool`),
     {step: Activations}, checked to hold the same token rows at every step (the contexts the analysis reads)."""
-    root = Path(acts_root) if acts_root is not None else Path(out)/"activations"
+    root = Path(acts_root) if acts_root is not None else run_acts_root(out)
     caches = {}
     for s in series.steps:
-        d = root/series.hook/pool/f"step{series.acts_step(s)}"     # a null chain reads one checkpoint throughout
+        d = acts_dir(root, series.hook, pool, series.acts_step(s))   # a null chain reads one checkpoint throughout
         if not (d/"manifest.json").exists():
             raise SaetrackError(f"no {pool} activations for step {s} at {d}; cache them with `saetrack activations --run {out}` "
                                 f"(a series trained with --stream caches only the held-out ones), or pass acts_root= where they are")
         caches[s] = load_activations(d)
     shas = {c.manifest["files"]["tokens"]["sha256"] for c in caches.values()}
     if len(shas) != 1:
-        raise SaetrackError(f"the {pool} caches under {root/series.hook/pool} hold different token rows; rebuild them "
+        raise SaetrackError(f"the {pool} caches under {acts_dir(root, series.hook, pool)} hold different token rows; rebuild them "
                             "from one token stream (`saetrack track`)")
     return caches
 

@@ -52,13 +52,14 @@ def cmd_lm(a) -> dict:
 
 def cmd_activations(a) -> dict:
     "Harvest (or reuse) activations for every checkpoint of a run."
+    from saetrack.activations import run_acts_root
     from saetrack.checkpoints import open_source
     from saetrack.config import get_preset
     from saetrack.pipeline import activations_for
     p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype))
     src = open_source(a.checkpoints or a.run or f"runs/{p.name}", skip_bad=a.skip_bad_checkpoints)
     steps = _at_steps(a) or p.steps                    # a Pythia preset: the paper's checkpoints
-    root = writable_dir(a.out) if a.out else (src.path/"activations" if hasattr(src, "path") else Path("activations"))
+    root = writable_dir(a.out) if a.out else (run_acts_root(src.path) if hasattr(src, "path") else Path("activations"))
     with run_lock(writable_dir(a.out or getattr(src, "path", root))):     # the run whose caches these are (or --out)
         tr, ev = activations_for(src, p, root, corpus=a.corpus, steps=steps, progress=not a.quiet, device=a.device)
     for h in p.acts.hooks:
@@ -130,12 +131,13 @@ def _one_hook(p, cmd: str) -> str:
 
 def _run_caches(out: Path, hook: str) -> tuple[dict, dict]:
     "The activation caches a run directory already holds for `hook`: ({step: train dir}, {step: eval dir})."
+    from saetrack.activations import acts_dir, run_acts_root
     res = []
     for split in ("train", "eval"):
-        root = out/"activations"/hook/split
+        root = acts_dir(run_acts_root(out), hook, split)
         res.append({int(d.name[4:]): d for d in sorted(root.glob("step*")) if (d/"manifest.json").exists()} if root.exists() else {})
     if not res[0] or set(res[0]) != set(res[1]):
-        raise SaetrackError(f"no complete activation caches for {hook} under {out/'activations'}; run `saetrack track --out {out}` first")
+        raise SaetrackError(f"no complete activation caches for {hook} under {run_acts_root(out)}; run `saetrack track --out {out}` first")
     return res[0], res[1]
 
 def cmd_convergence(a) -> dict:
@@ -328,7 +330,7 @@ def cmd_scaling(a):
 
 def cmd_info(a):
     "Summarise a run directory: checkpoints (weights checked against their recorded sha256), losses, activation caches."
-    from saetrack.activations import load_activations
+    from saetrack.activations import load_activations, run_acts_root
     from saetrack.checkpoints import open_source
     from saetrack.core import CorruptCacheError
     src = open_source(a.run)
@@ -344,7 +346,7 @@ def cmd_info(a):
         from saetrack.lm import run_log
         log = run_log(src.path)
         print("eval loss: " + ", ".join(f"{s}: {v:.3f}" for s, v in sorted(log["eval"].items(), key=lambda kv: int(kv[0]))))
-    for m in sorted((src.path/"activations").rglob("manifest.json")):
+    for m in sorted(run_acts_root(src.path).rglob("manifest.json")):
         try: e = load_activations(m.parent); status = f"ok {tuple(e.acts.shape)}"
         except CorruptCacheError as err: status = f"CORRUPT ({err})"
         print(f"{m.parent.relative_to(src.path)}: {status}")

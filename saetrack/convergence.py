@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
-from .activations import load_activations
+from .activations import acts_dir, load_activations, run_acts_root
 from .config import SAEConfig
 from .core import atomic_write_json, read_json, stable_hash
 from .plotting import save_figure
@@ -256,7 +256,7 @@ def series_vs_reference(series, res: dict, tol: float = 0.10) -> "pd.DataFrame":
 
 def _study_rows(series, step: int, n: int) -> np.ndarray:
     "The held-out subset the study scored `step` on, from the run's eval cache beside the series."
-    d = series.path.parent/"activations"/series.hook/"eval"/f"step{series.acts_step(step)}"
+    d = acts_dir(run_acts_root(series.path.parent), series.hook, "eval", series.acts_step(step))
     return eval_subset(load_activations(d).acts, n)
 
 # %% ../nbs/13_convergence.ipynb #e3c56b9c

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .activations import load_activations
+from .activations import acts_dir, load_activations, run_acts_root
 from .config import SAEConfig
 from .core import SaetrackError, atomic_write_json, read_json, stable_hash
 from .sae import load_sae, sae_metrics, save_sae
@@ -279,10 +279,10 @@ def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seed
 
 # %% ../nbs/70_matching.ipynb #630f2bdd
 def _caches(out, series: SAESeries) -> tuple[dict, dict]:
-    root = Path(out)/"activations"/series.hook
+    root = run_acts_root(out)
     tr_, ev_ = {}, {}
     for s in series.steps:
-        tr_[s], ev_[s] = root/"train"/f"step{s}", root/"eval"/f"step{s}"
+        tr_[s], ev_[s] = acts_dir(root, series.hook, "train", s), acts_dir(root, series.hook, "eval", s)
         if not (tr_[s]/"manifest.json").exists() or not (ev_[s]/"manifest.json").exists():
             raise SaetrackError(f"no activation caches for step {s} under {root}; build them with `saetrack track`")
     return tr_, ev_
@@ -304,7 +304,7 @@ def cached_baseline(out) -> dict | None:
     the series and its activation caches (or is damaged) is a one-line `SaetrackError` naming the command to rerun."""
     out = Path(out)
     series = SAESeries.load(out/"series")
-    where, root = baseline_dir(series), out/"activations"/series.hook
+    where, root = baseline_dir(series), run_acts_root(out)
     if not (where/"baseline.json").exists(): return None
     def check(name, key_of):
         try:
@@ -314,9 +314,9 @@ def cached_baseline(out) -> dict | None:
         raise SaetrackError(f"the cached baseline '{where/name}' is not for this series and its activation caches (or is "
                             f"damaged); rerun `saetrack baseline --out {out}`")
     res = {"baseline": check("baseline.json", lambda b: _baseline_key(
-        series, {s: root/"eval"/f"step{s}" for s in b["steps"]}, b["steps"], b["seeds"]))}
+        series, {s: acts_dir(root, series.hook, "eval", s) for s in b["steps"]}, b["steps"], b["seeds"]))}
     last = series.steps[-1]
     if (where/"document003.json").exists():
         res["document003"] = check("document003.json", lambda d: _document003_key(
-            series, load_activations(root/"eval"/f"step{last}"), root/"train"/f"step{last}", *d["seeds"], d["half_width"], d["topk"]))
+            series, load_activations(acts_dir(root, series.hook, "eval", last)), acts_dir(root, series.hook, "train", last), *d["seeds"], d["half_width"], d["topk"]))
     return res

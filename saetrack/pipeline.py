@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 import numpy as np
-from .activations import activation_split, cache_hooks, token_rows, token_stream
+from .activations import activation_split, cache_hooks, run_acts_root, token_rows, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import SNAPSHOT_TOKENS, Preset, check_warmup, split_hooks
 from .core import SaetrackError, from_rank0, resolve_device, world
@@ -95,8 +95,8 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
             train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
             if log: log.lm(out)
         times["lm"] = time.time() - t; t = time.time()
-        if stream: rows = stream_rows(source, preset, out/"activations", corpus); _check_budgets(preset, rows.size - len(rows))
-        train, ev = activations_for(source, preset, out/"activations", ",".join(hooks), corpus, steps=steps, progress=progress,
+        if stream: rows = stream_rows(source, preset, run_acts_root(out), corpus); _check_budgets(preset, rows.size - len(rows))
+        train, ev = activations_for(source, preset, run_acts_root(out), ",".join(hooks), corpus, steps=steps, progress=progress,
                                     device=device, splits=("eval",) if stream else ("train", "eval"))
         times["activations"] = time.time() - t
         rank0.update(source=source, ctx=ctx, rows=rows if stream else None)
@@ -104,7 +104,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     dirs, train_acts, eval_acts = from_rank0(prepare)
     if stream:                                  # every process streams through its own copy of each model (nbs/07_stream)
         source = rank0.get("source") or open_source(out if checkpoints is None else checkpoints, skip_bad=skip_bad)
-        rows = rank0["rows"] if rank0 else stream_rows(source, preset, out/"activations", corpus)
+        rows = rank0["rows"] if rank0 else stream_rows(source, preset, run_acts_root(out), corpus)
         train_acts = {h: {s: model_stream(source, s, rows, h, device) for s in eval_acts[h]} for h in hooks}
     t = time.time()
     if caches is not None: caches.update(train=train_acts, eval=eval_acts)
@@ -112,7 +112,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     metadata = None
     if rank0:
         source, ctx = rank0["source"], rank0["ctx"]
-        dataset = _dataset_name(source, corpus, out/"activations")
+        dataset = _dataset_name(source, corpus, run_acts_root(out))
         def metadata(step):
             return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
     series = {}
