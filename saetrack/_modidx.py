@@ -215,6 +215,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'saetrack.core.atomic_path': ('core.html#atomic_path', 'saetrack/core.py'),
                                'saetrack.core.atomic_write_json': ('core.html#atomic_write_json', 'saetrack/core.py'),
                                'saetrack.core.atomic_write_text': ('core.html#atomic_write_text', 'saetrack/core.py'),
+                               'saetrack.core.cached_json': ('core.html#cached_json', 'saetrack/core.py'),
                                'saetrack.core.check_steps': ('core.html#check_steps', 'saetrack/core.py'),
                                'saetrack.core.clean_stale_tmp': ('core.html#clean_stale_tmp', 'saetrack/core.py'),
                                'saetrack.core.connect_error': ('core.html#connect_error', 'saetrack/core.py'),

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from .activations import acts_dir, load_activations, run_acts_root
 from .config import SAEConfig
-from .core import atomic_write_json, read_json, stable_hash
+from .core import atomic_write_json, cached_json, stable_hash
 from .plotting import save_figure
 from .sae import save_sae
 from .series import eval_subset, held_out_fn, plateau_rule, step_seed, train_one
@@ -97,7 +97,7 @@ def pick_steps(steps: list[int], n: int = 5) -> list[int]:
 
 def _cached_run(path: Path, key: str, fn) -> dict:
     "`fn()` once: its JSON result is kept at `path` under `key` (a killed study resumes where it stopped)."
-    if path.exists() and (old := read_json(path)).get("key") == key: return old
+    if (old := cached_json(path, key)) is not None: return old
     res = dict(fn(), key=key)
     atomic_write_json(path, res)
     return res

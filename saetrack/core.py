@@ -13,8 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
-           'clean_stale_tmp', 'stable_hash', 'to_tensor', 'check_steps', 'file_sha256', 'writable_dir', 'read_state',
-           'run_lock', 'connect_error', 'resolve_device', 'world', 'from_rank0', 'distributed']
+           'cached_json', 'clean_stale_tmp', 'stable_hash', 'to_tensor', 'check_steps', 'file_sha256', 'writable_dir',
+           'read_state', 'run_lock', 'connect_error', 'resolve_device', 'world', 'from_rank0', 'distributed']
 
 # %% ../nbs/00_core.ipynb #97a638e0
 class SaetrackError(Exception):
@@ -59,6 +59,13 @@ def atomic_write_json(path, obj):
 
 def read_json(path):
     return json.loads(Path(path).read_text())
+
+def cached_json(path, key):
+    """The JSON cache at `path` if it exists, parses, and was written under `key` (its "key" field); else None: missing,
+    stale or damaged, it is rebuilt. The one "is this cache still current?" check of the JSON caches."""
+    try: old = read_json(path)
+    except (OSError, ValueError): return None
+    return old if isinstance(old, dict) and old.get("key") == key else None
 
 def clean_stale_tmp(root, recursive: bool = True, names: tuple = ("*",)):
     """Remove temporaries left by a killed run (`.NAME.XXXX.tmp`) under `root`. A stage that shares a directory

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from .activations import acts_dir, load_activations, run_acts_root
 from .config import SAEConfig
-from .core import SaetrackError, atomic_write_json, read_json, stable_hash
+from .core import SaetrackError, atomic_write_json, cached_json, read_json, stable_hash
 from .sae import load_sae, sae_metrics, save_sae
 from .series import SAESeries, train_one
 
@@ -113,7 +113,7 @@ def independent_sae(series: SAESeries, train_dir, step: int, seed: int, cfg: SAE
     a = load_activations(train_dir)
     key = stable_hash([dataclasses.asdict(cfg), a.manifest["key"], step, "independent"])
     d = baseline_dir(series)/f"step{step}_seed{seed}{tag}"
-    if (d/"baseline.json").exists() and read_json(d/"baseline.json").get("key") == key:
+    if cached_json(d/"baseline.json", key) is not None:
         return load_sae(d)
     t = time.time()
     sae, _, _ = train_one(cfg, a.acts, step, eval_acts=eval_acts, progress=progress)   # eval_acts: the plateau rule
@@ -145,7 +145,7 @@ def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=N
     if cfg.seed in seeds: raise SaetrackError(f"seed {cfg.seed} is the series' own; pick others")
     key = _baseline_key(series, eval_acts, steps, seeds)
     path = baseline_dir(series)/"baseline.json"
-    if not force and path.exists() and (old := read_json(path)).get("key") == key: return old
+    if not force and (old := cached_json(path, key)) is not None: return old
     t0 = time.time()
     ev = {s: load_activations(eval_acts[s]).acts for s in steps}
     ind, track, live, quality = {}, {}, {}, {}
@@ -248,7 +248,7 @@ def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seed
     half_width = half_width or cfg.d_sae // 2
     key = _document003_key(series, evc, train_acts[last], A, B, half_width, topk)
     path = baseline_dir(series)/"document003.json"
-    if path.exists() and (old := read_json(path)).get("key") == key: return old
+    if (old := cached_json(path, key)) is not None: return old
     ref, refB, track = (independent_sae(series, train_acts[last], last, A, eval_acts=ev),
                         independent_sae(series, train_acts[last], last, B, eval_acts=ev), series.sae(last))
     jobs = [("half", dataclasses.replace(cfg, d_sae=half_width), f"_d{half_width}"),

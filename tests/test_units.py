@@ -92,3 +92,16 @@ def test_pythia_hub_loads_through_transformerlens(monkeypatch):
 def test_hook_layer():
     assert hook_layer("blocks.3.hook_resid_pre", 4) == 3
     with pytest.raises(SaetrackError, match="outside"): hook_layer("blocks.4.hook_resid_pre", 4)
+
+
+def test_cached_json_is_the_one_currency_check(tmp_path):
+    "A JSON cache is reused only when it parses and carries the key asked for; missing, stale or damaged is None."
+    from saetrack.core import atomic_write_json, cached_json
+    p = tmp_path / "c.json"
+    assert cached_json(p, "k1") is None
+    atomic_write_json(p, dict(key="k1", x=3))
+    assert cached_json(p, "k1") == dict(key="k1", x=3) and cached_json(p, "k2") is None
+    p.write_text('{"key": "k1", "x"')                      # cut short
+    assert cached_json(p, "k1") is None
+    p.write_text('["k1"]')                                  # not an object
+    assert cached_json(p, "k1") is None
