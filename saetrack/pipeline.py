@@ -90,7 +90,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
         check_warmup(preset.sae)
         for b in (preset.sae.batch_size, preset.sae.batch_next or preset.sae.batch_size): split_batch(b, 0, world()[1])
         dirs = series_dirs(out/"series", hooks)
-        for h, d in dirs.items(): check_series_config(preset.sae, d, h)   # a finished series is never replaced
+        for h, d in dirs.items(): check_series_config(preset.sae, d, h, stream)   # a finished series is never replaced
         if source is None:
             train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
             if log: log.lm(out)

@@ -155,7 +155,8 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
     if main and (man.get("config_hash") not in (None, cfg_key) or man.get("hook") not in (None, hook)):
         if progress: print(f"{out}: SAE config or hook changed; retraining the series")
         man = {}
-    man.update(config=dataclasses.asdict(cfg), config_hash=cfg_key, hook=hook, steps=steps, direction=cfg.direction)
+    man.update(config=dataclasses.asdict(cfg), config_hash=cfg_key, hook=hook, steps=steps, direction=cfg.direction,
+               streamed=any(hasattr(a, "batches") for a in train_acts.values()))
     man.setdefault("entries", {})
     prev_key, prev_dir = cfg_key, None
     bar = tqdm(steps, desc="SAE series", disable=not progress)
@@ -215,10 +216,15 @@ def _manifest(out, progress: bool = False) -> dict:
     if progress: print(f"{p} is damaged; retraining the series")
     return {}
 
-def check_series_config(cfg: SAEConfig, out, hook: str) -> None:
-    """Refuse to train into `out` when it already holds a series of another SAE config or hook: `track` never replaces
-    a series (as `lm` never replaces a run); the error names the settings that differ and the two fixes."""
+def check_series_config(cfg: SAEConfig, out, hook: str, streamed: bool = False) -> None:
+    """Refuse to train into `out` when it already holds a series of another SAE config or hook, or one trained on
+    cached activations when this one streams them (or the reverse): `track` never replaces a series (as `lm` never
+    replaces a run); the error names the settings that differ and the two fixes."""
     man = _manifest(out)
+    if man and man.get("entries") and bool(man.get("streamed", False)) != streamed:
+        how = lambda s: "streamed (--stream)" if s else "cached"
+        raise SaetrackError(f"{out} holds a series trained on {how(not streamed)} activations; use a new --out for one trained "
+                            f"on {how(streamed)} activations, or delete {out} to retrain it")
     new = dataclasses.asdict(cfg)
     if not man or (man.get("config_hash") in (None, stable_hash([new, {}])) and man.get("hook") in (None, hook)): return
     old = man.get("config") if isinstance(man.get("config"), dict) else {}

@@ -139,3 +139,12 @@ def test_dry_run_plan_prices_the_streamed_run(capsys):
     assert p["stream_buffer_gib"] == 2.0                                                     # 2 x 2^18 x 1,024 x 4 bytes
     assert main(["reproduce", "--preset", "pythia-410m", "--dry-run"]) == 0
     assert "--stream --corpus" in capsys.readouterr().out
+
+def test_stream_never_replaces_a_cached_series(micro_tracked, streamed, capsys):
+    "Switching between cached and streamed activations on an existing series is refused, naming the fix, both ways."
+    for out, flag in ((micro_tracked, ["--stream"]), (streamed[0], [])):
+        before = (out / "series" / "series.json").read_text()
+        assert main(["track", "--preset", "micro", "--out", str(out), "--quiet", *flag]) == 2
+        err = capsys.readouterr().err
+        assert "use a new --out" in err and len(err.strip().splitlines()) == 1
+        assert (out / "series" / "series.json").read_text() == before
