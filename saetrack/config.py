@@ -83,7 +83,7 @@ class SAEConfig:
     (~73k Adam steps), each later one 15M tokens (1/20, ~3.7k steps) at lr 4e-5 with a 3-step warm-up, batch 4,096,
     L1 8e-5, expansion 64: every SAE of the paper's series gets thousands of optimiser steps. A tiny run cannot
     keep both the 1/20 token ratio and that regime, so by default (`budget="adaptive"`) every SAE trains until its
-    held-out loss plateaus (the rule in nbs/11_series), with `tokens_first` / `tokens_next` as caps, and the
+    held-out loss plateaus (the rule in nbs/11_tracking), with `tokens_first` / `tokens_next` as caps, and the
     later SAEs use the recipe the recipe study (nbs/13_convergence) found best. `paper_recipe(cfg)` gives the
     paper's fixed budgets and ratios at the same scale, for comparison."""
     d_sae: int = 1024                # expansion 8 of d_model 128
