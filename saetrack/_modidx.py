@@ -129,6 +129,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'saetrack.cli._print_plan': ('cli.html#_print_plan', 'saetrack/cli.py'),
                               'saetrack.cli._print_series': ('cli.html#_print_series', 'saetrack/cli.py'),
                               'saetrack.cli._run_caches': ('cli.html#_run_caches', 'saetrack/cli.py'),
+                              'saetrack.cli._seeds': ('cli.html#_seeds', 'saetrack/cli.py'),
                               'saetrack.cli._series_out': ('cli.html#_series_out', 'saetrack/cli.py'),
                               'saetrack.cli._track_args': ('cli.html#_track_args', 'saetrack/cli.py'),
                               'saetrack.cli.build_parser': ('cli.html#build_parser', 'saetrack/cli.py'),

@@ -294,6 +294,15 @@ def _print_plan(name: str):
     print(f"  run it: saetrack track --preset {name} --device cuda --stream --corpus DATASET (a corpus of at least "
           f"{p['tokens_first']:,} tokens); cached instead, --epochs 20 lets the first SAE re-read the 15M tokens cached per checkpoint")
 
+def _seeds(a) -> dict:
+    "Every seed `reproduce` uses, for its record: the LM's, the SAE series', the analysis', the figures' and (--full) the extra SAE seeds'."
+    from saetrack.analysis import AnalysisConfig
+    from saetrack.figures import FIGURE_SEED
+    p = _preset(a)
+    s = dict(lm=p.lm.seed, sae=p.sae.seed, analysis=AnalysisConfig().seed, figures=FIGURE_SEED)
+    if a.full: s["sae_extra"] = [int(x) for x in str(a.seeds).split(",")]
+    return s
+
 def cmd_reproduce(a):
     "Everything on the embedded default: run, activations, SAE series, analysis, figures (--full: the recipe study, controls, seeds, baseline, scaling)."
     from saetrack.config import PYTHIA_SERIES
@@ -317,7 +326,7 @@ def cmd_reproduce(a):
         for name, fn in stages + [("figures", cmd_figures)]:
             t = time.time(); fn(a); times[name] = time.time() - t
         times["total"] = time.time() - t0
-        atomic_write_json(out/"reproduce.json", dict(preset=a.preset, commit=_commit(), full=a.full, seconds=times))
+        atomic_write_json(out/"reproduce.json", dict(preset=a.preset, commit=_commit(), full=a.full, seconds=times, seeds=_seeds(a)))
     print("reproduce stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + f" (saved in {out/'reproduce.json'})")
 
 def cmd_scaling(a):

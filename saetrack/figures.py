@@ -17,7 +17,7 @@ from .scaling import SIZES
 from .series import SAESeries
 
 # %% auto #0
-__all__ = ['plot_analysis', 'plot_matching', 'scaling_runs', 'plot_scaling', 'make_figures']
+__all__ = ['FIGURE_SEED', 'plot_analysis', 'plot_matching', 'scaling_runs', 'plot_scaling', 'make_figures']
 
 # %% ../nbs/81_figures.ipynb #c04a1f0f
 def _live_classes(result: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +149,9 @@ def _fig_drift(result, save, W, seed) -> dict:
     return made
 
 # %% ../nbs/81_figures.ipynb #93790a22
-def plot_analysis(out, figures_dir, result: dict | None = None, umap: bool = True, seed: int = 0,
+FIGURE_SEED = 0   # draws the figures' random example features (recorded in reproduce.json)
+
+def plot_analysis(out, figures_dir, result: dict | None = None, umap: bool = True, seed: int = FIGURE_SEED,
                   formats=("png", "pdf")) -> dict:
     """Write every stages / transitions / formation / drift figure of the run in `out` into `figures_dir` (PNG + PDF)
     and return {name: {"shows": one sentence, "paper": the paper figure}}. `umap=False` skips the UMAP panels

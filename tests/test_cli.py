@@ -60,7 +60,10 @@ def test_reproduce_micro(tmp_path):
     assert code == 0, err
     assert "reproduce stage times" in out and "later SAEs median" in out and "verdicts:" in out
     import json
-    times = json.loads((tmp_path / "run" / "reproduce.json").read_text())["seconds"]
+    rec = json.loads((tmp_path / "run" / "reproduce.json").read_text())
+    times = rec["seconds"]
+    from saetrack.config import get_preset
+    assert rec["seeds"] == dict(lm=get_preset("micro").lm.seed, sae=get_preset("micro").sae.seed, analysis=0, figures=0)
     assert {"lm", "activations", "series", "analysis", "figures", "total"} <= set(times)
     assert times["total"] >= sum(v for k, v in times.items() if k != "total") - 1
     man = json.loads((tmp_path / "figs" / "MANIFEST.json").read_text())
