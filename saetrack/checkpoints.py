@@ -5,7 +5,6 @@
 # %% ../nbs/05_checkpoints.ipynb #4412c074
 from __future__ import annotations
 import importlib, json, os, re, warnings
-from dataclasses import dataclass
 from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer

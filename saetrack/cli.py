@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, sys, time
 from pathlib import Path
 from .config import SNAPSHOT_TOKENS
-from .core import SaetrackError, read_json, run_lock, writable_dir
+from .core import SaetrackError, run_lock, writable_dir
 
 # %% auto #0
 __all__ = ['cmd_lm', 'cmd_activations', 'cmd_track', 'cmd_convergence', 'cmd_controls', 'cmd_seeds', 'cmd_figures', 'cmd_analyse',
@@ -294,11 +294,10 @@ def _print_plan(name: str):
     print(f"  run it: saetrack track --preset {name} --device cuda --stream --corpus DATASET (a corpus of at least "
           f"{p['tokens_first']:,} tokens); cached instead, --epochs 20 lets the first SAE re-read the 15M tokens cached per checkpoint")
 
-def _seeds(a) -> dict:
-    "Every seed `reproduce` uses, for its record: the LM's, the SAE series', the analysis', the figures' and (--full) the extra SAE seeds'."
+def _seeds(p, a) -> dict:
+    "Every seed `reproduce` uses with preset `p`, for its record: the LM's, the SAE series', the analysis', the figures' and (--full) the extra SAE seeds'."
     from saetrack.analysis import AnalysisConfig
     from saetrack.figures import FIGURE_SEED
-    p = _preset(a)
     s = dict(lm=p.lm.seed, sae=p.sae.seed, analysis=AnalysisConfig().seed, figures=FIGURE_SEED)
     if a.full: s["sae_extra"] = [int(x) for x in str(a.seeds).split(",")]
     return s
@@ -316,7 +315,7 @@ def cmd_reproduce(a):
     t0 = time.time()
     a.checkpoints = None
     times = {}
-    _one_hook(_preset(a), "reproduce"); writable_dir(a.figures, "--figures")          # every setting and path checked before any work
+    p = _preset(a); _one_hook(p, "reproduce"); writable_dir(a.figures, "--figures")          # every setting and path checked before any work
     out = writable_dir(a.out or f"runs/{a.preset}")
     with run_lock(out):                                         # held through every stage (the stages' own locks nest)
         cmd_track(a, times)
@@ -326,7 +325,7 @@ def cmd_reproduce(a):
         for name, fn in stages + [("figures", cmd_figures)]:
             t = time.time(); fn(a); times[name] = time.time() - t
         times["total"] = time.time() - t0
-        atomic_write_json(out/"reproduce.json", dict(preset=a.preset, commit=_commit(), full=a.full, seconds=times, seeds=_seeds(a)))
+        atomic_write_json(out/"reproduce.json", dict(preset=a.preset, commit=_commit(), full=a.full, seconds=times, seeds=_seeds(p, a)))
     print("reproduce stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + f" (saved in {out/'reproduce.json'})")
 
 def cmd_scaling(a):

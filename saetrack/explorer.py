@@ -353,7 +353,7 @@ def _fractions_svg(R: dict, width: int = 660, height: int = 120) -> str:
 
 def index_page(R: dict, D: dict, esc, title: str) -> str:
     "The table of every latent, sortable by clicking a column header and filterable by the controls above it."
-    main, F, last = R["config"]["formation_space"], len(R["live"]), len(D["steps"]) - 1
+    main, F = R["config"]["formation_space"], len(R["live"])
     cls, tt, pats = R["classes"][-1], R["top_token"][-1], R["patterns"]
     change, form, cos0 = R["change_steps"], R["formation"][main], R["cos_to_final"][0]
     path, rate = R["after"]["path_after_deg"], D["fires"][-1] / D["n_tokens"]

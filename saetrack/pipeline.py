@@ -10,7 +10,7 @@ import numpy as np
 from .activations import activation_split, cache_hooks, run_acts_root, token_rows, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import SNAPSHOT_TOKENS, Preset, check_warmup, split_hooks
-from .core import SaetrackError, from_rank0, resolve_device, world
+from .core import from_rank0, resolve_device, world
 from .lm import run_meta, train_lm
 from .sae import split_batch
 from .quality import ce_recovered
