@@ -105,24 +105,25 @@ def _cached_run(path: Path, key: str, fn) -> dict:
 _LATER = ("lr_next", "tokens_next", "batch_next", "warmup_next", "carry_adam", "refit_b_dec", "eval_every_next", "direction")
 
 def scratch_reference(cfg: SAEConfig, train_dir, eval_rows, step: int, seed: int, out: Path, l1: float | None = None,
-                      device="cpu") -> dict:
+                      device="cpu", tag: str = "") -> dict:
     """A from-scratch SAE trained to the plateau rule (cap `cfg.tokens_first`), saved (with its Adam state) under
-    `out` for warm starts; returns its held-out curve and final evaluation. Cached."""
+    `out/refs/step<N>_seed<S>[_l1<L1>]<tag>` for warm starts; returns its held-out curve and final evaluation. Cached.
+    `tag` names a variant of `cfg` (another width or architecture) so that it gets its own directory."""
     c = dataclasses.replace(cfg, seed=seed, budget="adaptive", carry_adam=True,
                             l1_coefficient=cfg.l1_coefficient if l1 is None else l1)
     a = load_activations(train_dir)
-    tag = f"step{step}_seed{seed}" + ("" if l1 is None else f"_l1{l1:g}")
+    name = f"step{step}_seed{seed}" + ("" if l1 is None else f"_l1{l1:g}") + tag
     def run():
         t = time.time()
         sae, curve, adam = train_one(c, a.acts, step, eval_acts=eval_rows, device=device)
-        save_sae(sae, out/"refs"/tag, adam_state=adam)
+        save_sae(sae, out/"refs"/name, adam_state=adam)
         return dict(step=step, seed=seed, l1=c.l1_coefficient, seconds=round(time.time() - t, 2), verdict=curve["verdict"],
-                    eval=curve["eval"], final=curve["eval"][-1], dir=str(out/"refs"/tag))
+                    eval=curve["eval"], final=curve["eval"][-1])
     first_only = {k: v for k, v in dataclasses.asdict(c).items() if k not in _LATER}   # later-SAE settings do not matter
     key = stable_hash([first_only, a.manifest["key"], step, len(eval_rows), "reference"])
-    r = _cached_run(out/"refs"/f"{tag}.json", key, run)
+    r = dict(_cached_run(out/"refs"/f"{name}.json", key, run), dir=str(out/"refs"/name))   # where it is now
     if not (Path(r["dir"])/"sae_weights.safetensors").exists():     # weights lost: retrain
-        (out/"refs"/f"{tag}.json").unlink(); return scratch_reference(cfg, train_dir, eval_rows, step, seed, out, l1, device)
+        (out/"refs"/f"{name}.json").unlink(); return scratch_reference(cfg, train_dir, eval_rows, step, seed, out, l1, device, tag)
     return r
 
 def warm_start(cfg: SAEConfig, recipe: Recipe, train_dir, eval_rows, step: int, source: dict, seed: int, cap: int,

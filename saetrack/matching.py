@@ -13,13 +13,14 @@ from tqdm.auto import tqdm
 from .activations import acts_dir, load_activations, run_acts_root
 from .config import SAEConfig
 from .core import SaetrackError, atomic_write_json, cached_json, read_json, stable_hash
-from .sae import load_sae, sae_metrics, save_sae
-from .series import SAESeries, train_one
+from .convergence import scratch_reference, spread
+from .sae import load_sae, sae_metrics
+from .series import SAESeries, eval_subset
 
 # %% auto #0
 __all__ = ['feature_directions', 'cosine_matrix', 'Match', 'match_features', 'identity_similarity', 'similarity_stats',
-           'latent_stats', 'baseline_dir', 'spread_steps', 'baseline_seeds', 'independent_sae', 'baseline_study',
-           'position_profile', 'document003_study', 'run_baseline', 'cached_baseline']
+           'latent_stats', 'baseline_dir', 'baseline_seeds', 'independent_sae', 'baseline_study', 'position_profile',
+           'document003_study', 'run_baseline', 'cached_baseline']
 
 # %% ../nbs/70_matching.ipynb #e18053ad
 def feature_directions(x, by: str = "decoder") -> np.ndarray:
@@ -97,31 +98,19 @@ def _pair_stats(sim, rows, cols, live_a, live_b) -> dict:
 # %% ../nbs/70_matching.ipynb #bea28526
 def baseline_dir(series: SAESeries) -> Path: return series.path.parent/"baseline"
 
-def spread_steps(steps, n: int = 4) -> list[int]:
-    "`n` steps spread evenly by index over all steps, first and last included."
-    steps = sorted(steps)
-    return [steps[i] for i in sorted(set(np.linspace(0, len(steps) - 1, min(n, len(steps))).round().astype(int)))]
-
 def baseline_seeds(cfg: SAEConfig, n: int = 2) -> list[int]:
     "`n` seeds different from the series' own."
     return [cfg.seed + 1 + i for i in range(n)]
 
-def independent_sae(series: SAESeries, train_dir, step: int, seed: int, cfg: SAEConfig | None = None, tag: str = "",
-                    eval_acts=None, progress: bool = False):
-    "The from-scratch SAE of `step` with `seed` (and `cfg`, default: the series'), trained once and cached."
-    cfg = dataclasses.replace(cfg or SAEConfig(**series.manifest["config"]), seed=seed)
-    a = load_activations(train_dir)
-    key = stable_hash([dataclasses.asdict(cfg), a.manifest["key"], step, "independent"])
-    d = baseline_dir(series)/f"step{step}_seed{seed}{tag}"
-    if cached_json(d/"baseline.json", key) is not None:
-        return load_sae(d)
-    t = time.time()
-    sae, _, _ = train_one(cfg, a.acts, step, eval_acts=eval_acts, progress=progress)   # eval_acts: the plateau rule
-    info = dict(key=key, step=step, seed=seed, config=dataclasses.asdict(cfg), seconds=round(time.time() - t, 2))
-    if eval_acts is not None: info["metrics"] = sae_metrics(sae, eval_acts)
-    save_sae(sae, d, extra_metadata=dict(hook_name=series.hook, checkpoint_step=step, saetrack_key=key),
-             extra_files={"baseline.json": info})
-    return load_sae(d)
+def independent_sae(series: SAESeries, train_dir, step: int, seed: int, eval_acts, cfg: SAEConfig | None = None,
+                    tag: str = ""):
+    """The converged from-scratch SAE of `step` with `seed` (and `cfg`, default: the series'): the recipe study's
+    reference (`scratch_reference`: the plateau rule on `eval_acts`), trained once into the run's shared cache
+    `convergence/refs`, so the baseline, control (c) and the study never train the same SAE twice."""
+    cfg = cfg or SAEConfig(**series.manifest["config"])
+    r = scratch_reference(cfg, train_dir, eval_subset(eval_acts, cfg.eval_tokens), step, seed,
+                          series.path.parent/"convergence", tag=tag)
+    return load_sae(r["dir"])
 
 # %% ../nbs/70_matching.ipynb #08137875
 def _sae_summary(sae, acts) -> dict:
@@ -131,7 +120,7 @@ def _sae_summary(sae, acts) -> dict:
 def _baseline_key(series: SAESeries, eval_acts: dict, steps, seeds) -> str:
     "The baseline's cache key: the series' config and entries at `steps`, the seeds, those steps' held-out caches."
     man = series.manifest
-    return stable_hash(["baseline", 2, man["config_hash"], [man["entries"][str(s)]["key"] for s in steps], steps, seeds,
+    return stable_hash(["baseline", 3, man["config_hash"], [man["entries"][str(s)]["key"] for s in steps], steps, seeds,
                         [load_activations(eval_acts[s]).manifest["key"] for s in steps]])
 
 def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=None, seeds=None, n_steps: int = 4,
@@ -139,7 +128,7 @@ def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=N
     """Independent SAEs (two seeds) at `steps` (default: `n_steps` spread by index) matched to each other and to
     the series; see the table above. `train_acts`/`eval_acts`: {step: activation-cache dir}. Cached."""
     cfg = SAEConfig(**series.manifest["config"])
-    steps = sorted(steps or spread_steps(series.steps, n_steps))
+    steps = sorted(steps or spread(series.steps, n_steps))
     seeds = list(seeds or baseline_seeds(cfg))
     if len(seeds) != 2: raise SaetrackError("the baseline needs exactly two seeds")
     if cfg.seed in seeds: raise SaetrackError(f"seed {cfg.seed} is the series' own; pick others")
@@ -155,7 +144,7 @@ def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=N
         live[("track", s)] = latent_stats(track[s], ev[s])["live"]
         quality[f"track step{s}"] = _sae_summary(track[s], ev[s])
         for sd in seeds:
-            ind[(s, sd)] = independent_sae(series, train_acts[s], s, sd, eval_acts=ev[s])
+            ind[(s, sd)] = independent_sae(series, train_acts[s], s, sd, ev[s])
             live[(sd, s)] = latent_stats(ind[(s, sd)], ev[s])["live"]
             quality[f"seed{sd} step{s}"] = _sae_summary(ind[(s, sd)], ev[s])
             bar.update()
@@ -233,7 +222,7 @@ def position_profile(sae, acts_cache, batch_size: int = 8192) -> dict:
 def _document003_key(series: SAESeries, evc, train_dir, A: int, B: int, half_width: int, topk: int) -> str:
     "document 003's cache key: the series' last entry, the seeds and sizes, that step's held-out cache `evc` and training cache."
     man, last = series.manifest, series.steps[-1]
-    return stable_hash(["document003", 2, man["config_hash"], man["entries"][str(last)]["key"],
+    return stable_hash(["document003", 3, man["config_hash"], man["entries"][str(last)]["key"],
                         A, B, half_width, topk, evc.manifest["key"], load_activations(train_dir).manifest["key"]])
 
 def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seeds=None, half_width: int | None = None,
@@ -249,13 +238,13 @@ def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seed
     key = _document003_key(series, evc, train_acts[last], A, B, half_width, topk)
     path = baseline_dir(series)/"document003.json"
     if (old := cached_json(path, key)) is not None: return old
-    ref, refB, track = (independent_sae(series, train_acts[last], last, A, eval_acts=ev),
-                        independent_sae(series, train_acts[last], last, B, eval_acts=ev), series.sae(last))
+    ref, refB, track = (independent_sae(series, train_acts[last], last, A, ev),
+                        independent_sae(series, train_acts[last], last, B, ev), series.sae(last))
     jobs = [("half", dataclasses.replace(cfg, d_sae=half_width), f"_d{half_width}"),
             ("topk", dataclasses.replace(cfg, arch="topk", k=topk), f"_topk{topk}")]
     other = {}
     for name, c, tag in tqdm(jobs, desc="document 003 SAEs", disable=not progress):
-        other[name] = independent_sae(series, train_acts[last], last, B, cfg=c, tag=tag, eval_acts=ev)
+        other[name] = independent_sae(series, train_acts[last], last, B, ev, cfg=c, tag=tag)
     lv = {k: latent_stats(v, ev)["live"] for k, v in dict(ref=ref, refB=refB, track=track, **other).items()}
     def matched(x, y, kx, ky, by="decoder"):
         m = match_features(x, y, by)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from saetrack.core import SaetrackError
 from saetrack.matching import (cosine_matrix, feature_directions, identity_similarity, match_features,
-                               similarity_stats, spread_steps)
+                               similarity_stats)
+from saetrack.convergence import spread
 from saetrack.sae import make_sae
 
 
@@ -77,7 +78,7 @@ def test_fast_and_identity():
     with pytest.raises(SaetrackError): identity_similarity(W, W[:10])
 
 
-def test_spread_steps():
+def test_spread():
     steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 750, 1000, 1250, 1500, 1750, 2000]
-    assert spread_steps(steps, 4) == [0, 16, 750, 2000]
-    assert spread_steps([0, 5], 4) == [0, 5]
+    assert spread(steps, 4) == [0, 16, 750, 2000]
+    assert spread([0, 5], 4) == [0, 5]
