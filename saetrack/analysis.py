@@ -20,7 +20,7 @@ __all__ = ['ANALYSIS_VERSION', 'POOLS', 'SPACES', 'AnalysisConfig', 'context_cac
            'cached_analysis', 'moved_after_formation', 'summarise', 'feature_report']
 
 # %% ../nbs/60_analysis.ipynb #fd8a68e6
-ANALYSIS_VERSION = 5          # bump when the cached result changes shape or meaning (4: contexts from the training pool; 5: BIC with a margin of 10)
+ANALYSIS_VERSION = 6          # bump when the cached result changes shape or meaning (4: contexts from the training pool; 5: BIC with a margin of 10; 6: mass share over all activations)
 POOLS = ("train", "eval")
 SPACES = ("act_cosine", "feat_cosine", "feat_jaccard", "feat_wjaccard")   # progress-measure variants
 
@@ -87,6 +87,7 @@ def _classes_part(steps, saes, caches, tokens, key_map, cfg, progress) -> dict:
                         key_map=key_map, th=cfg.thresholds, n_null=cfg.n_null_dirs, seed=cfg.seed, progress=progress)
     r.pop("steps")
     r["class_fractions"] = sm.class_fractions(r["classes"])
+    r["token_by_mass"] = sm.token_by_mass(r["classes"], r["mass_share"], cfg.thresholds)
     r["datapoints"], r["datapoint_values"] = r["indices"][-1], r["values"][-1]
     r["live"] = (r["datapoints"] >= 0).all(1)
     return r
@@ -284,7 +285,8 @@ def moved_after_formation(result: dict) -> dict:
                            f"{np.degrees(np.arccos(settle)):.1f} deg)")
 
 def summarise(result: dict) -> dict:
-    """Headline numbers: class fractions at the first, middle and final checkpoint; pattern counts; stage
+    """Headline numbers: class fractions (and the token share by activation mass) at the first, middle and final
+    checkpoint; pattern counts; stage
     boundaries; drift phases; median formation step by final class (every progress-measure variant, half-final rule;
     and the half-rise rule for the main one); the share of features whose direction still moved after formation
     (`moved_after_formation`); the analysis runtime."""
@@ -311,6 +313,7 @@ def summarise(result: dict) -> dict:
     return dict(
         n_features=result["n_features"], n_live=result["n_live"], n_checkpoints=T, steps=steps,
         class_fractions=fractions, pattern_counts=counts,
+        token_by_mass={f"step {steps[t]}": round(float(result["token_by_mass"][t]), 3) for t in (0, T // 2, T - 1)},
         pattern_change_median={row["pattern"]: row["change_step_median"] for row in result["pattern_counts"]
                                if row["count"] and row["change_step_median"] == row["change_step_median"]},
         stage_boundaries=[int(b) for b in result["stages"]["boundaries"]], stage_r2_gain=round(float(result["stages"]["r2_gain"]), 3),

@@ -86,7 +86,7 @@ def headline(result: dict, angles: pd.DataFrame) -> dict:
     s = summarise(result)
     changed = sum(v for k, v in s["pattern_counts"].items() if k not in UNCHANGED)
     cos = s["drift_phases"]["median_cos_to_final"]
-    return dict(class_fractions=s["class_fractions"], pattern_counts=s["pattern_counts"], n_changed=int(changed),
+    return dict(class_fractions=s["class_fractions"], token_by_mass=s["token_by_mass"], pattern_counts=s["pattern_counts"], n_changed=int(changed),
                 n_features=s["n_features"], stage_boundaries=s["stage_boundaries"],
                 drift_breaks=s["drift_phases"]["three_segment_breakpoints"], cos_to_final=cos,
                 formation={c: v["median_step"] for c, v in s["median_formation_step"][s["formation_space"]].items()},
@@ -149,6 +149,7 @@ def controls_table(res: dict) -> pd.DataFrame:
     for name, h in res["chains"].items():
         steps = list(h["class_fractions"])
         col = {f"token share, {k}": v["token"] for k, v in h["class_fractions"].items()}
+        col.update({f"token share by activation mass, {k}": v for k, v in h.get("token_by_mass", {}).items()})
         col.update({f"concept share, {k}": v["concept"] for k, v in h["class_fractions"].items()})
         col["features that change pattern"] = h["n_changed"]
         col.update({f"pattern: {p}": h["pattern_counts"].get(p, 0) for p in ("maintaining", *CHANGES) if p != "other"})
@@ -175,6 +176,7 @@ def independent_table(res: dict) -> pd.DataFrame:
         for i, c in enumerate(ind["classes"]):
             if c == "dead": continue
             row[f"{c}: independent"], row[f"{c}: series"] = r["independent_fractions"][i], r["series_fractions"][i]
+        row["token by mass: independent"], row["token by mass: series"] = r["independent_token_by_mass"], r["series_token_by_mass"]
         row.update(seed_floor=r["seed_floor"], series_vs_independent=r["series_vs_independent"])
         rows.append(row)
     return pd.DataFrame(rows).set_index("step")
@@ -224,8 +226,10 @@ def independent_check(out, result: dict, sae_dirs: dict, progress: bool = True) 
         acts = caches[c].acts
         saes = [load_sae(d) for d in dirs]
         live = [latent_stats(s, acts)["live"] for s in saes]
-        fr = [sm.class_fractions(sm.classify_checkpoint(sm.as_encode_fn(s), acts, tokens, cfg["k"], key_map, th,
-                                                        cfg["n_null_dirs"], cfg["seed"])["classes"][None])[0] for s in saes]
+        cc = [sm.classify_checkpoint(sm.as_encode_fn(s), acts, tokens, cfg["k"], key_map, th, cfg["n_null_dirs"], cfg["seed"])
+              for s in saes]
+        fr = [sm.class_fractions(r["classes"][None])[0] for r in cc]
+        by_mass = [float(sm.token_by_mass(r["classes"], r["stats"]["mass_share"], th)) for r in cc]
         track = series.sae(c)
         tlive = latent_stats(track, acts)["live"]
         floor = [float(np.median(m.sim[live[i][m.rows] & live[j][m.cols]])) for i in range(len(saes)) for j in range(i + 1, len(saes))
@@ -235,6 +239,8 @@ def independent_check(out, result: dict, sae_dirs: dict, progress: bool = True) 
         rows.append(dict(step=c, n_seeds=len(saes), independent_fractions=np.mean(fr, 0).round(4).tolist(),
                          independent_fractions_min=np.min(fr, 0).round(4).tolist(), independent_fractions_max=np.max(fr, 0).round(4).tolist(),
                          series_fractions=result["class_fractions"][t].round(4).tolist(),
+                         independent_token_by_mass=round(float(np.mean(by_mass)), 4),
+                         series_token_by_mass=round(float(result["token_by_mass"][t]), 4),
                          seed_floor=round(float(np.median(floor)), 4) if floor else float("nan"),
                          series_vs_independent=round(float(np.median(vs)), 4)))
     return dict(rows=rows, classes=[sm.CLASS_NAMES[c] for c in range(4)])

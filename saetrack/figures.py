@@ -30,8 +30,9 @@ def _fig_semantics(result, save, decode, tokens, seed) -> dict:
     steps, classes = result["steps"], result["classes"]
     bounds = tuple(int(b) for b in result["stages"]["boundaries"])
     made = {}
-    save(sm.plot_class_fractions(steps, classes, bounds, title=f"Feature classes over training ({result['n_features']} latents)"), "class_fractions")
-    made["class_fractions"] = ("fraction of all latents classified token-level, concept-level, noise and dead at every checkpoint, with the three detected stages shaded",
+    save(sm.plot_class_fractions(steps, classes, bounds, title=f"Feature classes over training ({result['n_features']} latents)",
+                                 by_mass=result["token_by_mass"]), "class_fractions")
+    made["class_fractions"] = ("fraction of all latents classified token-level, concept-level, noise and dead at every checkpoint (dashed: token-level by the share of all activation mass on one token), with the three detected stages shaded",
                                "semantic-evolution section (three stages); no paper figure: the paper labelled by eye")
     save(sm.plot_stage_fit(steps, result["stages"], title="Stage boundaries: joint 3-segment fit of the aggregate curves"), "stages")
     made["stages"] = ("the z-scored aggregate curves (class fractions, median progress measure, median cosine to final) with the shared-knot 3-segment fit whose knots are the stage boundaries",

@@ -14,11 +14,11 @@ from .core import SaetrackError
 
 # %% auto #0
 __all__ = ['STAGE_NAMES', 'LABEL_DRAW', 'LABELS', 'RULE_STATS', 'as_encode_fn', 'top_k_contexts', 'token_at', 'token_keys',
-           'Thresholds', 'context_coherence', 'feature_stats', 'classify_stats', 'classify_checkpoint', 'classify_all',
-           'class_fractions', 'make_planted', 'planted_accuracy', 'sensitivity_table', 'detect_stage_boundaries',
-           'shade_stages', 'plot_class_fractions', 'plot_stage_fit', 'pick_checkpoints', 'choose_examples',
-           'feature_contexts', 'build_feature_panel', 'plot_feature_panel', 'draw_label_set', 'label_confusion',
-           'label_scores', 'headline_sensitivity']
+           'KeyMass', 'Thresholds', 'context_coherence', 'feature_stats', 'classify_stats', 'classify_checkpoint',
+           'classify_all', 'class_fractions', 'token_by_mass', 'make_planted', 'planted_accuracy', 'sensitivity_table',
+           'detect_stage_boundaries', 'shade_stages', 'plot_class_fractions', 'plot_stage_fit', 'pick_checkpoints',
+           'choose_examples', 'feature_contexts', 'build_feature_panel', 'plot_feature_panel', 'draw_label_set',
+           'label_confusion', 'label_scores', 'headline_sensitivity']
 
 # %% ../nbs/20_stages.ipynb #95f820f6
 from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color   # the one class taxonomy
@@ -75,13 +75,13 @@ def _batch_topk(c: torch.Tensor, k: int, positive_only: bool) -> tuple[torch.Ten
 # %% ../nbs/20_stages.ipynb #db17cfd8
 def top_k_contexts(encode_fn, acts, k: int = 25, batch: int = 8192, positive_only: bool = True,
                    extra_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   fire_counts: bool = False):
+                   fire_counts: bool = False, on_codes: Callable[[int, torch.Tensor], None] | None = None):
     """Exact top-k activations of every feature in ONE streaming pass over `acts` [N, d_in].
 
     Returns `(values [F, k] float32, indices [F, k] int64)` sorted by value desc, ties by lower index.
     With `positive_only` slots beyond a feature's positive activations are (0, -1). `extra_fn(x)` adds
     columns (e.g. null directions) to the codes; `fire_counts` also returns the number of positive
-    activations of each feature [F] (int64)."""
+    activations of each feature [F] (int64). `on_codes(start, codes)` sees every batch's SAE codes (e.g. `KeyMass.add`)."""
     enc = as_encode_fn(encode_fn)
     N = int(acts.shape[0])
     if N == 0 or k < 1:
@@ -91,6 +91,7 @@ def top_k_contexts(encode_fn, acts, k: int = 25, batch: int = 8192, positive_onl
         x = torch.from_numpy(np.array(acts[s:s + batch], dtype=np.float32))  # copy: memmaps are read-only
         with torch.no_grad():
             parts = [enc(x).float()] + ([extra_fn(x).float()] if extra_fn is not None else [])
+        if on_codes is not None: on_codes(s, parts[0])
         tops = [_batch_topk(c, k, positive_only) for c in parts]   # row j of the batch <-> index s + j
         bv, bp = torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops])
         if not torch.isfinite(bv).all():    # topk ranks NaN and +inf first, so a non-finite code reaches bv
@@ -133,6 +134,37 @@ def token_keys(strings: Sequence[str]) -> np.ndarray:
     table: dict[str, int] = {}
     return np.array([table.setdefault(_norm_token(s), len(table)) for s in strings], dtype=np.int64)
 
+# %% ../nbs/20_stages.ipynb #038cbba1
+class KeyMass:
+    """Each feature's activation mass over ALL rows of an activation set, split by the token key of each row.
+    `add(start, codes)` takes a batch's codes [B, F] (rows start..start+B; `top_k_contexts(on_codes=...)` calls it),
+    `share()` gives the share of each feature's total mass on its heaviest key [F] (0 where it never fires).
+    Sparse: only (key, feature) pairs that fire are kept, so memory follows the codes' L0, not vocab x d_sae.
+    Sums in float64 and in a fixed order (`np.bincount`), so the result does not depend on threads."""
+    def __init__(self, row_keys: np.ndarray, merge_every: int = 1 << 22):
+        self.keys, self.every, self.F = np.asarray(row_keys, np.int64), merge_every, None
+        self.ids, self.vals, self.pending = [np.zeros(0, np.int64)], [np.zeros(0)], 0
+
+    def add(self, start: int, codes: torch.Tensor):
+        self.F = codes.shape[1]
+        r, f = torch.nonzero(codes > 0, as_tuple=True)
+        self.ids.append(self.keys[start + r.cpu().numpy()] * self.F + f.cpu().numpy())
+        self.vals.append(codes[r, f].double().cpu().numpy())
+        self.pending += len(r)
+        if self.pending >= self.every: self._merge()
+
+    def _merge(self):
+        ids, inv = np.unique(np.concatenate(self.ids), return_inverse=True)
+        self.ids, self.vals, self.pending = [ids], [np.bincount(inv, np.concatenate(self.vals), len(ids))], 0
+
+    def share(self) -> np.ndarray:
+        if self.F is None: raise SaetrackError("KeyMass.share: no codes were added")
+        self._merge()
+        f, m = self.ids[0] % self.F, self.vals[0]
+        total, top = np.bincount(f, m, self.F), np.zeros(self.F)
+        np.maximum.at(top, f, m)
+        return np.divide(top, total, out=np.zeros(self.F), where=total > 0)
+
 # %% ../nbs/20_stages.ipynb #c5d772ed
 @dataclass(frozen=True)
 class Thresholds:
@@ -141,6 +173,7 @@ class Thresholds:
     token_share: float = 0.8     # TOKEN if one token key carries >= this share of top-k mass
     concept_z: float = 2.5       # CONCEPT if coherence z-score vs random-direction null >= this
     max_keys_frac: float = 0.5   # fallback (no vectors): CONCEPT if n90 <= this * n_active
+    mass_share: float = 0.6      # the second token criterion: one key carries >= this share of ALL activation mass
 
 def context_coherence(vecs: torch.Tensor | np.ndarray, valid: np.ndarray | None = None,
                       center: np.ndarray | None = None, keys: np.ndarray | None = None) -> np.ndarray:
@@ -222,14 +255,17 @@ def classify_checkpoint(encode_fn, acts, tokens, k: int = 25, key_map: np.ndarra
     """Top-k contexts (one pass, with `n_null` random null directions appended), statistics and classes of
     every feature of one SAE on one activation set. Returns classes [F] int8, top_token [F], values/indices
     [F, k], the stats arrays and null=(mean, sd) of the null's cross-token coherence. stats['coherence'] is
-    cross-token (used by the rule), stats['coherence_all'] the plain mean pairwise cosine of the top contexts."""
+    cross-token (used by the rule), stats['coherence_all'] the plain mean pairwise cosine of the top contexts,
+    stats['mass_share'] the share of each feature's activation mass over ALL rows on its heaviest token key."""
     d = acts.shape[1]
     mu = _mean_sample(acts)
     g = torch.Generator().manual_seed(seed)
     R = torch.nn.functional.normalize(torch.randn(d, n_null, generator=g), dim=0)
     mu_t = torch.from_numpy(mu)
+    ids = token_at(tokens, np.arange(acts.shape[0]))
+    mass = KeyMass(key_map[ids] if key_map is not None else ids)
     vals, idx = top_k_contexts(encode_fn, acts, k=k, batch=batch, positive_only=True,
-                               extra_fn=lambda x: (x - mu_t) @ R)
+                               extra_fn=lambda x: (x - mu_t) @ R, on_codes=mass.add)
     F = vals.shape[0] - n_null
     vecs, valid, tok = _gather_rows(acts, idx), idx >= 0, token_at(tokens, idx)
     keys = np.where(valid, key_map[np.where(valid, tok, 0)] if key_map is not None else tok, -1)
@@ -237,6 +273,7 @@ def classify_checkpoint(encode_fn, acts, tokens, k: int = 25, key_map: np.ndarra
     null = (float(np.nanmean(cross[F:])), float(np.nanstd(cross[F:])))
     stats = feature_stats(vals[:F], tok[:F], key_map, cross[:F], null, th.min_value)
     stats["coherence_all"] = context_coherence(vecs[:F], valid[:F], center=mu)
+    stats["mass_share"] = mass.share()
     return dict(classes=classify_stats(stats, th), top_token=stats["top_token"], values=vals[:F],
                 indices=idx[:F], stats=stats, null=null)
 
@@ -269,6 +306,11 @@ def class_fractions(classes: np.ndarray) -> np.ndarray:
     "[T, F] codes -> [T, 4] fraction of features per class (columns DEAD, TOKEN, CONCEPT, NOISE)."
     classes = np.asarray(classes)
     return np.stack([(classes == c).mean(1) for c in range(4)], 1)
+
+def token_by_mass(classes: np.ndarray, mass_share: np.ndarray, th: Thresholds = Thresholds()) -> np.ndarray:
+    """The second token criterion, over all activations: the fraction of features [T] (of all, as `class_fractions`)
+    that are not dead and put at least `th.mass_share` of their activation mass on one token key."""
+    return ((np.asarray(classes) != DEAD) & (np.asarray(mass_share) >= th.mass_share)).mean(-1)
 
 # %% ../nbs/20_stages.ipynb #1fb32632
 def make_planted(n: int = 32768, d_in: int = 128, vocab: int = 1000, ctx: int = 33, n_token: int = 40,
@@ -368,14 +410,17 @@ def shade_stages(ax, steps, boundaries, label: bool = True, alpha: float = 0.08)
                     ha="center", va="bottom", fontsize=8)
     for b in boundaries: ax.axvline(b, color="k", lw=0.8, ls="--")
 
-def plot_class_fractions(steps, classes, boundaries=None, ax=None, title: str | None = None):
-    "Fraction of features per class vs training step (symlog), stages shaded. Returns fig."
+def plot_class_fractions(steps, classes, boundaries=None, ax=None, title: str | None = None, by_mass=None):
+    """Fraction of features per class vs training step (symlog), stages shaded; `by_mass` [T] (`token_by_mass`)
+    adds the token share by the criterion over all activations, dashed. Returns fig."""
     from saetrack.plotting import step_axis
     import matplotlib.pyplot as plt
     fr = class_fractions(classes)
     fig, ax = (plt.subplots(figsize=(7, 3.6)) if ax is None else (ax.figure, ax))
     for c in (TOKEN, CONCEPT, NOISE, DEAD):
         ax.plot(steps, fr[:, c], marker="o", ms=3, color=class_color(c), label=CLASS_NAMES[c])
+    if by_mass is not None:
+        ax.plot(steps, by_mass, ls="--", marker="o", ms=3, mfc="white", color=class_color(TOKEN), label="token,\nby all activations")
     step_axis(ax)
     ax.set_ylim(0, 1); ax.set_ylabel("fraction of latents")
     if boundaries is not None: shade_stages(ax, steps, boundaries)
