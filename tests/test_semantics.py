@@ -125,6 +125,29 @@ def _hinge(x, k1, k2, a, s):
     return a + s[0] * x + (s[1] - s[0]) * np.maximum(x - k1, 0) + (s[2] - s[1]) * np.maximum(x - k2, 0)
 
 
+def test_key_mass_matches_dense_table_and_batches():
+    rng = np.random.default_rng(4)
+    C = np.maximum(rng.standard_normal((1000, 9)) - 0.8, 0).astype(np.float32); C[:, 2] = 0
+    keys = rng.integers(0, 13, 1000)
+    dense = np.zeros((13, 9)); np.add.at(dense, keys, C.astype(np.float64))
+    want = np.divide(dense.max(0), dense.sum(0), out=np.zeros(9), where=dense.sum(0) > 0)
+    for batch, every in ((1000, 1 << 22), (77, 40)):          # one batch, no merge / many batches, many merges
+        km = sm.KeyMass(keys, merge_every=every)
+        for s in range(0, 1000, batch): km.add(s, torch.from_numpy(C[s:s + batch]))
+        assert np.allclose(km.share(), want, rtol=1e-12) and km.share()[2] == 0
+    with pytest.raises(SaetrackError): sm.KeyMass(keys).share()
+
+
+def test_mass_share_separates_planted_token_features():
+    P = sm.make_planted(seed=0)
+    r = sm.classify_checkpoint(P["encode"], P["acts"], P["tokens"], k=25, seed=0)
+    share, truth = r["stats"]["mass_share"], P["truth"]
+    assert (share[truth == DEAD] == 0).all()
+    assert np.median(share[truth == TOKEN]) > 0.8 > 0.5 > np.median(share[(truth == CONCEPT) | (truth == NOISE)])
+    by_mass = sm.token_by_mass(r["classes"][None], share[None])[0]
+    assert by_mass == ((r["classes"] != DEAD) & (share >= sm.Thresholds().mass_share)).mean()
+
+
 def test_stage_boundaries_recover_planted():
     steps = np.unique(np.r_[0, np.round(np.logspace(0, 5, 40))]).astype(int)
     x = np.log10(steps + 1)
