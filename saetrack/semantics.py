@@ -134,7 +134,7 @@ def token_keys(strings: Sequence[str]) -> np.ndarray:
     table: dict[str, int] = {}
     return np.array([table.setdefault(_norm_token(s), len(table)) for s in strings], dtype=np.int64)
 
-# %% ../nbs/20_stages.ipynb #038cbba1
+# %% ../nbs/20_stages.ipynb #999e7fff
 class KeyMass:
     """Each feature's activation mass over ALL rows of an activation set, split by the token key of each row.
     `add(start, codes)` takes a batch's codes [B, F] (rows start..start+B; `top_k_contexts(on_codes=...)` calls it),
