@@ -420,7 +420,7 @@ def plot_class_fractions(steps, classes, boundaries=None, ax=None, title: str | 
     for c in (TOKEN, CONCEPT, NOISE, DEAD):
         ax.plot(steps, fr[:, c], marker="o", ms=3, color=class_color(c), label=CLASS_NAMES[c])
     if by_mass is not None:
-        ax.plot(steps, by_mass, ls="--", marker="o", ms=3, mfc="white", color=class_color(TOKEN), label="token,\nby all activations")
+        ax.plot(steps, by_mass, ls="--", marker="o", ms=3, mfc="white", color=class_color(TOKEN), label="token, by share\nof all activation mass")
     step_axis(ax)
     ax.set_ylim(0, 1); ax.set_ylabel("fraction of latents")
     if boundaries is not None: shade_stages(ax, steps, boundaries)
