@@ -17,7 +17,7 @@ from . import changepoints as cp, drift as dr, formation as fm, semantics as sm,
 
 # %% auto #0
 __all__ = ['ANALYSIS_VERSION', 'POOLS', 'SPACES', 'AnalysisConfig', 'context_caches', 'token_strings', 'analysis_key', 'analyse',
-           'cached_analysis', 'moved_after_formation', 'summarise', 'feature_report']
+           'cached_analysis', 'class_names', 'moved_after_formation', 'summarise', 'feature_report']
 
 # %% ../nbs/60_analysis.ipynb #fd8a68e6
 ANALYSIS_VERSION = 6          # bump when the cached result changes shape or meaning (4: contexts from the training pool; 5: BIC with a margin of 10; 6: mass share over all activations)
@@ -267,7 +267,7 @@ def cached_analysis(out) -> dict:
     return r
 
 # %% ../nbs/60_analysis.ipynb #1761b153
-def _class_names(codes) -> np.ndarray: return np.array([sm.CLASS_NAMES[int(c)] for c in np.asarray(codes)])
+def class_names(codes) -> np.ndarray: return np.array([sm.CLASS_NAMES[int(c)] for c in np.asarray(codes)])
 
 def moved_after_formation(result: dict) -> dict:
     """Share of live features, formed before the final checkpoint (main formation measure), whose decoder row at
@@ -295,7 +295,7 @@ def summarise(result: dict) -> dict:
     fr = result["class_fractions"]
     fractions = {f"step {steps[t]}": {sm.CLASS_NAMES[c]: round(float(fr[t, c]), 3) for c in range(4)}
                  for t in (0, T // 2, T - 1)}
-    final_cls = _class_names(result["classes"][-1])
+    final_cls = class_names(result["classes"][-1])
     live = result["live"]
     def by_class(fs):
         row = {}

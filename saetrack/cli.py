@@ -71,7 +71,7 @@ def cmd_activations(a) -> dict:
 
 def _preset(a):
     from dataclasses import replace
-    from saetrack.config import _override, check_warmup, get_preset, paper_recipe
+    from saetrack.config import override, check_warmup, get_preset, paper_recipe
     sae = dict(d_sae=a.d_sae, l1_coefficient=a.l1, arch=a.arch, k=a.k, direction=a.direction, tokens_first=a.tokens_first,
                tokens_next=a.tokens_next, lr_first=a.sae_lr, lr_next=a.sae_lr_next, warmup_first=a.sae_warmup,
                warmup_next=a.sae_warmup_next, batch_size=a.sae_batch, batch_next=a.sae_batch_next, epochs=a.epochs, seed=a.sae_seed)
@@ -81,7 +81,7 @@ def _preset(a):
     budget = getattr(a, "budget", None)                    # None: the preset's (adaptive; fixed for the Pythia presets)
     if budget not in (None, "adaptive", "fixed"): raise SaetrackError(f"--budget must be 'adaptive' or 'fixed' (got '{budget}')")
     base = paper_recipe(p.sae) if budget == "fixed" else replace(p.sae, budget=budget or p.sae.budget)
-    return replace(p, sae=check_warmup(_override(base, sae, "SAE")))    # flags win over the recipe
+    return replace(p, sae=check_warmup(override(base, sae, "SAE")))    # flags win over the recipe
 
 def _print_series(series):
     from saetrack.convergence import series_cost
@@ -311,7 +311,7 @@ def cmd_reproduce(a):
                             f"--device cuda` (a GPU and Hugging Face Hub access), and `reproduce --preset {a.preset} --dry-run` prints its plan")
     if a.dry_run: raise SaetrackError("--dry-run is for the Pythia presets (pythia-160m, pythia-410m, pythia-1.4b)")
     from saetrack.core import atomic_write_json
-    from saetrack.figures import _commit
+    from saetrack.figures import head_commit
     t0 = time.time()
     a.checkpoints = None
     times = {}
@@ -325,7 +325,7 @@ def cmd_reproduce(a):
         for name, fn in stages + [("figures", cmd_figures)]:
             t = time.time(); fn(a); times[name] = time.time() - t
         times["total"] = time.time() - t0
-        atomic_write_json(out/"reproduce.json", dict(preset=a.preset, commit=_commit(), full=a.full, seconds=times, seeds=_seeds(p, a)))
+        atomic_write_json(out/"reproduce.json", dict(preset=a.preset, commit=head_commit(), full=a.full, seconds=times, seeds=_seeds(p, a)))
     print("reproduce stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + f" (saved in {out/'reproduce.json'})")
 
 def cmd_scaling(a):

@@ -10,7 +10,8 @@ from .core import SaetrackError
 
 # %% auto #0
 __all__ = ['STREAM_BUFFER', 'SNAPSHOT_TOKENS', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'split_hooks', 'ActsConfig',
-           'SAEConfig', 'check_warmup', 'paper_recipe', 'Preset', 'get_preset', 'checkpoint_steps', 'pythia_plan']
+           'SAEConfig', 'check_warmup', 'paper_recipe', 'Preset', 'override', 'get_preset', 'checkpoint_steps',
+           'pythia_plan']
 
 # %% ../nbs/01_config.ipynb #2bae2830
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ PRESETS: dict[str, Preset] = {
                   eval_tokens=2048, plateau_min_tokens=4096, epochs=17)),      # 16.02 passes over 8,184 cached activations
 }
 
-def _override(obj, over: dict, what: str):
+def override(obj, over: dict, what: str):
     over = {k: v for k, v in (over or {}).items() if v is not None}
     bad = set(over) - {f.name for f in dataclasses.fields(obj)}
     if bad: raise SaetrackError(f"unknown {what} setting(s): {', '.join(sorted(bad))}")
@@ -208,8 +209,8 @@ def get_preset(name: str, acts: dict | None = None, sae: dict | None = None, **l
     if name not in PRESETS:
         raise SaetrackError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
     p = PRESETS[name]
-    return replace(p, lm=_override(p.lm, lm, "LM"), acts=_override(p.acts, acts, "activation"),
-                   sae=_override(p.sae, sae, "SAE"))
+    return replace(p, lm=override(p.lm, lm, "LM"), acts=override(p.acts, acts, "activation"),
+                   sae=override(p.sae, sae, "SAE"))
 
 def checkpoint_steps(steps: int, log_until: int = 512, every: int = 250) -> list[int]:
     "Pythia-like schedule: 0, 1, 2, 4, ..., `log_until`, then every `every` steps, always ending at `steps`."

@@ -147,7 +147,6 @@ def controls_table(res: dict) -> pd.DataFrame:
     "One row per headline number, one column per chain."
     rows = {}
     for name, h in res["chains"].items():
-        steps = list(h["class_fractions"])
         col = {f"token share, {k}": v["token"] for k, v in h["class_fractions"].items()}
         col.update({f"token share by activation mass, {k}": v for k, v in h.get("token_by_mass", {}).items()})
         col.update({f"concept share, {k}": v["concept"] for k, v in h["class_fractions"].items()})
@@ -270,7 +269,6 @@ def plot_controls(res: dict, path=None):
     a.legend(frameon=False, fontsize=8)
     b.set_xscale("log"); b.set_xlabel("training step + 1"); b.set_ylabel("median cosine to the final decoder row")
     b.set_title("Decoder drift: cosine to the last step's SAE (the null chain is the optimiser's share)", fontsize=9)
-    from saetrack import semantics as sm
     for name in res["chains"]:
         col, ls, _ = CHAIN_STYLE[name]
         fr = res["fractions"][name]

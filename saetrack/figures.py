@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from . import changepoints as cp, drift as dr, formation as fm, semantics as sm, transitions as tr
-from .analysis import SPACES, _class_names, cached_analysis, context_caches
+from .analysis import SPACES, class_names, cached_analysis, context_caches
 from .core import SaetrackError, atomic_write_json, read_json
 from .lm import run_log, run_meta
 from .matching import cached_baseline
@@ -17,12 +17,12 @@ from .scaling import SIZES
 from .series import SAESeries
 
 # %% auto #0
-__all__ = ['FIGURE_SEED', 'plot_analysis', 'plot_matching', 'scaling_runs', 'plot_scaling', 'make_figures']
+__all__ = ['FIGURE_SEED', 'plot_analysis', 'plot_matching', 'scaling_runs', 'plot_scaling', 'head_commit', 'make_figures']
 
 # %% ../nbs/81_figures.ipynb #c04a1f0f
 def _live_classes(result: dict) -> tuple[np.ndarray, np.ndarray]:
     "Columns (feature ids) of live token/concept features at the end, and their class names."
-    cls = _class_names(result["classes"][-1])
+    cls = class_names(result["classes"][-1])
     ids = np.flatnonzero(result["live"] & np.isin(cls, ["token", "concept"]))
     return ids, cls[ids]
 
@@ -38,7 +38,7 @@ def _fig_semantics(result, save, decode, tokens, seed) -> dict:
     made["stages"] = ("the z-scored aggregate curves (class fractions, median progress measure, median cosine to final) with the shared-knot 3-segment fit whose knots are the stage boundaries",
                       "Conclusion 3.1 / three phases (detected here, not drawn by eye)")
     pos = sm.pick_checkpoints(steps, 6)
-    final = _class_names(classes[-1])
+    final = class_names(classes[-1])
     ex = sm.choose_examples(np.where(result["live"], final, ""), ["token", "concept"], n=2, seed=seed)
     feats = [f for c in ("token", "concept") for f in ex[c]]
     if feats:
@@ -67,7 +67,7 @@ def _fig_semantics(result, save, decode, tokens, seed) -> dict:
 
 def _top_tokens(result: dict, f: int, tokens, decode, n: int = 2) -> str:
     "The `n` most frequent activating tokens among feature f's final datapoints, e.g. \"'while', ' if'\"."
-    toks = [sm._clean(decode(int(t))) for t in sm.token_at(tokens, result["datapoints"][f]) if t >= 0]
+    toks = [sm.printable_token(decode(int(t))) for t in sm.token_at(tokens, result["datapoints"][f]) if t >= 0]
     vals, cnt = np.unique(toks, return_counts=True)
     return ", ".join(f"'{v}'" for v in vals[np.argsort(-cnt, kind="stable")][:n])
 
@@ -295,7 +295,7 @@ def plot_scaling(runs: dict, path=None, results: dict | None = None):
     return fig
 
 # %% ../nbs/81_figures.ipynb #2c2f60a0
-def _commit() -> str:
+def head_commit() -> str:
     import subprocess
     try: return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
                                cwd=Path(__file__).parent).stdout.strip()
@@ -362,7 +362,7 @@ def make_figures(out, figures="figures") -> dict:
             made["scaling"] = dict(shows=f"feature classes and decoder drift of the same pipeline at {len(runs)} model widths ({', '.join(runs)}), side by side",
                                    paper="Figs 9-16 (the 160m / 1.4b validation of the 410m results)")
     plt.close("all")
-    commit = _commit()
+    commit = head_commit()
     man = {f"{k}.{ext}": dict(v, order=i, config_hash=cfg_hash, commit=commit, command="saetrack figures")
            for i, (k, v) in enumerate(made.items()) for ext in ("png", "pdf")}
     atomic_write_json(figures/"MANIFEST.json", man)

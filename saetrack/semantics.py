@@ -17,8 +17,8 @@ __all__ = ['STAGE_NAMES', 'LABEL_DRAW', 'LABELS', 'RULE_STATS', 'as_encode_fn', 
            'KeyMass', 'Thresholds', 'context_coherence', 'feature_stats', 'classify_stats', 'classify_checkpoint',
            'classify_all', 'class_fractions', 'token_by_mass', 'make_planted', 'planted_accuracy', 'sensitivity_table',
            'detect_stage_boundaries', 'shade_stages', 'plot_class_fractions', 'plot_stage_fit', 'pick_checkpoints',
-           'choose_examples', 'feature_contexts', 'build_feature_panel', 'plot_feature_panel', 'draw_label_set',
-           'label_confusion', 'label_scores', 'headline_sensitivity']
+           'choose_examples', 'printable_token', 'feature_contexts', 'build_feature_panel', 'plot_feature_panel',
+           'draw_label_set', 'label_confusion', 'label_scores', 'headline_sensitivity']
 
 # %% ../nbs/20_stages.ipynb #95f820f6
 from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color   # the one class taxonomy
@@ -461,7 +461,7 @@ def choose_examples(labels: np.ndarray, wanted: Sequence, n: int = 2, seed: int 
         out[w] = sorted(rng.choice(cand, size=min(n, len(cand)), replace=False).tolist())
     return out
 
-def _clean(s: str) -> str:
+def printable_token(s: str) -> str:
     return s.replace("\n", "\\n").replace("\t", "\\t").replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\\n")
 
 def feature_contexts(feature: int, values: np.ndarray, indices: np.ndarray, tokens, decode,
@@ -473,8 +473,8 @@ def feature_contexts(feature: int, values: np.ndarray, indices: np.ndarray, toke
     for v, i in zip(values[feature][:n], indices[feature][:n]):
         if i < 0: continue
         r, p = int(i) // L, int(i) % L + 1
-        pre = [_clean(decode(int(t))) for t in tokens[r, max(1, p - before):p]]
-        out.append((pre, _clean(decode(int(tokens[r, p]))), float(v)))
+        pre = [printable_token(decode(int(t))) for t in tokens[r, max(1, p - before):p]]
+        out.append((pre, printable_token(decode(int(tokens[r, p]))), float(v)))
     return out
 
 def build_feature_panel(feature: int, positions: Sequence[int], steps, values, indices, tokens, decode,
@@ -486,7 +486,7 @@ def build_feature_panel(feature: int, positions: Sequence[int], steps, values, i
         lab = ""
         if classes is not None:
             c = int(classes[t][feature]); lab = CLASS_NAMES[c]
-            if c == TOKEN and top_tokens is not None: lab += f" '{_clean(decode(int(top_tokens[t][feature])))}'"
+            if c == TOKEN and top_tokens is not None: lab += f" '{printable_token(decode(int(top_tokens[t][feature])))}'"
         rows.append(dict(step=int(steps[t]), label=lab,
                          contexts=feature_contexts(feature, values[t], indices[t], tokens, decode, n, before)))
     return dict(feature=feature, rows=rows)

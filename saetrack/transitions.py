@@ -8,7 +8,7 @@ import math
 from typing import Any, Sequence
 import numpy as np
 from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color
-from .semantics import (STAGE_NAMES, _clean,
+from .semantics import (STAGE_NAMES, printable_token,
                                 choose_examples, shade_stages)
 
 # %% auto #0
@@ -154,7 +154,7 @@ def plot_pattern_examples(steps, classes, top_tokens, patterns, change_steps, de
                 ax.scatter(steps[m], np.zeros(m.sum()), s=40, marker="s", color=class_color(c), label=CLASS_NAMES[c], zorder=3)
         prev = None
         for t in range(len(steps)):
-            lab = f"'{_clean(decode(int(tt[t])))}'" if cl[t] == TOKEN else CLASS_NAMES[int(cl[t])]
+            lab = f"'{printable_token(decode(int(tt[t])))}'" if cl[t] == TOKEN else CLASS_NAMES[int(cl[t])]
             if lab != prev:
                 ax.text(steps[t], 0.3, lab, rotation=30, fontsize=8.5, ha="left", va="bottom", parse_math=False, clip_on=True)
             prev = lab
@@ -181,7 +181,7 @@ def feature_history(i: int, steps, classes, top_tokens, decode, key_map=None, mi
     pat, cs = transition_pattern(cl, tt, steps, key_map, min_run)
     lines = [f"feature {i}: pattern={pat}" + ("" if np.isnan(cs) else f" (change at step {int(cs):,})")]
     for (c, key), p, n in _runs(_states(cl, tt, key_map)):
-        desc = CLASS_NAMES[c] + (f" '{_clean(decode(int(tt[p])))}'" if c == TOKEN else "")
+        desc = CLASS_NAMES[c] + (f" '{printable_token(decode(int(tt[p])))}'" if c == TOKEN else "")
         span = f"step {steps[p]:,}" if n == 1 else f"steps {steps[p]:,}-{steps[p + n - 1]:,}"
         extra = ""
         if stats is not None:

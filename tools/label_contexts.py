@@ -17,7 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT/"nbs"/"data"
 sys.path.insert(0, str(ROOT))
-from saetrack.semantics import LABEL_DRAW, draw_label_set, _clean   # noqa: E402
+from saetrack.semantics import LABEL_DRAW, draw_label_set, printable_token   # noqa: E402
 
 def pool_of(meta: dict) -> str: return meta["config"].get("pool", "eval")    # analyses before version 4 read "eval"
 
@@ -30,7 +30,7 @@ def show(run: Path, start: int, count: int, full: int = 10, before: int = 7, aft
     assert tuple(int(s) for s in steps) == LABEL_DRAW["steps"] and values.shape[1] == LABEL_DRAW["d_sae"]
     tokens = np.asarray(load_activations(run/"activations"/meta["hook"]/pool_of(meta)/f"step{int(steps[-1])}").tokens)
     L = tokens.shape[1] - 1
-    dec = lambda t: _clean(strings[int(t)]) if 0 <= int(t) < len(strings) else f"<{int(t)}>"
+    dec = lambda t: printable_token(strings[int(t)]) if 0 <= int(t) < len(strings) else f"<{int(t)}>"
     draw = draw_label_set(**LABEL_DRAW)
     for j in range(start, min(start + count, len(draw))):
         step, f = int(draw.step[j]), int(draw.feature[j])
