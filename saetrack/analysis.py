@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .activations import acts_dir, load_activations, run_acts_root
 from .core import SaetrackError, atomic_path, atomic_write_json, read_json, stable_hash
 from .series import SAESeries
-from . import changepoints as cp, drift as dr, formation as fm, semantics as sm, transitions as tr
+from . import changepoints as cp, drift as dr, formation as fm, inference as inf, semantics as sm, transitions as tr
 
 # %% auto #0
 __all__ = ['ANALYSIS_VERSION', 'POOLS', 'SPACES', 'AnalysisConfig', 'context_caches', 'token_strings', 'analysis_key', 'analyse',
@@ -227,7 +227,7 @@ def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_
         r.update(_drift_part(series.steps, W, r["live"], r["formation"][cfg.formation_space], cfg))
         times["drift"] = time.time() - t
     t = time.time()
-    st = sm.detect_stage_boundaries(steps, _stage_curves(r))
+    st = inf.detect_stage_boundaries(steps, _stage_curves(r))
     r["stages"] = dict(boundaries=list(st["boundaries"]), index=list(st["index"]), r2_gain=st["r2_gain"],
                        curves=st["curves"], z=st["z"], fitted=st["fitted"], slopes=st["slopes"])
     times["stages"] = time.time() - t

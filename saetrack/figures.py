@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 import torch
-from . import changepoints as cp, drift as dr, formation as fm, semantics as sm, transitions as tr
+from . import changepoints as cp, drift as dr, formation as fm, inference as inf, semantics as sm, transitions as tr
 from .analysis import SPACES, class_names, cached_analysis, context_caches
 from .core import SaetrackError, atomic_write_json, read_json
 from .lm import run_log, run_meta
@@ -34,7 +34,7 @@ def _fig_semantics(result, save, decode, tokens, seed) -> dict:
                                  by_mass=result["token_by_mass"]), "class_fractions")
     made["class_fractions"] = ("fraction of all latents classified token-level, concept-level, noise and dead at every checkpoint (dashed: token-level by the share of all activation mass on one token), with the three detected stages shaded",
                                "semantic-evolution section (three stages); no paper figure: the paper labelled by eye")
-    save(sm.plot_stage_fit(steps, result["stages"], title="Stage boundaries: joint 3-segment fit of the aggregate curves"), "stages")
+    save(inf.plot_stage_fit(steps, result["stages"], title="Stage boundaries: joint 3-segment fit of the aggregate curves"), "stages")
     made["stages"] = ("the z-scored aggregate curves (class fractions, median progress measure, median cosine to final) with the shared-knot 3-segment fit whose knots are the stage boundaries",
                       "Conclusion 3.1 / three phases (detected here, not drawn by eye)")
     pos = sm.pick_checkpoints(steps, 6)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import dataclasses, math
 from pathlib import Path
+from typing import Any
 import numpy as np
 from .changepoints import fit_piecewise, select_n_segments
 from .config import SAEConfig
@@ -13,9 +14,66 @@ from .core import SaetrackError, atomic_write_json, read_json, stable_hash
 from .series import SAESeries, train_series
 
 # %% auto #0
-__all__ = ['VIEWS', 'view_matrices', 'aggregate', 'knot_fit', 'describe_segments', 'planted_knot_features', 'bootstrap_knots',
-           'knot_intervals', 'overlapping', 'knots_text', 'agreement_table', 'shared_steps', 'stage_inference',
-           'knots_table', 'plot_stage_inference', 'seed_dir', 'run_seeds', 'cached_inference']
+__all__ = ['STAGE_NAMES', 'VIEWS', 'detect_stage_boundaries', 'shade_stages', 'plot_stage_fit', 'view_matrices', 'aggregate',
+           'knot_fit', 'describe_segments', 'planted_knot_features', 'bootstrap_knots', 'knot_intervals', 'overlapping',
+           'knots_text', 'agreement_table', 'shared_steps', 'stage_inference', 'knots_table', 'plot_stage_inference',
+           'seed_dir', 'run_seeds', 'cached_inference']
+
+# %% ../nbs/22_inference.ipynb #e1add236
+STAGE_NAMES = ("init & warm-up", "emergent", "convergent")
+
+def detect_stage_boundaries(steps, curves, min_points: int = 3) -> dict[str, Any]:
+    """Two stage boundaries from aggregate curves (dict name -> [T], or array [C, T]). Constant curves and
+    curves with NaN are dropped, the rest z-scored and fitted jointly (see above). Returns dict(boundaries=
+    (step_i, step_j), index=(i, j), sse, sse_1seg (straight line), r2_gain (1 - sse/sse_1seg), slopes [C, 3]
+    in z units per decade, curves (names used), z [T, C] and fitted [T, C])."""
+    steps = np.asarray(steps, dtype=np.float64)
+    if isinstance(curves, dict):
+        names, Y = list(curves), np.stack([np.asarray(v, float) for v in curves.values()])
+    else:
+        Y = np.atleast_2d(np.asarray(curves, float)); names = [str(i) for i in range(len(Y))]
+    T = len(steps)
+    if Y.shape[1] != T: raise SaetrackError(f"curves have {Y.shape[1]} points but there are {T} steps")
+    if T < 3 * min_points - 2:
+        raise SaetrackError(f"need >= {3 * min_points - 2} checkpoints to find 3 stages, got {T}")
+    keep = ~np.isnan(Y).any(1) & (np.nan_to_num(Y).std(1) > 1e-12)
+    if not keep.any(): raise SaetrackError("detect_stage_boundaries: all curves are constant or contain NaN")
+    Y, names = Y[keep], [n for n, k in zip(names, keep) if k]
+    Z = ((Y - Y.mean(1, keepdims=True)) / Y.std(1, keepdims=True)).T  # [T, C]
+    fit = fit_piecewise(steps, Z, 3, min_size=min_points)
+    line = fit_piecewise(steps, Z, 1)
+    i, j = fit.breakpoint_index
+    return dict(boundaries=(int(steps[i]), int(steps[j])), index=(i, j), sse=fit.sse, sse_1seg=line.sse,
+                r2_gain=1 - fit.sse / line.sse if line.sse > 0 else 0.0,
+                slopes=np.stack([seg[2] for seg in fit.segments], 1), curves=names, z=Z, fitted=fit.fitted)
+
+# %% ../nbs/22_inference.ipynb #cadc9d18
+def shade_stages(ax, steps, boundaries, label: bool = True, alpha: float = 0.08):
+    "Shade the three stages (x in training steps) and label them at the top of `ax`."
+    steps = np.asarray(steps)
+    edges = [0, boundaries[0], boundaries[1], float(steps.max())]
+    for s, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        ax.axvspan(a, b, color=("tab:green", "tab:purple", "tab:red")[s], alpha=alpha, lw=0)
+        if label:
+            ax.text(math.sqrt((a + 1) * (b + 1)) - 1, 1.01, STAGE_NAMES[s], transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=8)
+    for b in boundaries: ax.axvline(b, color="k", lw=0.8, ls="--")
+
+def plot_stage_fit(steps, stages: dict, ax=None, title: str | None = None):
+    "The z-scored aggregate curves behind `detect_stage_boundaries`, its 3-segment fit and the shaded stages."
+    from saetrack.plotting import step_axis
+    import matplotlib.pyplot as plt
+    fig, ax = (plt.subplots(figsize=(7.5, 3.8)) if ax is None else (ax.figure, ax))
+    Z, Fz = np.asarray(stages["z"]), np.asarray(stages["fitted"])
+    for c, name in enumerate(stages["curves"]):
+        ax.plot(steps, Z[:, c], "o", ms=3.5, color=f"C{c}", label=name)
+        ax.plot(steps, Fz[:, c], "-", lw=1.2, color=f"C{c}", alpha=0.8)
+    step_axis(ax); ax.set_ylabel("curve (z-scored)")
+    shade_stages(ax, steps, stages["boundaries"])
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8,
+              title="points: curve; lines: shared-knot fit", title_fontsize=8)
+    if title: ax.set_title(title, pad=16)
+    return fig
 
 # %% ../nbs/22_inference.ipynb #fc0c07bd
 VIEWS = ("token fraction", "concept fraction", "progress measure", "cos to final")

@@ -9,20 +9,17 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
-from .changepoints import fit_piecewise
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['STAGE_NAMES', 'LABEL_DRAW', 'LABELS', 'RULE_STATS', 'as_encode_fn', 'top_k_contexts', 'token_at', 'token_keys',
-           'KeyMass', 'Thresholds', 'context_coherence', 'feature_stats', 'classify_stats', 'classify_checkpoint',
-           'classify_all', 'class_fractions', 'token_by_mass', 'make_planted', 'planted_accuracy', 'sensitivity_table',
-           'detect_stage_boundaries', 'shade_stages', 'plot_class_fractions', 'plot_stage_fit', 'pick_checkpoints',
-           'choose_examples', 'printable_token', 'feature_contexts', 'build_feature_panel', 'plot_feature_panel',
-           'draw_label_set', 'label_confusion', 'label_scores', 'headline_sensitivity']
+__all__ = ['LABEL_DRAW', 'LABELS', 'RULE_STATS', 'as_encode_fn', 'top_k_contexts', 'token_at', 'token_keys', 'KeyMass',
+           'Thresholds', 'context_coherence', 'feature_stats', 'classify_stats', 'classify_checkpoint', 'classify_all',
+           'class_fractions', 'token_by_mass', 'plot_class_fractions', 'pick_checkpoints', 'choose_examples',
+           'printable_token', 'feature_contexts', 'build_feature_panel', 'plot_feature_panel', 'draw_label_set',
+           'label_confusion', 'label_scores', 'headline_sensitivity']
 
 # %% ../nbs/20_stages.ipynb #95f820f6
 from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color   # the one class taxonomy
-STAGE_NAMES = ("init & warm-up", "emergent", "convergent")
 
 # %% ../nbs/20_stages.ipynb #75a3d07c
 def as_encode_fn(sae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -312,107 +309,11 @@ def token_by_mass(classes: np.ndarray, mass_share: np.ndarray, th: Thresholds = 
     that are not dead and put at least `th.mass_share` of their activation mass on one token key."""
     return ((np.asarray(classes) != DEAD) & (np.asarray(mass_share) >= th.mass_share)).mean(-1)
 
-# %% ../nbs/20_stages.ipynb #1fb32632
-def make_planted(n: int = 32768, d_in: int = 128, vocab: int = 1000, ctx: int = 33, n_token: int = 40,
-                 n_concept: int = 40, n_noise: int = 40, n_dead: int = 8, group=(5, 30),
-                 ctx_noise: float = 1.5, band: int = 400, seed: int = 0) -> dict[str, Any]:
-    """Synthetic activation set with known feature types (see above). Encoder rows: token features w = e[t]
-    (bias -0.5, fire only on t), concept features w = u_g (bias -0.5), noise features random unit w with the
-    bias at the 98th percentile of projections, dead features a large negative bias. Returns dict(acts,
-    tokens, encode (params dict for `as_encode_fn`), truth [F] class codes, strings [vocab], token_feature_tokens)."""
-    rng = np.random.default_rng(seed)
-    if n % (ctx - 1): raise SaetrackError("make_planted: n must be a multiple of ctx-1")
-    p = 1.0 / np.arange(1, vocab) ** 1.1
-    p /= p.sum()
-    perm = rng.permutation(vocab - 1)
-    tok = perm[rng.choice(vocab - 1, size=n, p=p)]
-    E = rng.standard_normal((vocab, d_in)); E /= np.linalg.norm(E, axis=1, keepdims=True)
-    U = rng.standard_normal((n_concept, d_in)); U /= np.linalg.norm(U, axis=1, keepdims=True)
-    C = np.zeros((vocab, n_concept))
-    for g in range(n_concept):  # members: mid-frequency tokens (frequency ranks 20..band+19)
-        m = perm[20 + rng.choice(band, size=rng.integers(group[0], group[1] + 1), replace=False)]
-        C[m, g] = rng.uniform(0.9, 1.1, size=len(m))
-    x = E[tok] + C[tok] @ U + rng.standard_normal((n, d_in)) * (ctx_noise / math.sqrt(d_in))
-    counts = np.bincount(tok, minlength=vocab)       # token features on tokens with >= 30 occurrences
-    cand = np.flatnonzero(counts >= 30)
-    tt = rng.choice(cand, size=min(n_token, len(cand)), replace=False)
-    Wn = rng.standard_normal((n_noise, d_in)); Wn /= np.linalg.norm(Wn, axis=1, keepdims=True)
-    bn = -np.quantile(x @ Wn.T, 0.98, axis=0)
-    Wd = rng.standard_normal((n_dead, d_in))
-    W = np.concatenate([E[tt], U, Wn, Wd]).T.astype(np.float32)
-    b = np.concatenate([np.full(len(tt), -0.5), np.full(n_concept, -0.5), bn, np.full(n_dead, -1e3)])
-    truth = np.concatenate([np.full(len(tt), TOKEN), np.full(n_concept, CONCEPT),
-                            np.full(n_noise, NOISE), np.full(n_dead, DEAD)]).astype(np.int8)
-    order = rng.permutation(len(truth))
-    tokens = np.full((n // (ctx - 1), ctx), vocab - 1, dtype=np.int32)
-    tokens[:, 1:] = tok.reshape(-1, ctx - 1)
-    params = dict(W_enc=torch.from_numpy(W[:, order].copy()), b_enc=torch.from_numpy(b[order].astype(np.float32)),
-                  b_dec=torch.zeros(d_in))
-    strings = [f" w{i}" for i in range(vocab - 1)] + ["<bos>"]
-    return dict(acts=x.astype(np.float32), tokens=tokens, encode=params, truth=truth[order],
-                strings=strings, token_feature_tokens=tt)
-
-def planted_accuracy(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    "Overall and per-class accuracy (recall) of predicted codes against planted truth."
-    pred, truth = np.asarray(pred), np.asarray(truth)
-    out = {"overall": float((pred == truth).mean())}
-    for c, name in CLASS_NAMES.items():
-        m = truth == c
-        if m.any(): out[name] = float((pred[m] == truth[m]).mean())
-    return out
-
-def sensitivity_table(stats: dict[str, np.ndarray], truth: np.ndarray, grid: dict[str, Sequence[float]],
-                      base: Thresholds = Thresholds()):
-    "Accuracy when one threshold at a time is varied over `grid` (others at `base`): a pandas DataFrame."
-    import pandas as pd
-    rows = []
-    for name, values in grid.items():
-        for v in values:
-            acc = planted_accuracy(classify_stats(stats, replace(base, **{name: v})), truth)
-            rows.append({"param": name, "value": v, **acc})
-    return pd.DataFrame(rows)
-
-# %% ../nbs/20_stages.ipynb #2d3adb74
-def detect_stage_boundaries(steps, curves, min_points: int = 3) -> dict[str, Any]:
-    """Two stage boundaries from aggregate curves (dict name -> [T], or array [C, T]). Constant curves and
-    curves with NaN are dropped, the rest z-scored and fitted jointly (see above). Returns dict(boundaries=
-    (step_i, step_j), index=(i, j), sse, sse_1seg (straight line), r2_gain (1 - sse/sse_1seg), slopes [C, 3]
-    in z units per decade, curves (names used), z [T, C] and fitted [T, C])."""
-    steps = np.asarray(steps, dtype=np.float64)
-    if isinstance(curves, dict):
-        names, Y = list(curves), np.stack([np.asarray(v, float) for v in curves.values()])
-    else:
-        Y = np.atleast_2d(np.asarray(curves, float)); names = [str(i) for i in range(len(Y))]
-    T = len(steps)
-    if Y.shape[1] != T: raise SaetrackError(f"curves have {Y.shape[1]} points but there are {T} steps")
-    if T < 3 * min_points - 2:
-        raise SaetrackError(f"need >= {3 * min_points - 2} checkpoints to find 3 stages, got {T}")
-    keep = ~np.isnan(Y).any(1) & (np.nan_to_num(Y).std(1) > 1e-12)
-    if not keep.any(): raise SaetrackError("detect_stage_boundaries: all curves are constant or contain NaN")
-    Y, names = Y[keep], [n for n, k in zip(names, keep) if k]
-    Z = ((Y - Y.mean(1, keepdims=True)) / Y.std(1, keepdims=True)).T  # [T, C]
-    fit = fit_piecewise(steps, Z, 3, min_size=min_points)
-    line = fit_piecewise(steps, Z, 1)
-    i, j = fit.breakpoint_index
-    return dict(boundaries=(int(steps[i]), int(steps[j])), index=(i, j), sse=fit.sse, sse_1seg=line.sse,
-                r2_gain=1 - fit.sse / line.sse if line.sse > 0 else 0.0,
-                slopes=np.stack([seg[2] for seg in fit.segments], 1), curves=names, z=Z, fitted=fit.fitted)
-
 # %% ../nbs/20_stages.ipynb #c04b6fe0
-def shade_stages(ax, steps, boundaries, label: bool = True, alpha: float = 0.08):
-    "Shade the three stages (x in training steps) and label them at the top of `ax`."
-    steps = np.asarray(steps)
-    edges = [0, boundaries[0], boundaries[1], float(steps.max())]
-    for s, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
-        ax.axvspan(a, b, color=("tab:green", "tab:purple", "tab:red")[s], alpha=alpha, lw=0)
-        if label:
-            ax.text(math.sqrt((a + 1) * (b + 1)) - 1, 1.01, STAGE_NAMES[s], transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=8)
-    for b in boundaries: ax.axvline(b, color="k", lw=0.8, ls="--")
-
 def plot_class_fractions(steps, classes, boundaries=None, ax=None, title: str | None = None, by_mass=None):
     """Fraction of features per class vs training step (symlog), stages shaded; `by_mass` [T] (`token_by_mass`)
     adds the token share by the criterion over all activations, dashed. Returns fig."""
+    from saetrack.inference import shade_stages
     from saetrack.plotting import step_axis
     import matplotlib.pyplot as plt
     fr = class_fractions(classes)
@@ -425,22 +326,6 @@ def plot_class_fractions(steps, classes, boundaries=None, ax=None, title: str | 
     ax.set_ylim(0, 1); ax.set_ylabel("fraction of latents")
     if boundaries is not None: shade_stages(ax, steps, boundaries)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    if title: ax.set_title(title, pad=16)
-    return fig
-
-def plot_stage_fit(steps, stages: dict, ax=None, title: str | None = None):
-    "The z-scored aggregate curves behind `detect_stage_boundaries`, its 3-segment fit and the shaded stages."
-    from saetrack.plotting import step_axis
-    import matplotlib.pyplot as plt
-    fig, ax = (plt.subplots(figsize=(7.5, 3.8)) if ax is None else (ax.figure, ax))
-    Z, Fz = np.asarray(stages["z"]), np.asarray(stages["fitted"])
-    for c, name in enumerate(stages["curves"]):
-        ax.plot(steps, Z[:, c], "o", ms=3.5, color=f"C{c}", label=name)
-        ax.plot(steps, Fz[:, c], "-", lw=1.2, color=f"C{c}", alpha=0.8)
-    step_axis(ax); ax.set_ylabel("curve (z-scored)")
-    shade_stages(ax, steps, stages["boundaries"])
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8,
-              title="points: curve; lines: shared-knot fit", title_fontsize=8)
     if title: ax.set_title(title, pad=16)
     return fig
 

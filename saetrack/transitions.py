@@ -8,8 +8,8 @@ import math
 from typing import Any, Sequence
 import numpy as np
 from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color
-from .semantics import (STAGE_NAMES, printable_token,
-                                choose_examples, shade_stages)
+from .inference import STAGE_NAMES, shade_stages
+from .semantics import choose_examples, printable_token
 
 # %% auto #0
 __all__ = ['PATTERNS', 'UNCHANGED', 'CHANGES', 'transition_pattern', 'transition_patterns', 'pattern_counts',

@@ -11,7 +11,8 @@ from saetrack.analysis import AnalysisConfig, analyse, feature_report, summarise
 from saetrack.figures import plot_analysis
 from saetrack.core import SaetrackError, atomic_write_json, file_sha256, read_json
 from saetrack.sae import make_sae, save_sae
-from saetrack.semantics import DEAD, TOKEN, make_planted, planted_accuracy
+from saetrack.planted import make_planted, planted_accuracy
+from saetrack.semantics import DEAD, TOKEN
 
 HOOK = "blocks.0.hook_resid_pre"
 STEPS = [0, 1, 4, 16, 64, 256, 1000]

@@ -90,9 +90,9 @@ def write_cache(d, acts, tokens, step):
     return d
 
 def test_null_chain_on_stationary_data_has_no_drift_and_no_pattern_changes(one_thread, tmp_path):
-    from saetrack import semantics as sm
+    from saetrack import planted, semantics as sm
     from saetrack.transitions import transition_patterns
-    p = sm.make_planted(n=8192, d_in=32, vocab=600, ctx=33, n_token=12, n_concept=8, n_noise=8, n_dead=2, band=200)
+    p = planted.make_planted(n=8192, d_in=32, vocab=600, ctx=33, n_token=12, n_concept=8, n_noise=8, n_dead=2, band=200)
     tr = write_cache(tmp_path/"train", p["acts"], p["tokens"], 7)
     ev = write_cache(tmp_path/"eval", p["acts"][:2048], p["tokens"][:64], 7)
     steps = [0, 1, 2, 4, 8, 16]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import saetrack.semantics as sm
+from saetrack import inference, planted
 from saetrack.core import SaetrackError
 from saetrack.semantics import CONCEPT, DEAD, NOISE, TOKEN
 from saetrack.transitions import transition_patterns
@@ -104,9 +105,9 @@ def test_feature_stats_values():
 
 
 def test_planted_classification_accuracy():
-    P = sm.make_planted(seed=0)
+    P = planted.make_planted(seed=0)
     r = sm.classify_checkpoint(P["encode"], P["acts"], P["tokens"], k=25, seed=0)
-    acc = sm.planted_accuracy(r["classes"], P["truth"])
+    acc = planted.planted_accuracy(r["classes"], P["truth"])
     print(f"\nplanted accuracy (n={len(P['truth'])} latents, thresholds {sm.Thresholds()}): {acc}")
     assert acc["overall"] >= 0.90
     assert acc["dead"] == 1.0 and acc["token"] >= 0.95
@@ -114,7 +115,7 @@ def test_planted_classification_accuracy():
     # the reported top token of a planted token feature is its token
     f_tok = np.flatnonzero((P["truth"] == TOKEN) & (r["classes"] == TOKEN))
     assert set(r["top_token"][f_tok]) <= set(P["token_feature_tokens"].tolist())
-    tab = sm.sensitivity_table(r["stats"], P["truth"], {"token_share": [0.5, 0.8, 0.95], "concept_z": [1, 2.5, 5]})
+    tab = planted.sensitivity_table(r["stats"], P["truth"], {"token_share": [0.5, 0.8, 0.95], "concept_z": [1, 2.5, 5]})
     print(tab.to_string())
     assert len(tab) == 6
     # the table must be able to show a bad threshold: at concept_z=5 most concepts are lost
@@ -139,7 +140,7 @@ def test_key_mass_matches_dense_table_and_batches():
 
 
 def test_mass_share_separates_planted_token_features():
-    P = sm.make_planted(seed=0)
+    P = planted.make_planted(seed=0)
     r = sm.classify_checkpoint(P["encode"], P["acts"], P["tokens"], k=25, seed=0)
     share, truth = r["stats"]["mass_share"], P["truth"]
     assert (share[truth == DEAD] == 0).all()
@@ -155,20 +156,20 @@ def test_stage_boundaries_recover_planted():
     rng = np.random.default_rng(0)
     low_rise_stable = _hinge(x, x[i1], x[i2], 0.1, (0.0, 0.5, 0.02)) + rng.normal(0, 0.01, len(x))
     drift = _hinge(x, x[i1], x[i2], 0.0, (0.02, 0.3, 0.05)) + rng.normal(0, 0.01, len(x))
-    r = sm.detect_stage_boundaries(steps, {"concept fraction": low_rise_stable, "drift": drift,
+    r = inference.detect_stage_boundaries(steps, {"concept fraction": low_rise_stable, "drift": drift,
                                             "constant": np.ones(len(x))})
     assert r["index"] == (i1, i2)
     assert r["boundaries"] == (steps[i1], steps[i2])
     assert r["curves"] == ["concept fraction", "drift"] and r["r2_gain"] > 0.5
     # a single curve with a different planted pair
-    r = sm.detect_stage_boundaries(steps, _hinge(x, x[5], x[33], 0, (0.0, 1.0, 0.0)))
+    r = inference.detect_stage_boundaries(steps, _hinge(x, x[5], x[33], 0, (0.0, 1.0, 0.0)))
     assert r["index"] == (5, 33)
     with pytest.raises(SaetrackError):
-        sm.detect_stage_boundaries(steps[:4], np.arange(4.0))
+        inference.detect_stage_boundaries(steps[:4], np.arange(4.0))
 
 
 def test_classify_all_and_plots():
-    P = sm.make_planted(n=8192, n_token=6, n_concept=6, n_noise=6, n_dead=2, seed=3)
+    P = planted.make_planted(n=8192, n_token=6, n_concept=6, n_noise=6, n_dead=2, seed=3)
     enc = P["encode"]
     dead_enc = dict(enc, b_enc=enc["b_enc"] - 1e4)  # "step 0": everything dead
     steps = np.array([0, 10, 100, 1000, 10000, 100000])
@@ -198,21 +199,21 @@ def test_classify_all_and_plots():
 
 def test_stage_boundaries_need_enough_checkpoints_and_report_fit():
     steps = np.array([0, 1, 2, 4, 8, 16, 32])
-    r = sm.detect_stage_boundaries(steps, np.array([0, 0, 0, 1, 2, 2, 2.0]))
+    r = inference.detect_stage_boundaries(steps, np.array([0, 0, 0, 1, 2, 2, 2.0]))
     assert r["z"].shape == (7, 1) and r["fitted"].shape == (7, 1) and r["slopes"].shape == (1, 3)
     i, j = r["index"]
     assert i >= 2 and j - i >= 2 and j <= 4          # every stage spans >= min_points=3 checkpoints
     with pytest.raises(SaetrackError):
-        sm.detect_stage_boundaries(steps[:6], np.arange(6.0))
+        inference.detect_stage_boundaries(steps[:6], np.arange(6.0))
     with pytest.raises(SaetrackError):
-        sm.detect_stage_boundaries(steps, {"flat": np.ones(7)})
+        inference.detect_stage_boundaries(steps, {"flat": np.ones(7)})
 
 
 def test_plot_stage_fit_and_text_panel_truncation():
     steps = np.unique(np.r_[0, np.round(np.logspace(0, 4, 20))]).astype(int)
     x = np.log10(steps + 1)
-    r = sm.detect_stage_boundaries(steps, {"a": _hinge(x, x[5], x[14], 0, (0, 1, 0)), "b": x ** 2})
-    fig = sm.plot_stage_fit(steps, r, title="t")
+    r = inference.detect_stage_boundaries(steps, {"a": _hinge(x, x[5], x[14], 0, (0, 1, 0)), "b": x ** 2})
+    fig = inference.plot_stage_fit(steps, r, title="t")
     assert fig.axes[0].get_xscale() == "symlog" and len(fig.axes[0].get_legend().get_texts()) == 2
     assert sm._fit_prefix(["aaaa", "bbbb", "cccc"], 9) == "…bbbbcccc"
     assert sm._fit_prefix("0123456789", 4) == "6789"
