@@ -18,11 +18,11 @@ from .core import (CorruptCacheError, SaetrackError, atomic_path, atomic_write_j
                            resolve_device, stable_hash)
 
 CACHE_VERSION = 1
+from .layout import run_json, tokens_file, acts_dir
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'BF16_TOL', 'SPLIT_FILE', 'token_rows', 'harvest', 'bf16_error', 'forward_dtype', 'Activations',
-           'run_acts_root', 'acts_dir', 'load_activations', 'cache_hooks', 'cache_activations', 'rows_hash',
-           'activation_split', 'token_stream']
+           'load_activations', 'cache_hooks', 'cache_activations', 'rows_hash', 'activation_split', 'token_stream']
 
 # %% ../nbs/06_activations.ipynb #a7afac19
 def token_rows(stream: np.ndarray, n_tokens: int, ctx: int, bos: int = 0) -> np.ndarray:
@@ -107,15 +107,6 @@ class Activations:
         "(row, position) in `tokens` of activation `i`."
         per = self.tokens.shape[1] - 1
         return i // per, i % per + 1
-
-def run_acts_root(run) -> Path:
-    "The activation cache root of a run directory, `RUN/activations`."
-    return Path(run)/"activations"
-
-def acts_dir(root, hook: str, split: str, step: int | None = None) -> Path:
-    "Where the `split` (train / eval) cache entry of `hook` at `step` lives under the cache `root`; without `step`, the split's directory."
-    d = Path(root)/hook/split
-    return d if step is None else d/f"step{step}"
 
 _HASHED: set = set()   # (file, size, mtime_ns, sha256) this process has checksummed: a file written since is hashed again
 
@@ -247,7 +238,7 @@ def token_stream(source, split: str, corpus: str | None = None, root=None) -> tu
                             "cache, so pass the cache root (root=)")
     spec = activation_split(source, corpus, root)
     if own is not None:
-        sha, tokens = read_json(run/"run.json")["corpus"]["sha256"], run/"tokens"/f"{split}.npy"
+        sha, tokens = read_json(run_json(run))["corpus"]["sha256"], tokens_file(run, split)
         if spec == own and tokens.exists(): return np.load(tokens, mmap_mode="r"), sha
     c, train, ev = spec.load()
     if own is not None and c.sha256 == sha and tokens.exists():      # the run's corpus, named another way

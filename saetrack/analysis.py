@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
-from .activations import acts_dir, load_activations, run_acts_root
+from .activations import load_activations
 from .core import SaetrackError, atomic_path, atomic_write_json, read_json, stable_hash
 from .series import SAESeries
 from . import changepoints as cp, drift as dr, formation as fm, inference as inf, semantics as sm, transitions as tr
+from .layout import run_acts_root, acts_dir, series_path, analysis_dir
 
 # %% auto #0
 __all__ = ['ANALYSIS_VERSION', 'POOLS', 'SPACES', 'AnalysisConfig', 'context_caches', 'token_strings', 'analysis_key', 'analyse',
@@ -201,8 +202,8 @@ def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_
     out, cfg = Path(out), cfg or AnalysisConfig()
     t_all = time.time(); times = {}
     t = time.time()
-    series = SAESeries.load(series_dir or out/"series")
-    where = Path(series_dir).parent/"analysis" if series_dir else out/"analysis"
+    series = SAESeries.load(series_dir or series_path(out))
+    where = analysis_dir(series.path)
     caches = context_caches(out, series, cfg.pool, acts_root)
     key = analysis_key(series, caches, cfg)
     if not force and (cached := _load(where, key)) is not None:
@@ -250,8 +251,8 @@ def cached_analysis(out) -> dict:
     one-line `SaetrackError` naming the command to run when there is none, or when the series or its activation caches
     changed since (a stale key)."""
     out = Path(out)
-    where = out/"analysis"
-    series = SAESeries.load(out/"series")
+    series = SAESeries.load(series_path(out))
+    where = analysis_dir(series.path)
     if not ((where/"analysis.json").exists() and (where/"analysis.npz").exists()):
         raise SaetrackError(f"no cached analysis under '{where}'; run `saetrack analyse --out {out}` first")
     stale = SaetrackError(f"the cached analysis under '{where}' is not for this series and its activation caches (or is "

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 from .core import CorruptCacheError, SaetrackError, connect_error, file_sha256, read_json
 from .lm import CHECKSUMS
+from .layout import tokenizer_dir
 
 # %% auto #0
 __all__ = ['TL_PROCESSING', 'ARCHITECTURES', 'WEIGHTS', 'check_architecture', 'tl_config_from_hf', 'hooked_from_hf',
@@ -161,7 +162,7 @@ class LocalRun:
     def tokenizer(self, step: int | None = None):
         "The run's own tokenizer: the checkpoint's, else the one at the run's root or in `RUN/tokenizer/`; None if it has none."
         d = self.check_step(self.steps[-1] if step is None else step)
-        for t in (d, self.path, self.path/"tokenizer"):
+        for t in (d, self.path, tokenizer_dir(self.path)):
             if any((t/f).is_file() for f in _TOKENIZER): return AutoTokenizer.from_pretrained(str(t))
         return None
 

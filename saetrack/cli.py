@@ -8,6 +8,7 @@ import argparse, sys, time
 from pathlib import Path
 from .config import SNAPSHOT_TOKENS
 from .core import SaetrackError, run_lock, writable_dir
+from .layout import log_json, run_acts_root, acts_dir, series_path, convergence_dir
 
 # %% auto #0
 __all__ = ['cmd_lm', 'cmd_activations', 'cmd_track', 'cmd_convergence', 'cmd_controls', 'cmd_seeds', 'cmd_figures', 'cmd_analyse',
@@ -52,7 +53,6 @@ def cmd_lm(a) -> dict:
 
 def cmd_activations(a) -> dict:
     "Harvest (or reuse) activations for every checkpoint of a run."
-    from saetrack.activations import run_acts_root
     from saetrack.checkpoints import open_source
     from saetrack.config import get_preset
     from saetrack.pipeline import activations_for
@@ -131,7 +131,6 @@ def _one_hook(p, cmd: str) -> str:
 
 def _run_caches(out: Path, hook: str) -> tuple[dict, dict]:
     "The activation caches a run directory already holds for `hook`: ({step: train dir}, {step: eval dir})."
-    from saetrack.activations import acts_dir, run_acts_root
     res = []
     for split in ("train", "eval"):
         root = acts_dir(run_acts_root(out), hook, split)
@@ -149,7 +148,7 @@ def cmd_convergence(a) -> dict:
     with run_lock(out):
         tr, ev = _run_caches(out, _one_hook(p, "convergence"))
         t = time.time()
-        res = recipe_study(p.sae, tr, ev, out/"convergence", progress=not a.quiet, device=a.device, **quick)
+        res = recipe_study(p.sae, tr, ev, convergence_dir(out), progress=not a.quiet, device=a.device, **quick)
     s = recipe_summary(res)
     ft = lambda v: fraction_text(v, res["max_fraction"])
     print(f"recipe study at steps {res['steps']} ({len(res['seeds'])} seed{'s' if len(res['seeds']) > 1 else ''}; matched = loss within "
@@ -161,7 +160,7 @@ def cmd_convergence(a) -> dict:
     print(f"best recipe: {res['best']}; the 1/20 claim " + (f"holds for: {', '.join(ok.index)}" if len(ok) else "holds for no recipe") +
           f" (paper's recipe: worst {ft(s.loc[PAPER.name, 'worst_fraction'])}); {time.time() - t:.0f}s")
     from saetrack.series import SAESeries
-    try: series = SAESeries.load(out/"series")
+    try: series = SAESeries.load(series_path(out))
     except SaetrackError: series = None                   # no (complete) series yet: nothing to hold against the references
     if series is not None:
         from saetrack.convergence import series_vs_reference
@@ -177,7 +176,7 @@ def cmd_controls(a) -> dict:
     from saetrack.series import SAESeries
     only = [c.strip() for c in a.chains.split(",")] if getattr(a, "chains", None) else list(CONTROLS)
     with run_lock(out):
-        tr, ev = _run_caches(out, SAESeries.load(out/"series").hook)
+        tr, ev = _run_caches(out, SAESeries.load(series_path(out)).hook)
         res = run_controls(out, tr, ev, progress=not a.quiet, controls=only)
     print(controls_table(res).to_string())
     if res["independent"]:
@@ -197,7 +196,7 @@ def cmd_seeds(a) -> dict:
     except ValueError: raise SaetrackError(f"--seeds takes comma-separated integers, e.g. --seeds 1,2 (got '{a.seeds}')") from None
     if a.boot < 10: raise SaetrackError(f"--boot {a.boot} is too few replicates for a 90% interval; use at least 10 (default 200)")
     with run_lock(out):
-        tr, ev = _run_caches(out, SAESeries.load(out/"series").hook)
+        tr, ev = _run_caches(out, SAESeries.load(series_path(out)).hook)
         inf = run_seeds(out, seeds, tr, ev, n_boot=a.boot, progress=not a.quiet)
     print(f"stage boundaries over SAE seeds {inf['seeds']} ({inf['n_boot']} bootstrap replicates, {inf['level']:.0%} intervals):")
     print(knots_table(inf).to_string())
@@ -216,9 +215,9 @@ def cmd_figures(a):
 def _series_out(a) -> Path:
     "The run directory of a command that needs a trained series."
     out = Path(a.out or f"runs/{a.preset}")
-    if not (out/"series"/"series.json").exists():
+    if not (series_path(out)/"series.json").exists():
         from saetrack.series import series_hooks
-        held = series_hooks(out/"series")
+        held = series_hooks(series_path(out))
         if held: raise SaetrackError(f"'{out}' holds the series of several hooks ({', '.join(held)}); `saetrack {a.cmd}` reads a "
                                      f"one-hook run: track the hook you want into its own --out")
         raise SaetrackError(f"no SAE series under '{out}'; run `saetrack track --out {out}` first")
@@ -338,7 +337,7 @@ def cmd_scaling(a):
 
 def cmd_info(a):
     "Summarise a run directory: checkpoints (weights checked against their recorded sha256), losses, activation caches."
-    from saetrack.activations import load_activations, run_acts_root
+    from saetrack.activations import load_activations
     from saetrack.checkpoints import open_source
     from saetrack.core import CorruptCacheError
     src = open_source(a.run)
@@ -350,7 +349,7 @@ def cmd_info(a):
     if bad: raise SaetrackError(f"checkpoint weights of step{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} fail their "
                                 f"recorded sha256; delete {'them' if len(bad) > 1 else 'it'} and rerun `saetrack lm --out {a.run}`")
     bad = 0
-    if (src.path/"log.json").exists():
+    if log_json(src.path).exists():
         from saetrack.lm import run_log
         log = run_log(src.path)
         print("eval loss: " + ", ".join(f"{s}: {v:.3f}" for s, v in sorted(log["eval"].items(), key=lambda kv: int(kv[0]))))

@@ -15,6 +15,7 @@ from .core import SaetrackError, atomic_write_json, read_json, stable_hash
 from .plotting import save_figure
 from .series import SAESeries, train_series
 from .transitions import CHANGES, UNCHANGED
+from .layout import series_path, convergence_dir, controls_dir, control_series
 
 # %% auto #0
 __all__ = ['CHAINS', 'CONTROLS', 'CHAIN_STYLE', 'chain_dir', 'null_chain', 'paper_chain', 'backward_chain', 'link_angles',
@@ -28,7 +29,7 @@ CHAINS = {"series": "SAE-Track (converged links)", "paper": "paper's recipe (1/2
 def chain_dir(out, chain: str) -> Path:
     "Where a chain lives: the run's own series, or `controls/<chain>/series`."
     if chain not in CHAINS: raise SaetrackError(f"unknown chain '{chain}'; choose one of: {', '.join(CHAINS)}")
-    return Path(out)/"series" if chain == "series" else Path(out)/"controls"/chain/"series"
+    return series_path(out) if chain == "series" else control_series(out, chain)
 
 def _tokens(series: SAESeries) -> dict:
     return {s: int(t) for s, t in series.metrics()["tokens"].items()}
@@ -124,19 +125,19 @@ def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, 
         fractions[name] = {sm.CLASS_NAMES[c]: r["class_fractions"][:, c].round(4).tolist() for c in range(4)}
         if name == "series": main = r
         times[name] = round(time.time() - t, 1)
-        atomic_write_json(out/"controls"/"controls.json", dict(chains=heads, fractions=fractions, independent=None, names=CHAINS,
+        atomic_write_json(controls_dir(out)/"controls.json", dict(chains=heads, fractions=fractions, independent=None, names=CHAINS,
                           null_at=int(series.steps[-1] if null_at is None else null_at), steps=series.steps, seconds=times,
                           partial=True))                  # what is done so far survives an interruption
     t = time.time()
-    old = read_json(out/"controls"/"controls.json") if (out/"controls"/"controls.json").exists() else {}
+    old = read_json(controls_dir(out)/"controls.json") if (controls_dir(out)/"controls.json").exists() else {}
     indep = old.get("independent") if old.get("series_key") == series_key else None
-    if "independent" in controls and (out/"convergence"/"study.json").exists():
+    if "independent" in controls and (convergence_dir(out)/"study.json").exists():
         indep = independent_check(out, main, independent_saes(out, train_acts, eval_acts, progress=progress), progress)
         times["independent"] = round(time.time() - t, 1)
     res = dict(chains=heads, fractions=fractions, independent=indep, names=CHAINS, null_at=int(series.steps[-1] if null_at is None else null_at),
                steps=series.steps, seconds=times, total_seconds=round(time.time() - t0, 1), series_key=series_key,
                partial=set(chains) != set(CHAINS) or indep is None)
-    atomic_write_json(out/"controls"/"controls.json", res)
+    atomic_write_json(controls_dir(out)/"controls.json", res)
     return res
 
 def _by_step(d: dict) -> dict:
@@ -190,8 +191,8 @@ def independent_saes(out, train_acts: dict, eval_acts: dict, n_seeds: int = 3, n
     from saetrack.convergence import scratch_reference, spread
     from saetrack.series import eval_subset
     out = Path(out)
-    study = read_json(out/"convergence"/"study.json")
-    cfg = SAEConfig(**SAESeries.load(out/"series").manifest["config"])
+    study = read_json(convergence_dir(out)/"study.json")
+    cfg = SAEConfig(**SAESeries.load(series_path(out)).manifest["config"])
     have = sorted(set(study["steps"]) | {r["prev"] for r in study["table"]})
     steps = spread(have, n_steps)
     seeds = [cfg.seed + i for i in range(n_seeds)]
@@ -201,7 +202,7 @@ def independent_saes(out, train_acts: dict, eval_acts: dict, n_seeds: int = 3, n
             ev = eval_subset(load_activations(eval_acts[step]).acts, study["eval_tokens"])
             res[step] = []
             for s in seeds:
-                res[step].append(Path(scratch_reference(cfg, train_acts[step], ev, step, s, out/"convergence")["dir"])); bar.update()
+                res[step].append(Path(scratch_reference(cfg, train_acts[step], ev, step, s, convergence_dir(out))["dir"])); bar.update()
     return res
 
 def independent_check(out, result: dict, sae_dirs: dict, progress: bool = True) -> dict:
@@ -213,7 +214,7 @@ def independent_check(out, result: dict, sae_dirs: dict, progress: bool = True) 
     from saetrack.sae import load_sae
     from saetrack import semantics as sm
     out = Path(out)
-    series = SAESeries.load(out/"series")
+    series = SAESeries.load(series_path(out))
     caches = context_caches(out, series, result["config"]["pool"])
     tokens = np.asarray(caches[series.steps[-1]].tokens)
     key_map = sm.token_keys(token_strings(out, int(tokens.max()) + 1))

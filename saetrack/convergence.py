@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
-from .activations import acts_dir, load_activations, run_acts_root
+from .activations import load_activations
 from .config import SAEConfig
 from .core import atomic_write_json, cached_json, stable_hash
 from .plotting import save_figure
 from .sae import save_sae
 from .series import eval_subset, held_out_fn, plateau_rule, step_seed, train_one
+from .layout import run_acts_root, acts_dir
 
 # %% auto #0
 __all__ = ['PAPER', 'Recipe', 'recipe_grid', 'frontier_nmse', 'Match', 'first_at', 'fraction_text', 'spread', 'pick_steps',

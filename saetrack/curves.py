@@ -7,6 +7,7 @@ from __future__ import annotations
 import netrc, os, shutil
 from pathlib import Path
 from .core import SaetrackError, connect_error, read_json
+from .layout import run_json, log_json
 
 # %% auto #0
 __all__ = ['TRAIN_KEYS', 'EVAL_KEYS', 'LOGGERS', 'lm_rows', 'sae_rows', 'wandb_mode', 'CurveLog']
@@ -74,8 +75,8 @@ class CurveLog:
     def lm(self, run):
         "The LM of a saetrack run directory."
         run = Path(run)
-        log = read_json(run/"log.json")
-        self._write("lm", lm_rows(log), read_json(run/"run.json")["config"],
+        log = read_json(log_json(run))
+        self._write("lm", lm_rows(log), read_json(run_json(run))["config"],
                     {"eval/loss": log["eval"][max(log["eval"], key=int)], "n_params": log["n_params"]})
 
     def sae(self, step: int, d, hook: str | None = None):

@@ -15,6 +15,7 @@ from .core import SaetrackError, atomic_path, read_json, stable_hash
 from .plotting import CLASS_NAMES, class_color
 from .series import SAESeries
 from . import semantics as sm
+from .layout import series_path, explorer_dir
 
 # %% auto #0
 __all__ = ['EXPLORER_VERSION', 'CHROMIUM_FLAGS', 'context_windows', 'encode_pass', 'context_acts', 'decoder_neighbours',
@@ -103,7 +104,7 @@ def explorer_data(out, result: dict, cfg: ExplorerConfig = ExplorerConfig(), pro
     contexts are the analysis' pool's, `pool_name`), final decoder neighbours `nb_ids`, `nb_cos` [F, n_neighbours], and `seconds` per part."""
     out, times = Path(out), {}
     t0 = time.time()
-    series = SAESeries.load(out/"series")
+    series = SAESeries.load(series_path(out))
     steps = [int(s) for s in result["steps"]]
     if steps != series.steps:
         raise SaetrackError(f"the analysis is for steps {steps}, the series under '{out/'series'}' has {series.steps}; "
@@ -403,7 +404,7 @@ def build_explorer(out, result: dict | None = None, cfg: ExplorerConfig = Explor
     `pages` (feature pages), `bytes`, `seconds` (per part and `total`), `reused`."""
     t0 = time.time()
     out = Path(out)
-    dest = Path(dest) if dest is not None else out/"explorer"
+    dest = Path(dest) if dest is not None else explorer_dir(out)
     R = result if result is not None else cached_analysis(out)
     F = len(R["live"])
     key = stable_hash([EXPLORER_VERSION, R["key"], dataclasses.asdict(cfg)])

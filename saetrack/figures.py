@@ -15,6 +15,7 @@ from .matching import cached_baseline
 from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color, save_figure, step_axis
 from .scaling import SIZES
 from .series import SAESeries
+from .layout import run_json, log_json, series_path, analysis_dir, convergence_dir, controls_dir, control_series
 
 # %% auto #0
 __all__ = ['FIGURE_SEED', 'plot_analysis', 'plot_matching', 'scaling_runs', 'plot_scaling', 'head_commit', 'make_figures']
@@ -162,7 +163,7 @@ def plot_analysis(out, figures_dir, result: dict | None = None, umap: bool = Tru
     import matplotlib.pyplot as plt
     out, figures_dir = Path(out), Path(figures_dir)
     result = result if result is not None else cached_analysis(out)
-    series = SAESeries.load(out/"series")
+    series = SAESeries.load(series_path(out))
     caches = context_caches(out, series, result["config"]["pool"])
     tokens = np.asarray(caches[series.steps[-1]].tokens)
     strings = result["strings"]
@@ -262,7 +263,7 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
 # %% ../nbs/81_figures.ipynb #e98eb34f
 def scaling_runs(root) -> dict:
     "The scaling presets with an analysed series under `root`, in width order: {preset: run dir}."
-    return {n: Path(root)/n for n in SIZES if (Path(root)/n/"analysis"/"analysis.json").exists()}
+    return {n: Path(root)/n for n in SIZES if (analysis_dir(series_path(Path(root)/n))/"analysis.json").exists()}
 
 def plot_scaling(runs: dict, path=None, results: dict | None = None):
     """Class shares and drift of each analysed run {name: run dir}, side by side: each run's analysis from `results`
@@ -277,7 +278,7 @@ def plot_scaling(runs: dict, path=None, results: dict | None = None):
         for c in (TOKEN, CONCEPT, NOISE, DEAD):
             ax.plot(steps, r["class_fractions"][:, c], ".-", color=class_color(c), label=CLASS_NAMES[c], lw=1.6)
         for b in r["stages"]["boundaries"]: ax.axvline(b, color="tab:green", ls="--", lw=1)
-        d = read_json(Path(out)/"run.json")["config"]["d_model"]
+        d = read_json(run_json(out))["config"]["d_model"]
         ax.set_title(f"{name}: d_model {d}, {r['n_features']} SAE latents", fontsize=10)
         ax = axes[1, j]
         C = r["cos_to_final"][:, r["live"]]
@@ -313,17 +314,17 @@ def make_figures(out, figures="figures") -> dict:
     from saetrack.lm import plot_lm_loss
     from saetrack.quality import plot_quality
     out, figures = Path(out), Path(figures)
-    if not ((out/"log.json").exists() or (out/"series"/"series.json").exists()):
+    if not (log_json(out).exists() or (series_path(out)/"series.json").exists()):
         raise SaetrackError(f"nothing to draw under '{out}' (no log.json, no series/); run `saetrack reproduce --out {out}` "
                             f"(or `saetrack track --out {out}`) first")
-    cfg_hash = run_meta(out).get("config_hash") if (out/"run.json").exists() else None
-    log = run_log(out) if (out/"log.json").exists() else None
-    series = SAESeries.load(out/"series") if (out/"series"/"series.json").exists() else None
+    cfg_hash = run_meta(out).get("config_hash") if run_json(out).exists() else None
+    log = run_log(out) if log_json(out).exists() else None
+    series = SAESeries.load(series_path(out)) if (series_path(out)/"series.json").exists() else None
     if series is not None:
-        paper = out/"controls"/"paper"/"series"
+        paper = control_series(out, "paper")
         compare = {"paper's recipe (1/20 tokens, lr/10)": SAESeries.load(paper).metrics()} if (paper/"series.json").exists() else None
-        study = read_json(out/"convergence"/"study.json") if (out/"convergence"/"study.json").exists() else None
-        controls = read_json(out/"controls"/"controls.json") if (out/"controls"/"controls.json").exists() else None
+        study = read_json(convergence_dir(out)/"study.json") if (convergence_dir(out)/"study.json").exists() else None
+        controls = read_json(controls_dir(out)/"controls.json") if (controls_dir(out)/"controls.json").exists() else None
         inference = cached_inference(out)                        # None: `saetrack seeds` has not been run
         analysis = cached_analysis(out)
         baseline = cached_baseline(out)                          # None: `saetrack baseline` has not been run

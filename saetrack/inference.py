@@ -12,12 +12,13 @@ from .changepoints import fit_piecewise, select_n_segments
 from .config import SAEConfig
 from .core import SaetrackError, atomic_write_json, read_json, stable_hash
 from .series import SAESeries, train_series
+from .layout import series_path, seeds_dir, seed_dir
 
 # %% auto #0
 __all__ = ['STAGE_NAMES', 'VIEWS', 'detect_stage_boundaries', 'shade_stages', 'plot_stage_fit', 'view_matrices', 'aggregate',
            'knot_fit', 'describe_segments', 'planted_knot_features', 'bootstrap_knots', 'knot_intervals', 'overlapping',
            'knots_text', 'agreement_table', 'shared_steps', 'stage_inference', 'knots_table', 'plot_stage_inference',
-           'seed_dir', 'run_seeds', 'cached_inference']
+           'run_seeds', 'cached_inference']
 
 # %% ../nbs/22_inference.ipynb #e1add236
 STAGE_NAMES = ("init & warm-up", "emergent", "convergent")
@@ -250,10 +251,6 @@ def plot_stage_inference(inf: dict, path=None):
     return fig
 
 # %% ../nbs/22_inference.ipynb #9499e025
-def seed_dir(out, seed: int) -> Path:
-    "Where the run's series trained again with SAE seed `seed` lives: `out/seeds/seed<N>/series` (analysis beside it)."
-    return Path(out)/"seeds"/f"seed{int(seed)}"/"series"
-
 def _series_key(series: SAESeries) -> str:
     return stable_hash(series.manifest["entries"])
 
@@ -263,7 +260,7 @@ def run_seeds(out, seeds, train_acts: dict, eval_acts: dict, n_boot: int = 200, 
     over the series and these to `out/seeds/inference.json`. Returns that dict."""
     from saetrack.analysis import analyse
     out, seeds = Path(out), [int(s) for s in seeds]
-    series = SAESeries.load(out/"series")
+    series = SAESeries.load(series_path(out))
     cfg = SAEConfig(**series.manifest["config"])
     if cfg.seed in seeds or len(set(seeds)) != len(seeds):
         raise SaetrackError(f"give distinct SAE seeds other than the series' own ({cfg.seed}), e.g. --seeds 1,2")
@@ -273,15 +270,15 @@ def run_seeds(out, seeds, train_acts: dict, eval_acts: dict, n_boot: int = 200, 
         results.append(analyse(out, progress=progress, series_dir=seed_dir(out, s)))
     inf = stage_inference(series.steps, results, n_boot=n_boot, seed=cfg.seed)
     inf.update(seeds=[cfg.seed, *seeds], series_key=_series_key(series))
-    atomic_write_json(out/"seeds"/"inference.json", inf)
+    atomic_write_json(seeds_dir(out)/"inference.json", inf)
     return inf
 
 def cached_inference(out) -> dict | None:
     """`out/seeds/inference.json` as `saetrack seeds` wrote it; None when it has not been run; a one-line error naming
     the command when the series changed since."""
-    path = Path(out)/"seeds"/"inference.json"
+    path = seeds_dir(out)/"inference.json"
     if not path.exists(): return None
     inf = read_json(path)
-    if inf.get("series_key") != _series_key(SAESeries.load(Path(out)/"series")):
+    if inf.get("series_key") != _series_key(SAESeries.load(series_path(out))):
         raise SaetrackError(f"{path} is stale (the series changed since); rerun `saetrack seeds --out {out}`")
     return inf

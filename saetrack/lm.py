@@ -17,11 +17,12 @@ from .core import (SaetrackError, atomic_path, atomic_write_json, clean_stale_tm
 from .corpus import CorpusSplit, load_corpus
 from .tokenizer import (encode_docs, load_tokenizer, save_tokenizer, save_tokens, train_tokenizer,
                                 unigram_cross_entropy)
+from .layout import run_json, log_json, tokenizer_dir, tokens_dir, tokens_file, step_dir
 
 # %% auto #0
 __all__ = ['STATE', 'LM_ENTRIES', 'CHECKSUMS', 'build_model', 'n_params', 'run_meta', 'run_log', 'prepare_data', 'load_tokens',
-           'lm_split', 'run_split', 'lr_at', 'batch_at', 'eval_windows', 'eval_loss', 'step_dir', 'saved_steps',
-           'train_lm', 'plot_lm_loss']
+           'lm_split', 'run_split', 'lr_at', 'batch_at', 'eval_windows', 'eval_loss', 'saved_steps', 'train_lm',
+           'plot_lm_loss']
 
 # %% ../nbs/04_lm.ipynb #6c3800a8
 def build_model(cfg: LMConfig, vocab_size: int) -> GPTNeoXForCausalLM:
@@ -42,12 +43,12 @@ def _data_key(cfg: LMConfig) -> dict:
                 vocab_size=cfg.vocab_size, seed=cfg.seed)
 
 def _tokens_ok(run: Path, meta: dict) -> bool:
-    try: return all(file_sha256(run/"tokens"/f"{s}.npy") == meta["tokens_sha256"][s] for s in ("train", "eval"))
+    try: return all(file_sha256(tokens_file(run, s)) == meta["tokens_sha256"][s] for s in ("train", "eval"))
     except (OSError, KeyError): return False
 
 def run_meta(run) -> dict:
     "A run's `run.json`; a damaged one is a one-line error naming the file and the fix."
-    p = Path(run)/"run.json"
+    p = run_json(run)
     fix = (f"if {run} was trained with the settings you pass, delete that file (it is rebuilt from the corpus and the "
            f"checkpoints are kept), else use a new --out")
     meta = read_state(p, fix)
@@ -56,7 +57,7 @@ def run_meta(run) -> dict:
 
 def run_log(run) -> dict:
     "A run's `log.json`; a damaged one is a one-line error naming the file and the fix."
-    return read_state(Path(run)/"log.json", f"delete it and rerun `saetrack lm --out {run}` (training resumes from the "
+    return read_state(log_json(run), f"delete it and rerun `saetrack lm --out {run}` (training resumes from the "
                       "newest checkpoint with optimiser state, or restarts, to the same weights)")
 
 def prepare_data(cfg: LMConfig, run, progress: bool = True) -> dict:
@@ -64,14 +65,14 @@ def prepare_data(cfg: LMConfig, run, progress: bool = True) -> dict:
     config is refused once a checkpoint exists; before that (a run that failed before step 0) the data is rebuilt."""
     run = Path(run)
     key = stable_hash(dataclasses.asdict(cfg))
-    if (run/"run.json").exists():
+    if run_json(run).exists():
         meta = run_meta(run)
         if meta.get("config_hash") != key and saved_steps(run):
             raise SaetrackError(f"{run} holds a run with a different config (hash {meta.get('config_hash')} != {key}); "
                                 f"use a new --out directory or delete {run}")
         if meta.get("config_hash") != key:
             if progress: print(f"{run} holds only the data of a run with another config that never saved a checkpoint; rebuilding it")
-        elif _tokens_ok(run, meta) and (run/"tokenizer").is_dir(): return meta
+        elif _tokens_ok(run, meta) and tokenizer_dir(run).is_dir(): return meta
         elif progress: print(f"token arrays in {run} are missing or corrupt; rebuilding them")
     t0 = time.time()
     corpus, train_docs, eval_docs = lm_split(cfg).load()
@@ -82,22 +83,22 @@ def prepare_data(cfg: LMConfig, run, progress: bool = True) -> dict:
         raise SaetrackError(f"corpus '{corpus.name}' is too small: {len(train)} train / {len(ev)} eval tokens, "
                             f"need more than {need} each; add text or lower --ctx")
     run.mkdir(parents=True, exist_ok=True)            # only now: bad input above leaves nothing behind
-    save_tokenizer(tok, run/"tokenizer")
-    save_tokens(train, run/"tokens"/"train.npy"); save_tokens(ev, run/"tokens"/"eval.npy")
+    save_tokenizer(tok, tokenizer_dir(run))
+    save_tokens(train, tokens_file(run, "train")); save_tokens(ev, tokens_file(run, "eval"))
     meta = dict(config=dataclasses.asdict(cfg), config_hash=key, data_key=stable_hash(_data_key(cfg)),
                 corpus=dict(name=corpus.name, sha256=corpus.sha256, n_docs=len(corpus.docs), n_bytes=corpus.n_bytes,
                             train_docs=len(train_docs), eval_docs=len(eval_docs)),
                 tokens=dict(train=int(len(train)), eval=int(len(ev))),
-                tokens_sha256={s: file_sha256(run/"tokens"/f"{s}.npy") for s in ("train", "eval")},
+                tokens_sha256={s: file_sha256(tokens_file(run, s)) for s in ("train", "eval")},
                 unigram_ce=unigram_cross_entropy(train, ev, len(tok)), vocab_size=len(tok),
                 checkpoint_steps=checkpoint_steps(cfg.steps, cfg.log_until, cfg.ckpt_every),
                 prepare_seconds=round(time.time() - t0, 2))
-    atomic_write_json(run/"run.json", meta)
+    atomic_write_json(run_json(run), meta)
     return meta
 
 def load_tokens(run, split: str) -> np.ndarray:
     "The memory-mapped token stream of a run's `split` ('train' or 'eval')."
-    return np.load(Path(run)/"tokens"/f"{split}.npy", mmap_mode="r")
+    return np.load(tokens_file(run, split), mmap_mode="r")
 
 # %% ../nbs/04_lm.ipynb #67ab987d
 def lm_split(cfg: LMConfig) -> CorpusSplit:
@@ -106,7 +107,7 @@ def lm_split(cfg: LMConfig) -> CorpusSplit:
 
 def run_split(run) -> CorpusSplit | None:
     "The split a run trained by saetrack was made with, read back from its `run.json` (None: no `run.json`)."
-    if not (Path(run)/"run.json").exists(): return None
+    if not run_json(run).exists(): return None
     c = run_meta(run)["config"]
     return CorpusSplit(c["corpus"], c["corpus_max_bytes"], c["eval_frac"], c["seed"])
 
@@ -146,8 +147,6 @@ STATE = "training_state.pt"
 LM_ENTRIES = ("run.json", "log.json", "tokenizer", "tokens", "step*")   # what the LM writes directly in a run directory
 CHECKSUMS = "sha256.json"   # in each checkpoint: {weights file: sha256}, checked by LocalRun before the weights are used
 
-def step_dir(run, step: int) -> Path: return Path(run)/f"step{step}"
-
 def saved_steps(run) -> list[int]:
     "Steps with a complete checkpoint directory in `run`, ascending."
     out = []
@@ -182,13 +181,13 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
     many optimiser steps in this call (used to test resuming)."""
     run = Path(run)
     if run.exists(): clean_stale_tmp(run, recursive=False, names=LM_ENTRIES)   # the LM's own writes only:
-    if (run/"tokens").exists(): clean_stale_tmp(run/"tokens")                 # other stages write beside them
+    if tokens_dir(run).exists(): clean_stale_tmp(tokens_dir(run))                 # other stages write beside them
     meta = prepare_data(cfg, run, progress)
     ckpts = meta["checkpoint_steps"]
     saved = saved_steps(run)
-    if (run/"log.json").exists() and (log := run_log(run)).get("complete") and set(ckpts) <= set(saved):
+    if log_json(run).exists() and (log := run_log(run)).get("complete") and set(ckpts) <= set(saved):
         return log
-    tok = load_tokenizer(run/"tokenizer")
+    tok = load_tokenizer(tokenizer_dir(run))
     train, ev = load_tokens(run, "train"), load_tokens(run, "eval")
     model = build_model(cfg, meta["vocab_size"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -228,7 +227,7 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
             _save_checkpoint(run, s + 1, model, tok, None if log["complete"] else dict(step=s + 1, opt=opt.state_dict(), log=log))
             prev = [p for p in saved_steps(run) if p < s + 1 and (step_dir(run, p)/STATE).exists()]
             for p in prev: (step_dir(run, p)/STATE).unlink()
-            atomic_write_json(run/"log.json", log)
+            atomic_write_json(log_json(run), log)
             bar.set_postfix(loss=f"{loss.item():.3f}", eval=f"{log['eval'][str(s + 1)]:.3f}")
             t0 = time.time()                                 # throughput excludes eval and saving
         if stop_after is not None and done >= stop_after: break

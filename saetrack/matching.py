@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .activations import acts_dir, load_activations, run_acts_root
+from .activations import load_activations
 from .config import SAEConfig
 from .core import SaetrackError, atomic_write_json, cached_json, read_json, stable_hash
 from .convergence import scratch_reference, spread
 from .sae import load_sae, sae_metrics
 from .series import SAESeries, eval_subset
+from .layout import run_acts_root, acts_dir, series_path, convergence_dir, baseline_dir
 
 # %% auto #0
 __all__ = ['feature_directions', 'cosine_matrix', 'Match', 'match_features', 'identity_similarity', 'similarity_stats',
-           'latent_stats', 'baseline_dir', 'baseline_seeds', 'independent_sae', 'baseline_study', 'position_profile',
+           'latent_stats', 'baseline_seeds', 'independent_sae', 'baseline_study', 'position_profile',
            'document003_study', 'run_baseline', 'cached_baseline']
 
 # %% ../nbs/70_matching.ipynb #e18053ad
@@ -96,8 +97,6 @@ def _pair_stats(sim, rows, cols, live_a, live_b) -> dict:
     return dict(all=similarity_stats(sim), live=similarity_stats(sim[keep]))
 
 # %% ../nbs/70_matching.ipynb #bea28526
-def baseline_dir(series: SAESeries) -> Path: return series.path.parent/"baseline"
-
 def baseline_seeds(cfg: SAEConfig, n: int = 2) -> list[int]:
     "`n` seeds different from the series' own."
     return [cfg.seed + 1 + i for i in range(n)]
@@ -109,7 +108,7 @@ def independent_sae(series: SAESeries, train_dir, step: int, seed: int, eval_act
     `convergence/refs`, so the baseline, control (c) and the study never train the same SAE twice."""
     cfg = cfg or SAEConfig(**series.manifest["config"])
     r = scratch_reference(cfg, train_dir, eval_subset(eval_acts, cfg.eval_tokens), step, seed,
-                          series.path.parent/"convergence", tag=tag)
+                          convergence_dir(series.path.parent), tag=tag)
     return load_sae(r["dir"])
 
 # %% ../nbs/70_matching.ipynb #08137875
@@ -133,7 +132,7 @@ def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=N
     if len(seeds) != 2: raise SaetrackError("the baseline needs exactly two seeds")
     if cfg.seed in seeds: raise SaetrackError(f"seed {cfg.seed} is the series' own; pick others")
     key = _baseline_key(series, eval_acts, steps, seeds)
-    path = baseline_dir(series)/"baseline.json"
+    path = baseline_dir(series.path.parent)/"baseline.json"
     if not force and (old := cached_json(path, key)) is not None: return old
     t0 = time.time()
     ev = {s: load_activations(eval_acts[s]).acts for s in steps}
@@ -236,7 +235,7 @@ def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seed
     t0 = time.time()
     half_width = half_width or cfg.d_sae // 2
     key = _document003_key(series, evc, train_acts[last], A, B, half_width, topk)
-    path = baseline_dir(series)/"document003.json"
+    path = baseline_dir(series.path.parent)/"document003.json"
     if (old := cached_json(path, key)) is not None: return old
     ref, refB, track = (independent_sae(series, train_acts[last], last, A, ev),
                         independent_sae(series, train_acts[last], last, B, ev), series.sae(last))
@@ -279,7 +278,7 @@ def _caches(out, series: SAESeries) -> tuple[dict, dict]:
 def run_baseline(out, progress: bool = True, steps=None, document003: bool = True) -> dict:
     "The independent-SAE baseline (and document 003's questions) of the run in `out`; cached under `out/baseline`."
     out = Path(out)
-    series = SAESeries.load(out/"series")
+    series = SAESeries.load(series_path(out))
     tr_, ev_ = _caches(out, series)
     t = time.time()
     res = {"baseline": baseline_study(series, tr_, ev_, steps=steps, progress=progress)}
@@ -292,8 +291,8 @@ def cached_baseline(out) -> dict | None:
     {"baseline": ..., "document003": ... (when cached)}, or None when there is none. A cache that is no longer that of
     the series and its activation caches (or is damaged) is a one-line `SaetrackError` naming the command to rerun."""
     out = Path(out)
-    series = SAESeries.load(out/"series")
-    where, root = baseline_dir(series), run_acts_root(out)
+    series = SAESeries.load(series_path(out))
+    where, root = baseline_dir(series.path.parent), run_acts_root(out)
     if not (where/"baseline.json").exists(): return None
     def check(name, key_of):
         try:

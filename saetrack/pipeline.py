@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 import numpy as np
-from .activations import activation_split, cache_hooks, run_acts_root, token_rows, token_stream
+from .activations import activation_split, cache_hooks, token_rows, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import SNAPSHOT_TOKENS, Preset, check_warmup, split_hooks
 from .core import from_rank0, resolve_device, world
@@ -16,6 +16,7 @@ from .sae import split_batch
 from .quality import ce_recovered
 from .stream import model_stream
 from .series import SAESeries, check_reuse, check_series_config, series_dirs, train_series
+from .layout import run_json, run_acts_root, series_path
 
 # %% auto #0
 __all__ = ['CE_ROWS', 'activations_for', 'stream_rows', 'track', 'repo_root', 'notebook_run']
@@ -59,7 +60,7 @@ def stream_rows(source, preset: Preset, root, corpus: str | None = None) -> np.n
 def _dataset_name(source, corpus, root=None) -> str:
     "The corpus the activations' tokens come from, as SAELens' `dataset_path` records it."
     run = getattr(source, "path", None)
-    if corpus is None and run is not None and (run/"run.json").exists(): return run_meta(run)["corpus"]["name"]
+    if corpus is None and run is not None and run_json(run).exists(): return run_meta(run)["corpus"]["name"]
     return corpus or activation_split(source, None, root).corpus
 
 def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
@@ -89,7 +90,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
         if not stream: _check_budgets(preset, preset.acts.train_tokens // (ctx - 1) * (ctx - 1))   # before any work: they fit the caches
         check_warmup(preset.sae)
         for b in (preset.sae.batch_size, preset.sae.batch_next or preset.sae.batch_size): split_batch(b, 0, world()[1])
-        dirs = series_dirs(out/"series", hooks)
+        dirs = series_dirs(series_path(out), hooks)
         for h, d in dirs.items(): check_series_config(preset.sae, d, h, stream)   # a finished series is never replaced
         if source is None:
             train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
@@ -136,7 +137,7 @@ def notebook_run(preset: str = "tiny", progress: bool = False) -> Path:
     import fcntl, os
     from saetrack.config import get_preset
     runs = repo_root()/"runs"
-    if not os.environ.get("IN_TEST") and (runs/preset/"series"/"series.json").exists(): return runs/preset
+    if not os.environ.get("IN_TEST") and (series_path(runs/preset)/"series.json").exists(): return runs/preset
     out = runs/"micro"
     out.mkdir(parents=True, exist_ok=True)
     with open(runs/".micro.lock", "w") as lock:

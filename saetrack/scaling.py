@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from .config import get_preset
 from .core import read_json
+from .layout import run_json, log_json, series_path
 
 # %% auto #0
 __all__ = ['SIZES', 'headline', 'scaling_table', 'scaling_study']
@@ -20,8 +21,8 @@ def headline(out, result: dict) -> dict:
     "One row of the scaling table for the run in `out` and its analysis `result`."
     from saetrack.series import SAESeries
     out = Path(out)
-    run, log = read_json(out/"run.json"), read_json(out/"log.json")
-    m = SAESeries.load(out/"series").metrics()
+    run, log = read_json(run_json(out)), read_json(log_json(out))
+    m = SAESeries.load(series_path(out)).metrics()
     steps = [int(s) for s in result["steps"]]
     fr = result["class_fractions"]                                     # [T, 4]: dead, token, concept, noise
     main = result["config"]["formation_space"]

@@ -6,7 +6,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from saetrack.activations import load_activations, token_rows
 from saetrack.checkpoints import open_source
 from saetrack.config import checkpoint_steps
-from saetrack.lm import saved_steps, step_dir, STATE
+from saetrack.lm import saved_steps, STATE
+from saetrack.layout import step_dir
 
 def test_run_layout(micro_run, micro):
     cfg = micro.lm

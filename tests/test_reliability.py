@@ -4,7 +4,8 @@ import pytest
 from saetrack.activations import cache_activations, load_activations
 from saetrack.config import get_preset
 from saetrack.core import CorruptCacheError, SaetrackError, file_sha256
-from saetrack.lm import saved_steps, step_dir, train_lm, load_tokens, STATE
+from saetrack.lm import saved_steps, train_lm, load_tokens, STATE
+from saetrack.layout import step_dir
 
 def _weights(run):
     return {s: file_sha256(step_dir(run, s) / "model.safetensors") for s in saved_steps(run)}

@@ -8,7 +8,8 @@ from saetrack.activations import cache_activations
 from saetrack.checkpoints import open_source
 from saetrack.cli import main
 from saetrack.core import CorruptCacheError, SaetrackError, file_sha256, read_json
-from saetrack.lm import build_model, load_tokens, step_dir, train_lm
+from saetrack.lm import build_model, load_tokens, train_lm
+from saetrack.layout import step_dir
 from saetrack.tokenizer import load_tokenizer
 
 SUPPORTED = "gpt_neox, gpt2, llama"
