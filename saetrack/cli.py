@@ -56,12 +56,12 @@ def cmd_activations(a) -> dict:
     from saetrack.checkpoints import open_source
     from saetrack.config import get_preset
     from saetrack.pipeline import activations_for
-    p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype))
+    p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype, corpus=a.corpus))
     src = open_source(a.checkpoints or a.run or f"runs/{p.name}", skip_bad=a.skip_bad_checkpoints)
     steps = _at_steps(a) or p.steps                    # a Pythia preset: the paper's checkpoints
     root = writable_dir(a.out) if a.out else (run_acts_root(src.path) if hasattr(src, "path") else Path("activations"))
     with run_lock(writable_dir(a.out or getattr(src, "path", root))):     # the run whose caches these are (or --out)
-        tr, ev = activations_for(src, p, root, corpus=a.corpus, steps=steps, progress=not a.quiet, device=a.device)
+        tr, ev = activations_for(src, p, root, steps=steps, progress=not a.quiet, device=a.device)
     for h in p.acts.hooks:
         entries = [*tr[h].values(), *ev[h].values()]
         size = sum(f.stat().st_size for d in entries for f in d.iterdir())
@@ -76,7 +76,7 @@ def _preset(a):
                tokens_next=a.tokens_next, lr_first=a.sae_lr, lr_next=a.sae_lr_next, warmup_first=a.sae_warmup,
                warmup_next=a.sae_warmup_next, batch_size=a.sae_batch, batch_next=a.sae_batch_next, epochs=a.epochs, seed=a.sae_seed)
     if a.tokens_first and not a.tokens_next: sae["tokens_next"] = a.tokens_first // 4
-    acts = dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype)
+    acts = dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype, corpus=a.corpus)
     p = get_preset(a.preset, acts=acts, **_lm_overrides(a))
     budget = getattr(a, "budget", None)                    # None: the preset's (adaptive; fixed for the Pythia presets)
     if budget not in (None, "adaptive", "fixed"): raise SaetrackError(f"--budget must be 'adaptive' or 'fixed' (got '{budget}')")
@@ -112,7 +112,7 @@ def cmd_track(a, times: dict | None = None) -> dict:
             log = CurveLog(a.log, out) if a.log else None
             held.enter_context(run_lock(out))
         from_rank0(start)
-        series = track(p, out, checkpoints=a.checkpoints or p.checkpoints, hook=a.hook, corpus=a.corpus,
+        series = track(p, out, checkpoints=a.checkpoints or p.checkpoints,
                        progress=not a.quiet and main, times=times, caches=caches, device=device, steps=_at_steps(a) or p.steps,
                        skip_bad=getattr(a, "skip_bad_checkpoints", False), log=log,
                        snapshot_tokens=SNAPSHOT_TOKENS if a.snapshot_tokens is None else a.snapshot_tokens,

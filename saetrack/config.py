@@ -66,6 +66,7 @@ class ActsConfig:
     train_tokens: int = 1 << 20      # activations per checkpoint for SAE training
     eval_tokens: int = 1 << 16       # held-out activations per checkpoint for SAE quality
     dtype: str = "float32"           # the paper's dtype; float16 halves the disk
+    corpus: str | None = None        # the text they are taken on: None = the run's own; a dataset for checkpoints saetrack did not train
 
     def __post_init__(self):
         for k in ("train_tokens", "eval_tokens"): _positive(self, k)

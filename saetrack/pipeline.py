@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from .activations import activation_split, cache_hooks, token_rows, token_stream
 from .checkpoints import LocalRun, open_source
-from .config import SNAPSHOT_TOKENS, Preset, check_warmup, split_hooks
+from .config import SNAPSHOT_TOKENS, Preset, check_warmup
 from .core import from_rank0, resolve_device, world
 from .lm import run_meta, train_lm
 from .sae import split_batch
@@ -24,16 +24,17 @@ __all__ = ['CE_ROWS', 'activations_for', 'stream_rows', 'track', 'repo_root', 'n
 # %% ../nbs/80_pipeline.ipynb #2cee686f
 CE_ROWS = 32   # held-out rows (of ctx tokens) for CE-loss recovered at every checkpoint
 
-def activations_for(source, preset: Preset, root, hook: str | None = None, corpus: str | None = None,
-                    steps=None, progress: bool = True, device="cpu", splits=("train", "eval")) -> tuple[dict, dict]:
-    """Train and eval activation caches of every checkpoint (the model on `device`) for the preset's hooks, or
-    `hook`'s (comma-separated: several): ({hook: {step: dir}}, {hook: {step: dir}}); `splits=("eval",)` builds only
+def activations_for(source, preset: Preset, root, steps=None, progress: bool = True, device="cpu",
+                    splits=("train", "eval")) -> tuple[dict, dict]:
+    """Train and eval activation caches of every checkpoint (the model on `device`) for the preset's hooks
+    (`preset.acts.hook`, comma-separated: several), on the preset's corpus (`preset.acts.corpus`, None: the run's own):
+    ({hook: {step: dir}}, {hook: {step: dir}}); `splits=("eval",)` builds only
     the held-out caches (a streamed series). Checkpoint by checkpoint, both splits, so each model is loaded once (the
     source keeps the last one), and each split's batches go through it once for all the hooks (`cache_hooks`)."""
     from tqdm.auto import tqdm
-    hooks, source = split_hooks(hook or preset.acts.hook), open_source(source)
+    hooks, source = preset.acts.hooks, open_source(source)
     sizes = dict(train=preset.acts.train_tokens, eval=preset.acts.eval_tokens)
-    todo = [(split, sizes[split], *token_stream(source, split, corpus, root)) for split in splits]
+    todo = [(split, sizes[split], *token_stream(source, split, preset.acts.corpus, root)) for split in splits]
     out, steps = dict(train={h: {} for h in hooks}, eval={h: {} for h in hooks}), source.steps if steps is None else list(steps)
     for s in steps: source.check_step(s)                  # every step exists before any work
     for step in tqdm(steps, desc=f"activations {','.join(hooks)}", disable=not progress):
@@ -48,10 +49,10 @@ def _check_budgets(preset: Preset, n: int) -> None:
     check_reuse(preset.sae, preset.sae.tokens_first, n, "the first SAE")
     check_reuse(preset.sae, preset.sae.tokens_next, n, "each later SAE")
 
-def stream_rows(source, preset: Preset, root, corpus: str | None = None) -> np.ndarray:
+def stream_rows(source, preset: Preset, root) -> np.ndarray:
     """The token rows a streamed series reads at every checkpoint: enough for the larger SAE budget, or the whole
     training split if it is smaller (then the SAEs read it more than once, within `epochs`)."""
-    tokens, _ = token_stream(source, "train", corpus, root)
+    tokens, _ = token_stream(source, "train", preset.acts.corpus, root)
     step = source.steps[-1]
     ctx = source.ctx(step)
     n = min(max(preset.sae.tokens_first, preset.sae.tokens_next), len(tokens) // (ctx - 1) * (ctx - 1))
@@ -63,11 +64,10 @@ def _dataset_name(source, corpus, root=None) -> str:
     if corpus is None and run is not None and run_json(run).exists(): return run_meta(run)["corpus"]["name"]
     return corpus or activation_split(source, None, root).corpus
 
-def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus: str | None = None,
-          progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None,
+def track(preset: Preset, out, checkpoints=None, progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None,
           skip_bad: bool = False, log=None, snapshot_tokens: int = SNAPSHOT_TOKENS, stream: bool = False) -> dict[str, SAESeries]:
     """Build whatever is missing under `out` (training run, activations) and then the SAE series of each hook of the
-    preset, or of `hook` (comma-separated: several): {hook: series}, in `out/series`, or `out/series/<hook>/` for
+    preset (`preset.acts.hook`, comma-separated: several): {hook: series}, in `out/series`, or `out/series/<hook>/` for
     several (`series_dirs`). `times` receives stage seconds and `caches` the activation cache dirs
     ({"train": {hook: {step: dir}}, "eval": ...}). The model's
     forward passes and SAE training run on `device` (the tiny LM itself trains on the CPU); `steps` restricts the
@@ -81,7 +81,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     share of each batch, as it reads its share of a cache's."""
     out, device = Path(out), resolve_device(device)
     times = {} if times is None else times
-    hooks, rank0 = split_hooks(hook or preset.acts.hook), {}       # rank0: what only rank 0 holds (the checkpoint source)
+    hooks, rank0 = preset.acts.hooks, {}       # rank0: what only rank 0 holds (the checkpoint source)
 
     def prepare():
         t = time.time()
@@ -96,8 +96,8 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
             train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
             if log: log.lm(out)
         times["lm"] = time.time() - t; t = time.time()
-        if stream: rows = stream_rows(source, preset, run_acts_root(out), corpus); _check_budgets(preset, rows.size - len(rows))
-        train, ev = activations_for(source, preset, run_acts_root(out), ",".join(hooks), corpus, steps=steps, progress=progress,
+        if stream: rows = stream_rows(source, preset, run_acts_root(out)); _check_budgets(preset, rows.size - len(rows))
+        train, ev = activations_for(source, preset, run_acts_root(out), steps=steps, progress=progress,
                                     device=device, splits=("eval",) if stream else ("train", "eval"))
         times["activations"] = time.time() - t
         rank0.update(source=source, ctx=ctx, rows=rows if stream else None)
@@ -105,7 +105,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     dirs, train_acts, eval_acts = from_rank0(prepare)
     if stream:                                  # every process streams through its own copy of each model (nbs/07_stream)
         source = rank0.get("source") or open_source(out if checkpoints is None else checkpoints, skip_bad=skip_bad)
-        rows = rank0["rows"] if rank0 else stream_rows(source, preset, run_acts_root(out), corpus)
+        rows = rank0["rows"] if rank0 else stream_rows(source, preset, run_acts_root(out))
         train_acts = {h: {s: model_stream(source, s, rows, h, device) for s in eval_acts[h]} for h in hooks}
     t = time.time()
     if caches is not None: caches.update(train=train_acts, eval=eval_acts)
@@ -113,7 +113,7 @@ def track(preset: Preset, out, checkpoints=None, hook: str | None = None, corpus
     metadata = None
     if rank0:
         source, ctx = rank0["source"], rank0["ctx"]
-        dataset = _dataset_name(source, corpus, run_acts_root(out))
+        dataset = _dataset_name(source, preset.acts.corpus, run_acts_root(out))
         def metadata(step):
             return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
     series = {}

@@ -62,16 +62,16 @@ def test_only_missing_hooks_are_harvested(micro_run, micro, tmp_path, forward_ca
     assert cache_hooks(micro_run, [H1, H0], stream, micro.acts.train_tokens, root, steps=[24], progress=False)[H0][24] == root / H0 / "train" / "step24"
     assert forward_calls == []                                          # everything cached: the model never runs
 
-def _small():
-    "The micro preset with a few hundred SAE steps per series: what matters here is equality, not convergence."
-    return get_preset("micro", sae=dict(budget="fixed", tokens_first=8192, tokens_next=2048, warmup_first=4))
+def _small(hook=None):
+    "The micro preset (on `hook`, comma-separated: several) with a few hundred SAE steps per series: what matters here is equality, not convergence."
+    return get_preset("micro", acts=dict(hook=hook), sae=dict(budget="fixed", tokens_first=8192, tokens_next=2048, warmup_first=4))
 
 def test_two_hook_series_equal_two_one_hook_series(micro_run, tmp_path, capsys, one_thread):
     runs = {}
     for name, hook in (("both", f"{H0},{H1}"), ("h0", H0), ("h1", H1)):
         runs[name] = tmp_path / name
         shutil.copytree(micro_run, runs[name], ignore=shutil.ignore_patterns("activations"))
-        got = track(_small(), runs[name], hook=hook, steps=[0, 24], progress=False)
+        got = track(_small(hook), runs[name], steps=[0, 24], progress=False)
         assert list(got) == hook.split(",")
     both = runs["both"] / "series"
     assert not (both / "series.json").exists() and (runs["h0"] / "series" / "series.json").exists()   # one-hook layout unchanged
@@ -97,7 +97,7 @@ def test_two_hook_series_equal_two_one_hook_series(micro_run, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "several hooks" in err and "its own --out" in err
     with pytest.raises(SaetrackError, match="new --out"):          # one run keeps one layout
-        track(_small(), runs["h0"], hook=f"{H0},{H1}", steps=[0, 24], progress=False)
+        track(_small(f"{H0},{H1}"), runs["h0"], steps=[0, 24], progress=False)
 
 @pytest.mark.parametrize("hooks,match", [
     (f"{H0},blocks.7.hook_resid_pre", "outside the model"),

@@ -1,6 +1,7 @@
 """The activations' train/eval split is the one the LM was trained and evaluated on (issue 16, item 1): defined once,
 with the run, and read back, never re-derived with defaults of its own."""
 import shutil, sysconfig
+from dataclasses import replace
 from pathlib import Path
 import numpy as np
 import pytest
@@ -37,7 +38,8 @@ def _stream(entry) -> np.ndarray:
     return np.asarray(load_activations(entry).tokens)[:, 1:].ravel()
 
 def _harvest(source, preset, root, corpus):
-    tr, ev = activations_for(source, preset, root, corpus=corpus, steps=[preset.lm.steps], progress=False)
+    preset = replace(preset, acts=replace(preset.acts, corpus=corpus))
+    tr, ev = activations_for(source, preset, root, steps=[preset.lm.steps], progress=False)
     return _stream(tr[preset.acts.hook][preset.lm.steps]), _stream(ev[preset.acts.hook][preset.lm.steps])
 
 def test_explicit_corpus_of_the_run_gives_the_runs_split(run, preset, tmp_path):
