@@ -263,36 +263,38 @@ def _study_rows(series, step: int, n: int) -> np.ndarray:
 
 # %% ../nbs/13_convergence.ipynb #e3c56b9c
 def plot_recipes(res: dict, path=None):
-    """Left: each recipe's token fraction (median over seeds; the bar spans the seeds) against the checkpoint gap
-    log2((t+1)/(t_prev+1)); never matched within the cap is drawn at the cap as an open triangle. Right: per recipe, the
-    median and worst fraction over all checkpoints."""
+    """Left: at each studied checkpoint (labelled with its gap log2((t+1)/(t_prev+1))), each recipe's token fraction
+    (median over seeds; the bar spans the seeds); never matched within the cap is an open triangle at the cap, matched
+    before any training a filled triangle at the floor. Right: per recipe, the median and worst fraction over all
+    checkpoints."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter
     t, cap = res["table"], res["max_fraction"]
     names = res["recipes"]
     colors = plt.get_cmap("tab10")(np.arange(len(names)) % 10)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True, gridspec_kw=dict(width_ratios=[1.4, 1]))
     floor = 1e-3                                             # a match before any training (fraction 0) is drawn here
+    cols = sorted({r["step"]: r for r in t}.values(), key=lambda r: r["step"])     # one column per studied checkpoint
+    where = {r["step"]: i for i, r in enumerate(cols)}
     for j, (name, col) in enumerate(zip(names, colors)):
-        rows = sorted((r for r in t if r["recipe"] == name), key=lambda r: r["gap"])
-        x = np.array([r["gap"] for r in rows]) + 0.012 * (j - len(names) / 2)    # small dodge
+        rows = sorted((r for r in t if r["recipe"] == name), key=lambda r: r["step"])
+        x = np.array([where[r["step"]] for r in rows]) + 0.09 * (j - (len(names) - 1) / 2)    # dodge within a column
         fr = [[min(max(u["fraction"], floor), cap) for u in r["runs"]] for r in rows]
         med = np.array([np.median(f) for f in fr])
         ax.vlines(x, [min(f) for f in fr], [max(f) for f in fr], color=col, lw=1, alpha=0.6)
-        ax.plot(x, med, "-", color=col, lw=1.2, alpha=0.7, label=name)
         hit = np.array([np.isfinite(r["fraction"]) for r in rows])
         zero = np.array([r["fraction"] == 0 for r in rows])
-        ax.plot(x[hit & ~zero], med[hit & ~zero], "o", color=col, ms=5)
+        ax.plot(x[hit & ~zero], med[hit & ~zero], "o", color=col, ms=5, label=name)
         ax.plot(x[zero], np.full(zero.sum(), floor), "v", color=col, ms=6)
         ax.plot(x[~hit], np.full((~hit).sum(), cap), "^", color=col, mfc="white", ms=7)
-    ax.axhline(1 / 20, color="k", ls="--", lw=1); ax.text(ax.get_xlim()[0], 1 / 20 * 1.08, " 1/20 (the paper's claim)", fontsize=8)
-    ax.axhline(cap, color="0.5", ls=":", lw=1); ax.text(ax.get_xlim()[0], cap * 1.06, f" cap ({cap:g}): open triangles never matched", fontsize=8, color="0.35")
-    ax.text(ax.get_xlim()[0], floor * 1.15, " filled triangles: matched before any training", fontsize=8, color="0.35")
-    ax.set_yscale("log"); ax.set_ylim(floor / 1.6, cap * 1.6)
-    ax.set_xlabel("checkpoint gap: log2((step + 1) / (previous step + 1))"); ax.set_ylabel("tokens to match / reference's tokens")
+    ax.axhline(1 / 20, color="k", ls="--", lw=1); ax.text(-0.45, 1 / 20 * 1.08, "1/20 (the paper's claim)", fontsize=8)
+    ax.axhline(cap, color="0.5", ls=":", lw=1); ax.text(-0.45, cap * 1.06, f"cap ({cap:g}): open triangles never matched", fontsize=8, color="0.35")
+    ax.text(-0.45, floor * 1.15, "filled triangles: matched before any training", fontsize=8, color="0.35")
+    ax.set_yscale("log"); ax.set_ylim(floor / 1.6, cap * 1.6); ax.set_xlim(-0.5, len(cols) - 0.5)
+    ax.set_xticks(range(len(cols)), [f"{r['prev']} → {r['step']}\ngap {r['gap']:.2f}" for r in cols], fontsize=8)
+    ax.set_xlabel("studied checkpoint (warm-started from the one before); gap = log2((step + 1) / (previous step + 1))")
+    ax.set_ylabel("tokens to match / reference's tokens")
     ax.set_title("Token fraction a warm start needs to match a converged scratch SAE", fontsize=10)
-    for i, r in enumerate(sorted({r["step"]: r for r in t}.values(), key=lambda r: r["gap"])):
-        ax.annotate(f"step {r['prev']} -> {r['step']}", (r["gap"], floor / 1.6), xytext=(0, 3 + 9 * (i % 2)), textcoords="offset points",
-                    fontsize=7, ha="center", color="0.4")
     s = recipe_summary(res).reindex(names)
     y = np.arange(len(names))
     worst = np.minimum(s["worst_fraction"].to_numpy(dtype=float), cap)
@@ -301,8 +303,11 @@ def plot_recipes(res: dict, path=None):
     bx.axvline(1 / 20, color="k", ls="--", lw=1); bx.axvline(cap, color="0.5", ls=":", lw=1)
     bx.set_yticks(y, [("★ " if n == res["best"] else "") + n for n in names], fontsize=8); bx.invert_yaxis()
     bx.set_xscale("log"); bx.set_xlabel("token fraction (bars reaching the cap: never matched somewhere)")
+    ticks = [v for v in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5) if v <= cap]
+    bx.xaxis.set_major_locator(FixedLocator(ticks)); bx.xaxis.set_minor_formatter(NullFormatter())
+    bx.set_xticks(ticks, [f"{v:g}" for v in ticks], fontsize=8)
     bx.set_title(f"Per recipe over {len(res['steps'])} checkpoints x {len(res['seeds'])} seeds (★ best)", fontsize=10)
-    bx.legend(frameon=False, fontsize=8, loc="lower right")
+    bx.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.14), ncol=4)
     if path is not None: save_figure(fig, path)
     return fig
