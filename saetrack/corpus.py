@@ -50,9 +50,10 @@ class Corpus:
         while n < len(self.docs) and total < max_bytes: total += len(self.docs[n].encode()); n += 1
         return Corpus(f"{self.name}[:{max_bytes}B]", self.ids[:n], self.docs[:n])
 
-# %% ../nbs/02_corpus.ipynb #32170f77
+# %% ../nbs/02_corpus.ipynb #2c09e0f1
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3"}
 
+# %% ../nbs/02_corpus.ipynb #26a8c064
 def stdlib_corpus() -> Corpus:
     "Every `.py` file of this interpreter's standard library outside test suites, sorted by relative path."
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -65,11 +66,12 @@ def stdlib_corpus() -> Corpus:
         if text.strip(): ids.append(rel.as_posix()); docs.append(text)
     return Corpus("stdlib", ids, docs)
 
-# %% ../nbs/02_corpus.ipynb #c14c8af6
+# %% ../nbs/02_corpus.ipynb #75e17dba
 def _read_text(p: Path) -> str | None:
     try: return p.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError): return None
 
+# %% ../nbs/02_corpus.ipynb #d4a63378
 def _paragraph_docs(text: str, size: int = 2048) -> list[str]:
     docs, cur = [], ""
     for para in re.split(r"\n\s*\n", text):
@@ -80,6 +82,7 @@ def _paragraph_docs(text: str, size: int = 2048) -> list[str]:
 
 MIN_FILES = 20   # fewer files than this are too coarse a unit for a held-out fraction: they are cut into paragraphs
 
+# %% ../nbs/02_corpus.ipynb #6c6e00e2
 def files_corpus(spec: str) -> Corpus:
     """A corpus from a directory, a glob pattern or a single text file. With `MIN_FILES` or more files each file is a
     document; with fewer (one `input.txt`, three plays) each is cut at paragraph boundaries into ~2 kB documents."""
@@ -102,6 +105,7 @@ def files_corpus(spec: str) -> Corpus:
         raise SaetrackError(f"corpus '{spec}' has no readable UTF-8 text files; pass a directory or glob of text files, or 'stdlib'")
     return Corpus(spec, ids, docs)
 
+# %% ../nbs/02_corpus.ipynb #9c68c8ab
 def hf_corpus(name: str, split: str = "train", column: str = "text") -> Corpus:
     "A Hugging Face dataset (needs network access or a local HF cache)."
     try:
@@ -115,10 +119,11 @@ def hf_corpus(name: str, split: str = "train", column: str = "text") -> Corpus:
     docs = [t for t in ds[column] if t and t.strip()]
     return Corpus(name, [f"{name}/{i}" for i in range(len(docs))], docs)
 
-# %% ../nbs/02_corpus.ipynb #a517f7fd
+# %% ../nbs/02_corpus.ipynb #816eb33d
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith("/") or any(c in spec for c in "*?[")
 
+# %% ../nbs/02_corpus.ipynb #1605fc47
 def load_corpus(spec: str = "stdlib", max_bytes: int | None = None) -> Corpus:
     "Resolve a corpus spec: 'stdlib', a local directory / glob / file, or a Hugging Face dataset name."
     if not spec or not str(spec).strip(): raise SaetrackError("empty corpus spec; pass 'stdlib' or a directory of text files")

@@ -10,33 +10,62 @@ __all__ = ['run_json', 'log_json', 'tokenizer_dir', 'tokens_dir', 'tokens_file',
 # %% ../nbs/00_layout.ipynb #59acbd0f
 from pathlib import Path
 
-# %% ../nbs/00_layout.ipynb #da5e4121
+# %% ../nbs/00_layout.ipynb #05a0749f
 def run_json(run) -> Path: return Path(run)/"run.json"
+
+# %% ../nbs/00_layout.ipynb #79aa42fd
 def log_json(run) -> Path: return Path(run)/"log.json"
+
+# %% ../nbs/00_layout.ipynb #c07ae4e9
 def tokenizer_dir(run) -> Path: return Path(run)/"tokenizer"
+
+# %% ../nbs/00_layout.ipynb #e8221b7d
 def tokens_dir(run) -> Path: return Path(run)/"tokens"
+
+# %% ../nbs/00_layout.ipynb #3fa4487a
 def tokens_file(run, split: str) -> Path: return tokens_dir(run)/f"{split}.npy"
+
+# %% ../nbs/00_layout.ipynb #673ff694
 def step_dir(run, step: int) -> Path: return Path(run)/f"step{step}"
 
+# %% ../nbs/00_layout.ipynb #65a8a89f
 def run_acts_root(run) -> Path:
     "The activation cache root of a run directory, `RUN/activations`."
     return Path(run)/"activations"
 
+# %% ../nbs/00_layout.ipynb #a4682327
 def acts_dir(root, hook: str, split: str, step: int | None = None) -> Path:
     "Where the `split` (train / eval) cache entry of `hook` at `step` lives under the cache `root`; without `step`, the split's directory."
     d = Path(root)/hook/split
     return d if step is None else d/f"step{step}"
 
+# %% ../nbs/00_layout.ipynb #a0467941
 def series_path(run) -> Path: return Path(run)/"series"
+
+# %% ../nbs/00_layout.ipynb #f0c4fc3b
 def analysis_dir(series) -> Path:
     "A series' analysis lives beside it: `RUN/analysis` for the run's own, `.../<chain>/analysis` for a control chain's."
     return Path(series).parent/"analysis"
+
+# %% ../nbs/00_layout.ipynb #ea42b0ae
 def convergence_dir(run) -> Path: return Path(run)/"convergence"
+
+# %% ../nbs/00_layout.ipynb #49ecb22a
 def controls_dir(run) -> Path: return Path(run)/"controls"
+
+# %% ../nbs/00_layout.ipynb #82200a11
 def control_series(run, chain: str) -> Path: return controls_dir(run)/chain/"series"
+
+# %% ../nbs/00_layout.ipynb #1285c0af
 def seeds_dir(run) -> Path: return Path(run)/"seeds"
+
+# %% ../nbs/00_layout.ipynb #6f45c3ae
 def seed_dir(run, seed: int) -> Path:
     "Where the run's series trained again with SAE seed `seed` lives: `RUN/seeds/seed<N>/series` (its analysis beside it)."
     return seeds_dir(run)/f"seed{int(seed)}"/"series"
+
+# %% ../nbs/00_layout.ipynb #182974fc
 def baseline_dir(run) -> Path: return Path(run)/"baseline"
+
+# %% ../nbs/00_layout.ipynb #604d9a6c
 def explorer_dir(run) -> Path: return Path(run)/"explorer"
