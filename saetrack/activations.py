@@ -37,7 +37,7 @@ def token_rows(stream: np.ndarray, n_tokens: int, ctx: int, bos: int = 0) -> np.
     rows[:, 1:] = np.asarray(stream[:n_rows * per]).reshape(n_rows, per)
     return rows
 
-# %% ../nbs/06_activations.ipynb #69da7db9
+# %% ../nbs/06_activations.ipynb #64b1ce9e
 def _plan(model, hooks: list[str]) -> tuple[int, list[str]]:
     """How far the model runs for `hooks` (each checked against it): through the block of the deepest one. Returns that
     stop and the hooks read through TransformerLens hook points: all but a `hook_resid_pre` of the block it stops
@@ -46,7 +46,7 @@ def _plan(model, hooks: list[str]) -> tuple[int, list[str]]:
     stop = max(l if h == f"blocks.{l}.hook_resid_pre" else l + 1 for h, l in zip(hooks, layers))
     return stop, [h for h in hooks if h != f"blocks.{stop}.hook_resid_pre"]
 
-# %% ../nbs/06_activations.ipynb #ff34cbf4
+# %% ../nbs/06_activations.ipynb #99474eec
 def _forward(model, x: torch.Tensor, hooks: list[str], autocast=None) -> dict[str, torch.Tensor]:
     "Each hook's activations [B, ctx, d] for token ids `x`, from one forward pass that stops after the deepest hook."
     stop, hooked = _plan(model, hooks)
@@ -56,7 +56,7 @@ def _forward(model, x: torch.Tensor, hooks: list[str], autocast=None) -> dict[st
         resid = model.run_with_hooks(x, fwd_hooks=[(h, save) for h in hooked], stop_at_layer=stop)
     return {h: saved[h] if h in hooked else resid for h in hooks}
 
-# %% ../nbs/06_activations.ipynb #fb8009b0
+# %% ../nbs/06_activations.ipynb #82566b6e
 @torch.inference_mode()
 def harvest(model, rows: np.ndarray, outs: dict[str, np.ndarray], batch_rows: int = 64, progress: bool = False,
             autocast: torch.dtype | None = None):
@@ -74,10 +74,10 @@ def harvest(model, rows: np.ndarray, outs: dict[str, np.ndarray], batch_rows: in
             if isinstance(dst, torch.Tensor): dst.copy_(a)
             else: dst[:] = a.to("cpu", torch.float32).numpy()
 
-# %% ../nbs/06_activations.ipynb #5c945406
+# %% ../nbs/06_activations.ipynb #592d5c86
 BF16_TOL = 0.02   # largest relative error of bfloat16-autocast activations against float32 for harvest to use them
 
-# %% ../nbs/06_activations.ipynb #868cc8d1
+# %% ../nbs/06_activations.ipynb #8e3650d1
 @torch.inference_mode()
 def bf16_error(model, rows: np.ndarray, hooks: list[str]) -> float:
     "The largest relative Frobenius error of the `hooks`' activations under bfloat16 autocast against float32, on token `rows`."
@@ -86,14 +86,14 @@ def bf16_error(model, rows: np.ndarray, hooks: list[str]) -> float:
     rel = lambda h: torch.linalg.vector_norm(low[h][:, 1:].float() - ref[h][:, 1:].float()) / torch.linalg.vector_norm(ref[h][:, 1:].float()).clamp_min(1e-30)
     return max(float(rel(h)) for h in hooks)
 
-# %% ../nbs/06_activations.ipynb #4061ebf0
+# %% ../nbs/06_activations.ipynb #337b8da5
 def forward_dtype(model, rows: np.ndarray, hooks: list[str], tol: float = BF16_TOL) -> tuple[str, float | None]:
     "('bfloat16', error) on a GPU where `bf16_error` of the first rows is within `tol`; else ('float32', error or None)."
     if torch.device(model.cfg.device).type != "cuda": return "float32", None
     err = bf16_error(model, rows[:64], hooks)
     return ("bfloat16" if err <= tol else "float32"), err
 
-# %% ../nbs/06_activations.ipynb #74335f65
+# %% ../nbs/06_activations.ipynb #cd8e1c22
 @dataclass
 class Activations:
     "A verified cache entry: `acts` [N, d] and `tokens` [rows, ctx] are read-only memory maps."
@@ -112,7 +112,7 @@ class Activations:
 
 _HASHED: set = set()   # (file, size, mtime_ns, sha256) this process has checksummed: a file written since is hashed again
 
-# %% ../nbs/06_activations.ipynb #e8e905bf
+# %% ../nbs/06_activations.ipynb #2100e104
 def _file_ok(path: Path, shape, dtype, sha) -> bool:
     try:
         a = np.load(path, mmap_mode="r")
@@ -125,7 +125,7 @@ def _file_ok(path: Path, shape, dtype, sha) -> bool:
         return True
     except (OSError, ValueError, EOFError): return False
 
-# %% ../nbs/06_activations.ipynb #05d56c1c
+# %% ../nbs/06_activations.ipynb #2a6ecdbe
 def load_activations(path, key: str | tuple | None = None) -> Activations:
     "Open a cache entry (whose key is `key`, or one of them), checking sizes and checksums; `CorruptCacheError` names the fix if it is damaged."
     path = Path(path)
@@ -140,12 +140,12 @@ def load_activations(path, key: str | tuple | None = None) -> Activations:
             raise CorruptCacheError(f"activation cache file {path/f'{name}.npy'} is corrupt or truncated (size or checksum mismatch); {fix}")
     return Activations(path, np.load(path/"acts.npy", mmap_mode="r"), np.load(path/"tokens.npy", mmap_mode="r"), m)
 
-# %% ../nbs/06_activations.ipynb #e303b216
+# %% ../nbs/06_activations.ipynb #ee907f48
 def _write_npy(path: Path, arr: np.ndarray) -> dict:
     with open(path, "wb") as f: np.save(f, arr)
     return dict(shape=list(arr.shape), dtype=str(arr.dtype), sha256=file_sha256(path))
 
-# %% ../nbs/06_activations.ipynb #d413b516
+# %% ../nbs/06_activations.ipynb #3e9d0834
 def cache_hooks(source, hooks: list[str], stream: np.ndarray, n_tokens: int, root, split: str = "train",
                 steps=None, dtype: str = "float32", batch_rows: int = 64, corpus_sha256: str | None = None,
                 device="cpu", progress: bool = True) -> dict[str, dict[int, Path]]:
@@ -192,12 +192,12 @@ def cache_hooks(source, hooks: list[str], stream: np.ndarray, n_tokens: int, roo
                                   forward_rel_err=fwd_err))
     return out
 
-# %% ../nbs/06_activations.ipynb #4a2c5f09
+# %% ../nbs/06_activations.ipynb #d38421e5
 def cache_activations(source, hook: str, stream: np.ndarray, n_tokens: int, root, **kw) -> dict[int, Path]:
     "`cache_hooks` for one hook: {step: entry path}."
     return cache_hooks(source, [hook], stream, n_tokens, root, **kw)[hook]
 
-# %% ../nbs/06_activations.ipynb #b365240f
+# %% ../nbs/06_activations.ipynb #f48dff21
 def _reusable(d: Path, key: dict, progress: bool) -> bool:
     "Whether the entry `d` is complete and was built with `key` (harvested in float32 or, on a GPU, bfloat16); a damaged one is reported."
     if not (d/"manifest.json").exists(): return False
@@ -206,21 +206,21 @@ def _reusable(d: Path, key: dict, progress: bool) -> bool:
         if progress: tqdm.write(f"rebuilding: {e}")
         return False
 
-# %% ../nbs/06_activations.ipynb #78125ad0
+# %% ../nbs/06_activations.ipynb #0d3b1a12
 def _key(key: dict, forward: str) -> str:
     "The cache key: float32 entries keep the key they always had; a bfloat16 forward pass is part of the key."
     return stable_hash(key if forward == "float32" else dict(key, forward=forward))
 
-# %% ../nbs/06_activations.ipynb #624c0fd8
+# %% ../nbs/06_activations.ipynb #c77e40e6
 def rows_hash(rows: np.ndarray) -> str:
     "The first 16 hex digits of the sha256 of token `rows`: what a cache's (or a stream's) key records of them."
     import hashlib
     return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]
 
-# %% ../nbs/06_activations.ipynb #fd8fe87e
+# %% ../nbs/06_activations.ipynb #b4541cd2
 SPLIT_FILE = "split.json"   # beside the caches of checkpoints not trained by saetrack: the split they are taken on
 
-# %% ../nbs/06_activations.ipynb #99bc68c3
+# %% ../nbs/06_activations.ipynb #7d4b5f92
 def activation_split(source, corpus: str | None = None, root=None) -> CorpusSplit:
     """The split the activations of `source` are taken on: a saetrack run's own (from its run.json), else the one
     recorded under the cache `root` (none yet: stdlib with `saetrack lm`'s defaults). `corpus` replaces the corpus only."""
@@ -233,7 +233,7 @@ def activation_split(source, corpus: str | None = None, root=None) -> CorpusSpli
         rec = CorpusSplit(d.corpus, d.corpus_max_bytes, d.eval_frac, d.seed)
     return rec if corpus is None else replace(rec, corpus=corpus)
 
-# %% ../nbs/06_activations.ipynb #f6c609f7
+# %% ../nbs/06_activations.ipynb #b35d1d7a
 def token_stream(source, split: str, corpus: str | None = None, root=None) -> tuple[np.ndarray, str | None]:
     """The token stream of `split` on `activation_split(source, corpus, root)`, and its corpus' sha256. Checkpoints
     not trained by saetrack need the cache `root`: a split new there is recorded in it, for later harvests to read back."""

@@ -20,12 +20,12 @@ from .layout import run_acts_root, acts_dir, series_path, analysis_dir
 __all__ = ['ANALYSIS_VERSION', 'POOLS', 'SPACES', 'AnalysisConfig', 'context_caches', 'token_strings', 'analysis_key', 'analyse',
            'cached_analysis', 'class_names', 'moved_after_formation', 'summarise', 'feature_report']
 
-# %% ../nbs/60_analysis.ipynb #52530900
+# %% ../nbs/60_analysis.ipynb #2cea94b7
 ANALYSIS_VERSION = 6          # bump when the cached result changes shape or meaning (4: contexts from the training pool; 5: BIC with a margin of 10; 6: mass share over all activations)
 POOLS = ("train", "eval")
 SPACES = ("act_cosine", "feat_cosine", "feat_jaccard", "feat_wjaccard")   # progress-measure variants
 
-# %% ../nbs/60_analysis.ipynb #4517fd28
+# %% ../nbs/60_analysis.ipynb #902a8bf7
 @dataclass(frozen=True)
 class AnalysisConfig:
     "Every setting of `analyse`; all of them enter the cache key."
@@ -50,7 +50,7 @@ class AnalysisConfig:
         if self.k < 2: raise SaetrackError("k must be at least 2")
         if self.pool not in POOLS: raise SaetrackError(f"pool must be one of {POOLS} (got {self.pool!r})")
 
-# %% ../nbs/60_analysis.ipynb #0145bcb2
+# %% ../nbs/60_analysis.ipynb #4b29d411
 def context_caches(out, series: SAESeries, pool: str = "train", acts_root=None) -> dict:
     """The activation cache of every step of the series in `pool` ("train" or "eval": `AnalysisConfig.pool`),
     {step: Activations}, checked to hold the same token rows at every step (the contexts the analysis reads)."""
@@ -68,7 +68,7 @@ def context_caches(out, series: SAESeries, pool: str = "train", acts_root=None) 
                             "from one token stream (`saetrack track`)")
     return caches
 
-# %% ../nbs/60_analysis.ipynb #e51b2b48
+# %% ../nbs/60_analysis.ipynb #821b37f0
 def token_strings(out, vocab: int) -> list[str]:
     "Decoded string of every token id of the run's tokenizer (placeholders `<id>` when there is none)."
     try:
@@ -79,14 +79,14 @@ def token_strings(out, vocab: int) -> list[str]:
     if tok is None: return [f"<{i}>" for i in range(vocab)]
     return [tok.decode([i]) for i in range(max(len(tok), vocab))]
 
-# %% ../nbs/60_analysis.ipynb #23296c71
+# %% ../nbs/60_analysis.ipynb #d5d6e7c2
 def analysis_key(series: SAESeries, caches: dict, cfg: AnalysisConfig) -> str:
     m = series.manifest
     return stable_hash([ANALYSIS_VERSION, dataclasses.asdict(cfg), m["config_hash"],
                         [m["entries"][str(s)]["key"] for s in series.steps],
                         [caches[s].manifest["key"] for s in series.steps]])
 
-# %% ../nbs/60_analysis.ipynb #8589f5c2
+# %% ../nbs/60_analysis.ipynb #33e09fa5
 def _classes_part(steps, saes, caches, tokens, key_map, cfg, progress) -> dict:
     r = sm.classify_all(steps, ((saes[t], caches[s].acts) for t, s in enumerate(steps)), tokens, k=cfg.k,
                         key_map=key_map, th=cfg.thresholds, n_null=cfg.n_null_dirs, seed=cfg.seed, progress=progress)
@@ -97,7 +97,7 @@ def _classes_part(steps, saes, caches, tokens, key_map, cfg, progress) -> dict:
     r["live"] = (r["datapoints"] >= 0).all(1)
     return r
 
-# %% ../nbs/60_analysis.ipynb #1fa03ddd
+# %% ../nbs/60_analysis.ipynb #c283a91f
 def _progress_part(steps, saes, caches, tokens, live, datapoints, cfg, progress) -> dict:
     T, F = len(steps), len(live)
     acts = [caches[s].acts for s in steps]
@@ -129,7 +129,7 @@ def _progress_part(steps, saes, caches, tokens, live, datapoints, cfg, progress)
         out["null_median"][name] = np.median(null, 1)
     return out
 
-# %% ../nbs/60_analysis.ipynb #b95b9e69
+# %% ../nbs/60_analysis.ipynb #a5129d23
 def _drift_part(steps, W, live, formation, cfg) -> dict:
     import torch
     C = dr.cos_to_final(W)
@@ -147,7 +147,7 @@ def _drift_part(steps, W, live, formation, cfg) -> dict:
     out["phases_bic"]["bics"] = {str(m): b for m, b in bics.items()}
     return out
 
-# %% ../nbs/60_analysis.ipynb #0393e741
+# %% ../nbs/60_analysis.ipynb #00784900
 def _stage_curves(r: dict) -> dict:
     live = r["live"]
     fr = r["class_fractions"]
@@ -156,7 +156,7 @@ def _stage_curves(r: dict) -> dict:
             "median M (activation space)": med(r["M"]["act_cosine"]), "median M (feature space)": med(r["M"]["feat_cosine"]),
             "median cos to final": r["cos_median"]}
 
-# %% ../nbs/60_analysis.ipynb #c63b46e9
+# %% ../nbs/60_analysis.ipynb #c5cb09fb
 def _split(d: dict, prefix: str = "") -> tuple[dict, dict]:
     arrays, meta = {}, {}
     for k, v in d.items():
@@ -170,7 +170,7 @@ def _split(d: dict, prefix: str = "") -> tuple[dict, dict]:
             meta[k] = v
     return arrays, meta
 
-# %% ../nbs/60_analysis.ipynb #61f7ce46
+# %% ../nbs/60_analysis.ipynb #6a9d5345
 def _join(arrays: dict, meta: dict) -> dict:
     out = dict(meta)
     for name, a in arrays.items():
@@ -180,7 +180,7 @@ def _join(arrays: dict, meta: dict) -> dict:
         node[leaf] = a
     return out
 
-# %% ../nbs/60_analysis.ipynb #46c77163
+# %% ../nbs/60_analysis.ipynb #2dc5944c
 def _save(path: Path, result: dict):
     arrays, meta = _split(result)
     arrays["_key"] = np.array(result["key"])
@@ -188,7 +188,7 @@ def _save(path: Path, result: dict):
         with open(tmp, "wb") as f: np.savez_compressed(f, **arrays)
     atomic_write_json(path/"analysis.json", meta)
 
-# %% ../nbs/60_analysis.ipynb #29f64c84
+# %% ../nbs/60_analysis.ipynb #cbf6ebf3
 def _load(path: Path, key: str) -> dict | None:
     try:
         meta = read_json(path/"analysis.json")
@@ -277,10 +277,10 @@ def cached_analysis(out) -> dict:
     r["cached"] = True
     return r
 
-# %% ../nbs/60_analysis.ipynb #d9e1195e
+# %% ../nbs/60_analysis.ipynb #83e61bce
 def class_names(codes) -> np.ndarray: return np.array([sm.CLASS_NAMES[int(c)] for c in np.asarray(codes)])
 
-# %% ../nbs/60_analysis.ipynb #4fb00ead
+# %% ../nbs/60_analysis.ipynb #c9f2e9f4
 def moved_after_formation(result: dict) -> dict:
     """Share of live features, formed before the final checkpoint (main formation measure), whose decoder row at
     formation was more than arccos(settle) from its final direction (cos to final < settle, default 0.9)."""
@@ -296,7 +296,7 @@ def moved_after_formation(result: dict) -> dict:
                            f"whose decoder cosine to final at the formation step is < {settle} (angle > "
                            f"{np.degrees(np.arccos(settle)):.1f} deg)")
 
-# %% ../nbs/60_analysis.ipynb #721fc5e0
+# %% ../nbs/60_analysis.ipynb #0a5e1b4c
 def summarise(result: dict) -> dict:
     """Headline numbers: class fractions (and the token share by activation mass) at the first, middle and final
     checkpoint; pattern counts; stage
@@ -341,7 +341,7 @@ def summarise(result: dict) -> dict:
         moved_after_formation=moved_after_formation(result),
         runtime_s=round(float(result["timings"]["total"]), 1), timings={k: round(float(v), 1) for k, v in result["timings"].items()})
 
-# %% ../nbs/60_analysis.ipynb #23baefcf
+# %% ../nbs/60_analysis.ipynb #fad1ec5b
 def feature_report(result: dict, i: int) -> list[str]:
     "One feature's story: its class/pattern history (`feature_history`), formation steps and decoder drift."
     strings = result["strings"]

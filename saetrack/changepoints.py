@@ -12,7 +12,7 @@ from .core import SaetrackError
 # %% auto #0
 __all__ = ['PhaseFit', 'fit_piecewise', 'select_n_segments']
 
-# %% ../nbs/15_changepoints.ipynb #7821650c
+# %% ../nbs/15_changepoints.ipynb #7d3d00bd
 @dataclass
 class PhaseFit:
     """Result of `fit_piecewise`. x = log10(step + 1). `breakpoint_steps` are the steps at which a new phase
@@ -28,13 +28,13 @@ class PhaseFit:
     fitted: np.ndarray
     segments: list[tuple] = field(default_factory=list)
 
-# %% ../nbs/15_changepoints.ipynb #e3253517
+# %% ../nbs/15_changepoints.ipynb #2b57ff90
 def _lstsq(A, Y):
     coef, *_ = np.linalg.lstsq(A, Y, rcond=None)
     r = Y - A @ coef
     return coef, float((r * r).sum())
 
-# %% ../nbs/15_changepoints.ipynb #aaf5df0c
+# %% ../nbs/15_changepoints.ipynb #9293c3e1
 def _knot_sets(n: int, m: int, min_size: int, continuous: bool):
     "Admissible knot (continuous) or cut (discontinuous) positions, in lexicographic order."
     if continuous:   # segment j spans knots a..b (shared), i.e. b - a + 1 >= min_size checkpoints
@@ -44,7 +44,7 @@ def _knot_sets(n: int, m: int, min_size: int, continuous: bool):
         for cuts in itertools.combinations(range(min_size, n - min_size + 1), m - 1):
             if all(b - a >= min_size for a, b in zip((0,) + cuts, cuts + (n,))): yield cuts
 
-# %% ../nbs/15_changepoints.ipynb #71166b6c
+# %% ../nbs/15_changepoints.ipynb #32079c91
 def fit_piecewise(steps, y, n_segments: int = 3, continuous: bool = True, min_size: int = 2) -> PhaseFit:
     """Exact least-squares piecewise-linear fit of `y` ([T] or [T, C]: C curves sharing the breakpoints)
     against x = log10(step + 1) with `n_segments` segments, exhaustive over breakpoints at checkpoints.
@@ -91,7 +91,7 @@ def fit_piecewise(steps, y, n_segments: int = 3, continuous: bool = True, min_si
     return PhaseFit(m, continuous, bks, [int(s[k]) for k in bks], float(sse), float(bic), x,
                     fit[:, 0] if one else fit, segs)
 
-# %% ../nbs/15_changepoints.ipynb #8f33dc55
+# %% ../nbs/15_changepoints.ipynb #da3df366
 def select_n_segments(steps, y, max_segments: int = 5, continuous: bool = True,
                       min_size: int = 2, margin: float = 10.0) -> tuple[PhaseFit, dict[int, float]]:
     """Fit 1..`max_segments` segments and keep the fewest whose BIC is within `margin` of the minimum: a segment is

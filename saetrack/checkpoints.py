@@ -17,19 +17,19 @@ from .layout import tokenizer_dir
 __all__ = ['TL_PROCESSING', 'ARCHITECTURES', 'WEIGHTS', 'check_architecture', 'tl_config_from_hf', 'hooked_from_hf',
            'inspect_checkpoint', 'LocalRun', 'PythiaHub', 'open_source', 'hook_layer', 'check_hook']
 
-# %% ../nbs/05_checkpoints.ipynb #a10f59eb
+# %% ../nbs/05_checkpoints.ipynb #3161abfa
 #: Processing that `HookedTransformer.from_pretrained` applies by default (and the paper used).
 TL_PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True,
                      refactor_factored_attn_matrices=False)
 
-# %% ../nbs/05_checkpoints.ipynb #000ceeb7
+# %% ../nbs/05_checkpoints.ipynb #a62cd08b
 def _rope(c) -> dict:
     "The rotary settings of an HF config, as a dict (transformers 5 `rope_parameters`, or the older attributes)."
     r = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
     r.setdefault("rope_theta", getattr(c, "rope_theta", None) or getattr(c, "rotary_emb_base", None) or 10000)
     return r
 
-# %% ../nbs/05_checkpoints.ipynb #d8c45079
+# %% ../nbs/05_checkpoints.ipynb #eadda0f0
 def _neox_cfg(c) -> dict:
     from transformer_lens.utilities.hf_utils import get_rotary_pct_from_config
     d_head = c.hidden_size // c.num_attention_heads
@@ -40,14 +40,14 @@ def _neox_cfg(c) -> dict:
                 rotary_adjacent_pairs=False, rotary_dim=round(get_rotary_pct_from_config(c) * d_head),
                 rotary_base=_rope(c)["rope_theta"], normalization_type="LN", default_prepend_bos=False)
 
-# %% ../nbs/05_checkpoints.ipynb #14cddec7
+# %% ../nbs/05_checkpoints.ipynb #1c5bc6c6
 def _gpt2_cfg(c) -> dict:
     return dict(d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
                 n_layers=c.n_layer, n_ctx=c.n_positions, eps=c.layer_norm_epsilon, d_vocab=c.vocab_size,
                 act_fn=c.activation_function, use_attn_scale=c.scale_attn_weights,
                 scale_attn_by_inverse_layer_idx=c.scale_attn_by_inverse_layer_idx, normalization_type="LN")
 
-# %% ../nbs/05_checkpoints.ipynb #3b9edf0d
+# %% ../nbs/05_checkpoints.ipynb #a2e155eb
 def _llama_cfg(c) -> dict:
     rope = _rope(c)
     if rope.get("rope_type", rope.get("type", "default")) != "default" or getattr(c, "attention_bias", False) or getattr(c, "mlp_bias", False):
@@ -68,7 +68,7 @@ ARCHITECTURES = {
     "llama": (_llama_cfg, "LlamaForCausalLM", "convert_llama_weights"),
 }
 
-# %% ../nbs/05_checkpoints.ipynb #1c7ef0f5
+# %% ../nbs/05_checkpoints.ipynb #f02024c0
 def check_architecture(model_type, where="checkpoint") -> tuple:
     "The `ARCHITECTURES` row of `model_type`; a one-line error naming the supported ones otherwise."
     if model_type not in ARCHITECTURES:
@@ -76,14 +76,14 @@ def check_architecture(model_type, where="checkpoint") -> tuple:
                             f"{', '.join(ARCHITECTURES)} checkpoints (GPT-NeoX/Pythia, GPT-2, Llama-style)")
     return ARCHITECTURES[model_type]
 
-# %% ../nbs/05_checkpoints.ipynb #57799b0e
+# %% ../nbs/05_checkpoints.ipynb #a5b568fe
 def tl_config_from_hf(hf_config, device: str = "cpu"):
     "The `HookedTransformerConfig` TransformerLens derives for an HF config of a supported architecture."
     from transformer_lens import HookedTransformerConfig
     fields, arch, _ = check_architecture(hf_config.model_type)
     return HookedTransformerConfig(**fields(hf_config), original_architecture=arch, device=device, dtype=torch.float32)
 
-# %% ../nbs/05_checkpoints.ipynb #0dd8a6f8
+# %% ../nbs/05_checkpoints.ipynb #3a074c60
 def hooked_from_hf(hf_model, tokenizer=None, device: str = "cpu"):
     "Convert an HF model into a `HookedTransformer` with TransformerLens' converter, processed as `from_pretrained` does by default."
     from transformer_lens import HookedTransformer
@@ -95,12 +95,12 @@ def hooked_from_hf(hf_model, tokenizer=None, device: str = "cpu"):
     model.load_and_process_state_dict(convert(hf_model, cfg), **TL_PROCESSING)
     return model.to(device, print_details=False).eval()
 
-# %% ../nbs/05_checkpoints.ipynb #6a82ff0b
+# %% ../nbs/05_checkpoints.ipynb #179223ad
 WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 _CKPT = re.compile(r"(?:step|checkpoint-)(\d+)")
 _TOKENIZER = ("tokenizer.json", "vocab.json", "tokenizer.model")   # any of these: a tokenizer folder
 
-# %% ../nbs/05_checkpoints.ipynb #957067eb
+# %% ../nbs/05_checkpoints.ipynb #08576d11
 def inspect_checkpoint(d: Path) -> tuple[int, str] | str:
     "(step, model_type) of the checkpoint folder `d` (named `step<N>` or `checkpoint-<N>`), or why it cannot be loaded."
     step = int(_CKPT.fullmatch(d.name).group(1))
@@ -115,12 +115,12 @@ def inspect_checkpoint(d: Path) -> tuple[int, str] | str:
         if gs != step: return f"trainer_state.json says global_step {gs}"
     return step, str(cfg.get("model_type"))
 
-# %% ../nbs/05_checkpoints.ipynb #eb1beee5
+# %% ../nbs/05_checkpoints.ipynb #757e3119
 def _fmt_bad(bad: dict) -> str:
     items = [f"{n}/ ({why})" for n, why in bad.items()]
     return ", ".join(items if len(items) <= 6 else items[:5] + [f"and {len(items) - 5} more"])
 
-# %% ../nbs/05_checkpoints.ipynb #17b7b1bb
+# %% ../nbs/05_checkpoints.ipynb #f93c731f
 class LocalRun:
     """A directory of Hugging Face checkpoints, `step<N>/` (saetrack lm, Pythia revisions) or `checkpoint-<N>/`
     (transformers.Trainer), of an architecture in `ARCHITECTURES`. `skip_bad`: leave out (and list in `skipped`)
@@ -225,7 +225,7 @@ class LocalRun:
                                     f"(corrupt weights); {fix}")
         self._verified.add(step)
 
-# %% ../nbs/05_checkpoints.ipynb #0113e816
+# %% ../nbs/05_checkpoints.ipynb #6904e6bc
 def _fmt_steps(steps): return ", ".join(map(str, steps)) if len(steps) <= 20 else f"{', '.join(map(str, steps[:8]))}, ..., {steps[-1]}"
 
 # %% ../nbs/05_checkpoints.ipynb #2c661d43
@@ -307,10 +307,10 @@ def open_source(spec, skip_bad: bool = False):
     if str(spec).split("/")[-1].startswith("pythia-"): return PythiaHub(str(spec))
     raise SaetrackError(f"'{spec}' is neither a checkpoint directory nor a Pythia model name")
 
-# %% ../nbs/05_checkpoints.ipynb #a8e80a8a
+# %% ../nbs/05_checkpoints.ipynb #bb5fd8c1
 _HOOK = re.compile(r"blocks\.(\d+)\.(.+)")
 
-# %% ../nbs/05_checkpoints.ipynb #428303c7
+# %% ../nbs/05_checkpoints.ipynb #edf35bf1
 def hook_layer(hook: str, n_layers: int) -> int:
     "The block index of `hook`; a one-line error if it is malformed or outside the model."
     m = _HOOK.fullmatch(hook)
@@ -320,7 +320,7 @@ def hook_layer(hook: str, n_layers: int) -> int:
         raise SaetrackError(f"hook '{hook}' is outside the model: it has {n_layers} layers (blocks.0 to blocks.{n_layers-1})")
     return layer
 
-# %% ../nbs/05_checkpoints.ipynb #da3612ea
+# %% ../nbs/05_checkpoints.ipynb #3bc74d2b
 def check_hook(model, hook: str) -> int:
     "Validate `hook` against a `HookedTransformer`; returns its layer."
     layer = hook_layer(hook, model.cfg.n_layers)

@@ -15,22 +15,22 @@ __all__ = ['cmd_lm', 'cmd_activations', 'cmd_track', 'cmd_convergence', 'cmd_con
            'cmd_explore', 'cmd_explorer', 'cmd_baseline', 'cmd_reproduce', 'cmd_scaling', 'cmd_info', 'build_parser',
            'main']
 
-# %% ../nbs/90_cli.ipynb #98e3b2e4
+# %% ../nbs/90_cli.ipynb #e87c7e30
 _LM_FLAGS = ("corpus", "max_bytes", "lm_steps", "lm_seed", "vocab_size", "d_model", "n_layers", "ctx", "lm_batch_size", "lm_lr")
 
-# %% ../nbs/90_cli.ipynb #4a41e141
+# %% ../nbs/90_cli.ipynb #1f79dc01
 def _lm_overrides(a) -> dict:
     name = lambda k: "corpus_max_bytes" if k == "max_bytes" else k[3:] if k.startswith("lm_") else k
     return {name(k): getattr(a, k, None) for k in _LM_FLAGS}
 
-# %% ../nbs/90_cli.ipynb #e6858cdb
+# %% ../nbs/90_cli.ipynb #c4a55ad3
 def _at_steps(a):
     "--at-steps as a list of ints (None: every checkpoint, or the preset's)."
     at = getattr(a, "at_steps", None)
     try: return [int(s) for s in at.split(",")] if at else None
     except ValueError: raise SaetrackError(f"--at-steps must be comma-separated integers (got '{at}')") from None
 
-# %% ../nbs/90_cli.ipynb #2e52832d
+# %% ../nbs/90_cli.ipynb #3490ef18
 def cmd_lm(a) -> dict:
     "Train (or resume) a tiny Pythia-style run."
     from saetrack.config import get_preset
@@ -54,7 +54,7 @@ def cmd_lm(a) -> dict:
     print(f"  loss curve: {out/'figures'/'lm_loss.png'}")
     return log
 
-# %% ../nbs/90_cli.ipynb #a82508ef
+# %% ../nbs/90_cli.ipynb #090ce70f
 def cmd_activations(a) -> dict:
     "Harvest (or reuse) activations for every checkpoint of a run."
     from saetrack.checkpoints import open_source
@@ -73,7 +73,7 @@ def cmd_activations(a) -> dict:
               f"{size/2**20:.0f} MiB under {root}")
     return dict(train=tr, eval=ev)
 
-# %% ../nbs/90_cli.ipynb #d22839dc
+# %% ../nbs/90_cli.ipynb #364ef051
 def _preset(a):
     from dataclasses import replace
     from saetrack.config import override, check_warmup, get_preset, paper_recipe
@@ -88,7 +88,7 @@ def _preset(a):
     base = paper_recipe(p.sae) if budget == "fixed" else replace(p.sae, budget=budget or p.sae.budget)
     return replace(p, sae=check_warmup(override(base, sae, "SAE")))    # flags win over the recipe
 
-# %% ../nbs/90_cli.ipynb #e528143d
+# %% ../nbs/90_cli.ipynb #afc9eaac
 def _print_series(series):
     from saetrack.convergence import series_cost
     m = series.metrics()
@@ -101,7 +101,7 @@ def _print_series(series):
           f"({c['later_fraction_median']:.3f} of the first's), worst {c['later_tokens_max']:,} ({c['later_fraction_max']:.3f}); "
           "verdicts: " + ", ".join(f"{k} {v}" for k, v in c["verdicts"].items()))
 
-# %% ../nbs/90_cli.ipynb #7b38ce55
+# %% ../nbs/90_cli.ipynb #dbf34293
 def cmd_track(a, times: dict | None = None) -> dict:
     "An SAE-Track series per hook for a checkpoint source (building the run and activations if needed); under torchrun, data-parallel."
     import contextlib
@@ -129,7 +129,7 @@ def cmd_track(a, times: dict | None = None) -> dict:
         print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
     return series
 
-# %% ../nbs/90_cli.ipynb #a218c8c6
+# %% ../nbs/90_cli.ipynb #c1ce6cfb
 def _one_hook(p, cmd: str) -> str:
     "The preset's hook, for a command that works on one; several are one line naming the commands that take them."
     if len(p.acts.hooks) > 1:
@@ -137,7 +137,7 @@ def _one_hook(p, cmd: str) -> str:
                             "`saetrack track` and `saetrack activations`")
     return p.acts.hook
 
-# %% ../nbs/90_cli.ipynb #95925cb1
+# %% ../nbs/90_cli.ipynb #c675bb64
 def _run_caches(out: Path, hook: str) -> tuple[dict, dict]:
     "The activation caches a run directory already holds for `hook`: ({step: train dir}, {step: eval dir})."
     res = []
@@ -148,7 +148,7 @@ def _run_caches(out: Path, hook: str) -> tuple[dict, dict]:
         raise SaetrackError(f"no complete activation caches for {hook} under {run_acts_root(out)}; run `saetrack track --out {out}` first")
     return res[0], res[1]
 
-# %% ../nbs/90_cli.ipynb #6d87fd82
+# %% ../nbs/90_cli.ipynb #dd6904b8
 def cmd_convergence(a) -> dict:
     "The recipe study (nbs/13_convergence) on a run's cached activations, cached under OUT/convergence."
     from saetrack.convergence import PAPER, fraction_text, recipe_study, recipe_summary
@@ -179,7 +179,7 @@ def cmd_convergence(a) -> dict:
         print(acc.round(4).to_string())
     return res
 
-# %% ../nbs/90_cli.ipynb #b9d6850f
+# %% ../nbs/90_cli.ipynb #cc845d69
 def cmd_controls(a) -> dict:
     "The null, backward and paper-recipe chains of a run, analysed like the series (nbs/14_controls), cached under OUT/controls."
     from saetrack.controls import CONTROLS, controls_table, independent_table, run_controls
@@ -198,7 +198,7 @@ def cmd_controls(a) -> dict:
     print("times: " + ", ".join(f"{k} {v:.0f}s" for k, v in res["seconds"].items()))
     return res
 
-# %% ../nbs/90_cli.ipynb #1b33d7f8
+# %% ../nbs/90_cli.ipynb #619f167c
 def cmd_seeds(a) -> dict:
     "The series again with other SAE seeds, analysed, and stage boundaries with bootstrap intervals (nbs/22_inference)."
     from saetrack.inference import knots_table, run_seeds
@@ -215,7 +215,7 @@ def cmd_seeds(a) -> dict:
     print("checkpoints inside a knot interval of every view with a knot:", inf["shared"] or "none")
     return inf
 
-# %% ../nbs/90_cli.ipynb #fcbbb68d
+# %% ../nbs/90_cli.ipynb #d441e976
 def cmd_figures(a):
     "Regenerate every figure from the cache under --out."
     from saetrack.figures import make_figures
@@ -225,7 +225,7 @@ def cmd_figures(a):
     with run_lock(writable_dir(out)): man = make_figures(out, figures)      # nothing to draw: an error naming the command
     print(f"{len(man)} figure files in {a.figures}/ (see {a.figures}/MANIFEST.json)")
 
-# %% ../nbs/90_cli.ipynb #b3284f4f
+# %% ../nbs/90_cli.ipynb #01d45d3f
 def _series_out(a) -> Path:
     "The run directory of a command that needs a trained series."
     out = Path(a.out or f"runs/{a.preset}")
@@ -237,7 +237,7 @@ def _series_out(a) -> Path:
         raise SaetrackError(f"no SAE series under '{out}'; run `saetrack track --out {out}` first")
     return writable_dir(out)                                # these commands cache what they compute under it
 
-# %% ../nbs/90_cli.ipynb #188a7d82
+# %% ../nbs/90_cli.ipynb #5f15b2c7
 def cmd_analyse(a) -> dict:
     "Stages, transitions, formation and drift for every feature of a series (cached under OUT/analysis)."
     from saetrack.analysis import analyse, summarise
@@ -254,7 +254,7 @@ def cmd_analyse(a) -> dict:
           f"; direction still moved after formation: {s['moved_after_formation']['share']:.1%} of formed features; analysis {s['runtime_s']:.0f}s")
     return s
 
-# %% ../nbs/90_cli.ipynb #18549554
+# %% ../nbs/90_cli.ipynb #19a204ec
 def cmd_explore(a):
     "One feature's story across checkpoints: class and pattern history, formation, drift (--html: and its page in the explorer)."
     from saetrack.analysis import analyse, feature_report
@@ -269,7 +269,7 @@ def cmd_explore(a):
         print(f"page: {page.resolve().as_uri()} (" + ("explorer up to date" if s["reused"] else
               f"explorer of {s['pages']} latents built in {s['seconds']['total']:.1f} s, {s['bytes'] / 1e6:.1f} MB") + ")")
 
-# %% ../nbs/90_cli.ipynb #af5737a4
+# %% ../nbs/90_cli.ipynb #009ece74
 def cmd_explorer(a) -> dict:
     "The browser explorer: static HTML under OUT/explorer (an index of every latent, one page per latent) from the cached analysis."
     from saetrack.analysis import cached_analysis
@@ -284,7 +284,7 @@ def cmd_explorer(a) -> dict:
     print(f"open {Path(s['index']).resolve().as_uri()}")
     return s
 
-# %% ../nbs/90_cli.ipynb #e938c9c8
+# %% ../nbs/90_cli.ipynb #2f00a32a
 def cmd_baseline(a):
     "Independent from-scratch SAEs matched to the series (Reviewer 3's baseline), cached under OUT/baseline."
     from saetrack.matching import run_baseline
@@ -293,7 +293,7 @@ def cmd_baseline(a):
     print(f"baseline: independent SAEs at steps {r['baseline']['steps']} (seeds {r['baseline']['seeds']}) under {out/'baseline'}; "
           f"{r['seconds']:.0f}s; `saetrack figures --out {out}` draws the matching figures")
 
-# %% ../nbs/90_cli.ipynb #d2d35819
+# %% ../nbs/90_cli.ipynb #4e7a1245
 def _print_plan(name: str):
     from saetrack.config import pythia_plan
     p = pythia_plan(name)
@@ -312,7 +312,7 @@ def _print_plan(name: str):
     print(f"  run it: saetrack track --preset {name} --device cuda --stream --corpus DATASET (a corpus of at least "
           f"{p['tokens_first']:,} tokens); cached instead, --epochs 20 lets the first SAE re-read the 15M tokens cached per checkpoint")
 
-# %% ../nbs/90_cli.ipynb #b1e03f4f
+# %% ../nbs/90_cli.ipynb #913d3d70
 def _seeds(p, a) -> dict:
     "Every seed `reproduce` uses with preset `p`, for its record: the LM's, the SAE series', the analysis', the figures' and (--full) the extra SAE seeds'."
     from saetrack.analysis import AnalysisConfig
@@ -321,7 +321,7 @@ def _seeds(p, a) -> dict:
     if a.full: s["sae_extra"] = [int(x) for x in str(a.seeds).split(",")]
     return s
 
-# %% ../nbs/90_cli.ipynb #0cee9eed
+# %% ../nbs/90_cli.ipynb #41eabf2a
 def cmd_reproduce(a):
     "Everything on the embedded default: run, activations, SAE series, analysis, figures (--full: the recipe study, controls, seeds, baseline, scaling)."
     from saetrack.config import PYTHIA_SERIES
@@ -348,7 +348,7 @@ def cmd_reproduce(a):
         atomic_write_json(out/"reproduce.json", dict(preset=a.preset, commit=head_commit(), full=a.full, seconds=times, seeds=_seeds(p, a)))
     print("reproduce stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + f" (saved in {out/'reproduce.json'})")
 
-# %% ../nbs/90_cli.ipynb #6659ee18
+# %% ../nbs/90_cli.ipynb #2efe8b4d
 def cmd_scaling(a):
     "The pipeline at two (or, with --large, three) widths of the tiny model; the headline table."
     from saetrack.scaling import SIZES, scaling_study
@@ -357,7 +357,7 @@ def cmd_scaling(a):
     print(table.to_string(float_format=lambda v: f"{v:.3g}"))
     return table
 
-# %% ../nbs/90_cli.ipynb #d045c75f
+# %% ../nbs/90_cli.ipynb #60a3a56e
 def cmd_info(a):
     "Summarise a run directory: checkpoints (weights checked against their recorded sha256), losses, activation caches."
     from saetrack.activations import load_activations
@@ -383,14 +383,14 @@ def cmd_info(a):
         bad += status.startswith("CORRUPT")
     if bad: raise SaetrackError(f"{bad} activation cache entr{'y is' if bad == 1 else 'ies are'} corrupt; rerun `saetrack activations --run {a.run}` to rebuild")
 
-# %% ../nbs/90_cli.ipynb #4cfe64f7
+# %% ../nbs/90_cli.ipynb #66f81470
 def _common(sp, out_help="run directory (default runs/<preset>)"):
     sp.add_argument("--preset", default="tiny", help="micro (tests, seconds), tiny (the default, minutes), tiny-s / tiny-l "
                     "(scaling), or pythia-160m / pythia-410m / pythia-1.4b (the paper's series: a GPU and Hub access)")
     sp.add_argument("--out", help=out_help)
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
-# %% ../nbs/90_cli.ipynb #966b111c
+# %% ../nbs/90_cli.ipynb #bb4133ab
 def _lm_args(sp):
     g = sp.add_argument_group("LM training (saetrack lm; no effect with --checkpoints or a Pythia preset)")
     g.add_argument("--corpus", help="'stdlib' (default), a directory or glob of text files, or a HF dataset name")
@@ -400,7 +400,7 @@ def _lm_args(sp):
                  ("ctx", int), ("lm-batch-size", int), ("lm-lr", float)):
         g.add_argument(f"--{k}", type=t)
 
-# %% ../nbs/90_cli.ipynb #fae1dc24
+# %% ../nbs/90_cli.ipynb #53c9df10
 def _acts_args(sp):
     g = sp.add_argument_group("activations")
     g.add_argument("--hook", help="TransformerLens hook (default from the preset, e.g. blocks.2.hook_resid_pre); track and "
@@ -410,7 +410,7 @@ def _acts_args(sp):
     g.add_argument("--dtype", help="float32 (paper, default) or float16")
     g.add_argument("--device", default="cpu", help="auto, cpu (default) or cuda[:N]: where the model's forward passes and SAE training run")
 
-# %% ../nbs/90_cli.ipynb #b1c474c6
+# %% ../nbs/90_cli.ipynb #47417de2
 def _track_args(sp):
     g = sp.add_argument_group("SAE series")
     g.add_argument("--d-sae", type=int, help="SAE width (tiny: 1024)")
@@ -433,7 +433,7 @@ def _track_args(sp):
     g.add_argument("--snapshot-tokens", type=int, help=f"tokens between snapshots of an SAE in training, from which a killed "
                    f"run resumes inside that SAE (default {SNAPSHOT_TOKENS:,}; 0: none)")
 
-# %% ../nbs/90_cli.ipynb #66d83fac
+# %% ../nbs/90_cli.ipynb #638aadde
 def build_parser() -> argparse.ArgumentParser:
     from saetrack import __version__
     ap = argparse.ArgumentParser(prog="saetrack", description="SAE-Track: sparse autoencoders over a language model's training checkpoints.")
@@ -507,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run", help="run directory"); sp.set_defaults(fn=cmd_info)
     return ap
 
-# %% ../nbs/90_cli.ipynb #51627bbd
+# %% ../nbs/90_cli.ipynb #2e7da790
 def main(argv=None) -> int:
     import os
     a = build_parser().parse_args(argv)

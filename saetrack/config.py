@@ -13,7 +13,7 @@ __all__ = ['STREAM_BUFFER', 'SNAPSHOT_TOKENS', 'PRESETS', 'PYTHIA_SERIES', 'PAPE
            'SAEConfig', 'check_warmup', 'paper_recipe', 'Preset', 'override', 'get_preset', 'checkpoint_steps',
            'pythia_plan']
 
-# %% ../nbs/01_config.ipynb #54c696ae
+# %% ../nbs/01_config.ipynb #ed839818
 @dataclass(frozen=True)
 class LMConfig:
     "A tiny GPT-NeoX (Pythia architecture) training run on a local corpus."
@@ -51,7 +51,7 @@ class LMConfig:
         if self.d_model % self.n_heads: raise SaetrackError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not 0 < self.eval_frac < 1: raise SaetrackError(f"eval_frac must be in (0, 1) (got {self.eval_frac})")
 
-# %% ../nbs/01_config.ipynb #6a3be75c
+# %% ../nbs/01_config.ipynb #62893fc6
 def split_hooks(spec: str) -> tuple[str, ...]:
     "The hooks `spec` names: one, or several comma-separated (`blocks.1.hook_resid_pre,blocks.2.hook_resid_pre`), each once."
     hooks = tuple(h.strip() for h in (spec or "").split(","))
@@ -60,7 +60,7 @@ def split_hooks(spec: str) -> tuple[str, ...]:
     if twice: raise SaetrackError(f"--hook names {twice[0]} twice; name each hook once")
     return hooks
 
-# %% ../nbs/01_config.ipynb #93849e12
+# %% ../nbs/01_config.ipynb #f5a21a90
 @dataclass(frozen=True)
 class ActsConfig:
     "Which activations to harvest from every checkpoint, and how many."
@@ -81,7 +81,7 @@ class ActsConfig:
 STREAM_BUFFER = 1 << 18    # activations per shuffled block of a streamed series (nbs/07_stream): 128 MiB at d 128, 1 GiB at d 1,024
 SNAPSHOT_TOKENS = 1 << 25   # tokens between snapshots of an SAE in training (33.5M: minutes on a GPU; tiny's SAEs never reach it)
 
-# %% ../nbs/01_config.ipynb #1d75fb37
+# %% ../nbs/01_config.ipynb #84fdd0a4
 @dataclass(frozen=True)
 class SAEConfig:
     """The SAE series (PAPER.md §1.4). The paper's first SAE saw 300M tokens at lr 4e-4 with a 5,000-step warm-up
@@ -145,14 +145,14 @@ _FLAGS = {"LMConfig": dict(vocab_size="--vocab-size", d_model="--d-model", n_lay
           "SAEConfig": dict(d_sae="--d-sae", tokens_first="--tokens-first", tokens_next="--tokens-next", batch_size="--sae-batch",
                             batch_next="--sae-batch-next")}
 
-# %% ../nbs/01_config.ipynb #31aaf8be
+# %% ../nbs/01_config.ipynb #4db631f9
 def _positive(cfg, k: str):
     "Refuse a setting <= 0, naming its command-line flag when it has one."
     v = getattr(cfg, k)
     flag = _FLAGS.get(type(cfg).__name__, {}).get(k)
     if not v > 0: raise SaetrackError(f"{flag or k} must be positive (got {v})")
 
-# %% ../nbs/01_config.ipynb #5d555168
+# %% ../nbs/01_config.ipynb #ca40d928
 def check_warmup(cfg: SAEConfig) -> SAEConfig:
     """Refuse a warm-up of as many optimiser steps as an SAE's budget allows or more: that SAE would stop before its
     learning rate peaks (nMSE far above 1 at micro scale, with no other sign). A warm-up < 1 is a fraction, always fine.
@@ -167,14 +167,14 @@ def check_warmup(cfg: SAEConfig) -> SAEConfig:
                                 f"batches of {batch:,}); raise {tflag} above {int(w) * batch:,} or lower {wflag}")
     return cfg
 
-# %% ../nbs/01_config.ipynb #1f733659
+# %% ../nbs/01_config.ipynb #f6e1beb2
 def paper_recipe(cfg: SAEConfig) -> SAEConfig:
     """The paper's recipe at this scale: fixed budgets, each later SAE 1/20 of the first's tokens at 1/10 of its lr,
     a 3-step warm-up, a fresh Adam and the inherited b_dec."""
     return replace(cfg, budget="fixed", tokens_next=cfg.tokens_first // 20, lr_next=cfg.lr_first / 10, warmup_next=3,
                    batch_next=None, carry_adam=False, refit_b_dec=False)
 
-# %% ../nbs/01_config.ipynb #95affb77
+# %% ../nbs/01_config.ipynb #a236b263
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -184,7 +184,7 @@ class Preset:
     checkpoints: str | None = None   # someone else's run (a Pythia name or a directory); None: train the LM above
     steps: tuple[int, ...] | None = None   # the checkpoints the series uses (None: all)
 
-# %% ../nbs/01_config.ipynb #67ea3868
+# %% ../nbs/01_config.ipynb #1899f110
 def _width(name: str, d_model: int) -> Preset:
     """The tiny run at another width (scaling study): same corpus, depth, steps and hook; heads of 32 dims, MLP 4x,
     SAE 8x. The loss's MSE term is a mean over the d_model input dimensions while the L1 term sums over latents, so
@@ -206,14 +206,14 @@ PRESETS: dict[str, Preset] = {
                   eval_tokens=2048, plateau_min_tokens=4096, epochs=17)),      # 16.02 passes over 8,184 cached activations
 }
 
-# %% ../nbs/01_config.ipynb #509b8e24
+# %% ../nbs/01_config.ipynb #2ed5b59c
 def override(obj, over: dict, what: str):
     over = {k: v for k, v in (over or {}).items() if v is not None}
     bad = set(over) - {f.name for f in dataclasses.fields(obj)}
     if bad: raise SaetrackError(f"unknown {what} setting(s): {', '.join(sorted(bad))}")
     return replace(obj, **over) if over else obj
 
-# %% ../nbs/01_config.ipynb #fb356112
+# %% ../nbs/01_config.ipynb #0a56a480
 def get_preset(name: str, acts: dict | None = None, sae: dict | None = None, **lm) -> Preset:
     "The named preset with optional overrides: LM fields as keywords, `acts=` and `sae=` as dicts (None values ignored)."
     if name not in PRESETS:
@@ -222,7 +222,7 @@ def get_preset(name: str, acts: dict | None = None, sae: dict | None = None, **l
     return replace(p, lm=override(p.lm, lm, "LM"), acts=override(p.acts, acts, "activation"),
                    sae=override(p.sae, sae, "SAE"))
 
-# %% ../nbs/01_config.ipynb #5e9dc5e9
+# %% ../nbs/01_config.ipynb #5029086e
 def checkpoint_steps(steps: int, log_until: int = 512, every: int = 250) -> list[int]:
     "Pythia-like schedule: 0, 1, 2, 4, ..., `log_until`, then every `every` steps, always ending at `steps`."
     out, s = [0], 1
@@ -232,7 +232,7 @@ def checkpoint_steps(steps: int, log_until: int = 512, every: int = 250) -> list
     if out[-1] != steps: out.append(steps)
     return out
 
-# %% ../nbs/01_config.ipynb #c03e8549
+# %% ../nbs/01_config.ipynb #6742d026
 _PY_410 = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000] + list(range(3000, 23001, 2000)) + list(range(43000, 143001, 20000))
 
 PYTHIA_SERIES = {
@@ -247,7 +247,7 @@ PAPER_SAE = paper_recipe(SAEConfig(d_sae=64 * 1024,     # expansion 64 of pythia
                                    warmup_first=5000, eval_every_first=1000, eval_every_next=100, seed=42))
 _PYTHIA_PARAMS = {"pythia-160m": 162e6, "pythia-410m": 405e6, "pythia-1.4b": 1.41e9}   # the models' parameter counts
 
-# %% ../nbs/01_config.ipynb #5e54b78c
+# %% ../nbs/01_config.ipynb #dbc3a093
 def _pythia(name: str, expansion: int = 64) -> Preset:
     p = PYTHIA_SERIES[name]
     rows = -(-PAPER_SAE.tokens_next // 127)           # the fewest whole rows (BOS + 127 tokens) that hold a later SAE's 15M tokens
@@ -256,7 +256,7 @@ def _pythia(name: str, expansion: int = 64) -> Preset:
 
 PRESETS.update({name: _pythia(name) for name in PYTHIA_SERIES})
 
-# %% ../nbs/01_config.ipynb #e5ed3fb8
+# %% ../nbs/01_config.ipynb #039a70f2
 def pythia_plan(name: str, expansion: int = 64, gpu_tflops: float = 50.0) -> dict:
     """What the paper's series for `name` costs: SAEs, tokens, SAE memory, activation disk if cached, and a
     the disk its activation caches take (15M training tokens per checkpoint, float32), a

@@ -22,21 +22,21 @@ __all__ = ['CHAINS', 'CONTROLS', 'CHAIN_STYLE', 'chain_dir', 'null_chain', 'pape
            'gap_slope', 'headline', 'run_controls', 'controls_table', 'independent_table', 'independent_saes',
            'independent_check', 'plot_controls']
 
-# %% ../nbs/14_controls.ipynb #d656c4e3
+# %% ../nbs/14_controls.ipynb #118088e1
 CHAINS = {"series": "SAE-Track (converged links)", "paper": "paper's recipe (1/20 tokens, lr/10)",
           "null": "null chain (one checkpoint throughout)", "backward": "backward chain (from the last step)"}
 
-# %% ../nbs/14_controls.ipynb #65b8ead2
+# %% ../nbs/14_controls.ipynb #4bef750b
 def chain_dir(out, chain: str) -> Path:
     "Where a chain lives: the run's own series, or `controls/<chain>/series`."
     if chain not in CHAINS: raise SaetrackError(f"unknown chain '{chain}'; choose one of: {', '.join(CHAINS)}")
     return series_path(out) if chain == "series" else control_series(out, chain)
 
-# %% ../nbs/14_controls.ipynb #ddd7d3d6
+# %% ../nbs/14_controls.ipynb #e8e775e3
 def _tokens(series: SAESeries) -> dict:
     return {s: int(t) for s, t in series.metrics()["tokens"].items()}
 
-# %% ../nbs/14_controls.ipynb #3687489b
+# %% ../nbs/14_controls.ipynb #f9e51344
 def null_chain(series: SAESeries, train_acts: dict, eval_acts: dict, out, at: int | None = None, progress: bool = True) -> SAESeries:
     """The null chain: as many links as `series`, each trained with the series' config for exactly the tokens that
     link of the series used, but all on the activations of one checkpoint `at` (default: the last). The model does
@@ -46,7 +46,7 @@ def null_chain(series: SAESeries, train_acts: dict, eval_acts: dict, out, at: in
     return train_series(cfg, {s: train_acts[at] for s in series.steps}, {s: eval_acts[at] for s in series.steps},
                         chain_dir(out, "null"), series.hook, progress=progress, budgets=_tokens(series))
 
-# %% ../nbs/14_controls.ipynb #d870cc2b
+# %% ../nbs/14_controls.ipynb #68885a46
 def paper_chain(series: SAESeries, train_acts: dict, eval_acts: dict, out, progress: bool = True) -> SAESeries:
     """The paper's recipe from the same first SAE: the first link gets the tokens the series' first SAE used, every
     later one 1/20 of that at 1/10 of the lr with a fresh Adam (`paper_recipe`)."""
@@ -56,13 +56,13 @@ def paper_chain(series: SAESeries, train_acts: dict, eval_acts: dict, out, progr
     budgets = {s: (t[s] if s == first else max(cfg.batch_size, t[first] // 20)) for s in series.steps}
     return train_series(cfg, train_acts, eval_acts, chain_dir(out, "paper"), series.hook, progress=progress, budgets=budgets)
 
-# %% ../nbs/14_controls.ipynb #c5fa5ead
+# %% ../nbs/14_controls.ipynb #d6f9e967
 def backward_chain(series: SAESeries, train_acts: dict, eval_acts: dict, out, progress: bool = True) -> SAESeries:
     "The same config run from the last checkpoint back to the first."
     cfg = dataclasses.replace(SAEConfig(**series.manifest["config"]), direction="backward" if series.manifest["direction"] == "forward" else "forward")
     return train_series(cfg, train_acts, eval_acts, chain_dir(out, "backward"), series.hook, progress=progress)
 
-# %% ../nbs/14_controls.ipynb #e0e52f5b
+# %% ../nbs/14_controls.ipynb #43d73503
 def link_angles(W: torch.Tensor, steps, live=None) -> pd.DataFrame:
     """Per link (consecutive steps, ascending): the decoder angle of each latent between the two SAEs, median and
     quartiles in degrees over `live` latents (default all), against the gap log2((step + 1) / (prev + 1))."""
@@ -75,7 +75,7 @@ def link_angles(W: torch.Tensor, steps, live=None) -> pd.DataFrame:
     return pd.DataFrame(dict(prev=steps[:-1], step=steps[1:], gap=[math.log2((b + 1) / (a + 1)) for a, b in zip(steps, steps[1:])],
                              median_deg=med, q25_deg=q25, q75_deg=q75))
 
-# %% ../nbs/14_controls.ipynb #d0675fc7
+# %% ../nbs/14_controls.ipynb #889d97b7
 def gap_slope(angles: pd.DataFrame) -> dict:
     "How the per-link angle depends on the gap: least-squares slope (degrees per unit log2 gap) and Spearman rho."
     from scipy.stats import spearmanr
@@ -84,7 +84,7 @@ def gap_slope(angles: pd.DataFrame) -> dict:
     rho = float(spearmanr(x, y).statistic) if len(x) > 2 else float("nan")
     return dict(slope_deg_per_log2=slope, spearman=rho, median_deg=float(np.median(y)), max_deg=float(y.max()))
 
-# %% ../nbs/14_controls.ipynb #bca86ae1
+# %% ../nbs/14_controls.ipynb #a78a8e48
 def headline(result: dict, angles: pd.DataFrame) -> dict:
     """The numbers every claim rests on, for one chain: class fractions (first, middle, final step), pattern counts
     and how many features change at all, stage boundaries, drift phases and cosines to final, formation steps,
@@ -101,12 +101,12 @@ def headline(result: dict, angles: pd.DataFrame) -> dict:
 
 CONTROLS = ("paper", "null", "backward", "independent")
 
-# %% ../nbs/14_controls.ipynb #2720b32e
+# %% ../nbs/14_controls.ipynb #3529e1dd
 def _built(out, name: str) -> bool:
     try: SAESeries.load(chain_dir(out, name)); return True
     except SaetrackError: return False
 
-# %% ../nbs/14_controls.ipynb #bf377729
+# %% ../nbs/14_controls.ipynb #6ff280b9
 def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, null_at: int | None = None,
                  controls=CONTROLS) -> dict:
     """Build (or reuse) the `controls` of the run in `out`: the paper-recipe, null and backward chains, and the
@@ -148,12 +148,12 @@ def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, 
     atomic_write_json(controls_dir(out)/"controls.json", res)
     return res
 
-# %% ../nbs/14_controls.ipynb #7a68e159
+# %% ../nbs/14_controls.ipynb #54796f95
 def _by_step(d: dict) -> dict:
     "{'step N': v} in step order (JSON files store keys sorted as text)."
     return dict(sorted(d.items(), key=lambda kv: int(kv[0].split()[1])))
 
-# %% ../nbs/14_controls.ipynb #bd582645
+# %% ../nbs/14_controls.ipynb #cafbbb8e
 def controls_table(res: dict) -> pd.DataFrame:
     "One row per headline number, one column per chain."
     rows = {}
@@ -176,7 +176,7 @@ def controls_table(res: dict) -> pd.DataFrame:
         rows[name] = col
     return pd.DataFrame(rows)
 
-# %% ../nbs/14_controls.ipynb #4ec493c9
+# %% ../nbs/14_controls.ipynb #817f77fb
 def independent_table(res: dict) -> pd.DataFrame:
     "(c) Per studied step: class shares of the converged independent SAEs (mean over seeds) beside the series', and matching."
     ind = res.get("independent")
@@ -192,7 +192,7 @@ def independent_table(res: dict) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows).set_index("step")
 
-# %% ../nbs/14_controls.ipynb #1dffc947
+# %% ../nbs/14_controls.ipynb #8d875b2c
 def independent_saes(out, train_acts: dict, eval_acts: dict, n_seeds: int = 3, n_steps: int = 4, progress: bool = True) -> dict:
     """(c) Converged from-scratch SAEs, `n_seeds` seeds, at `n_steps` checkpoints spread (by index) over those the recipe
     study trained references at (the studied steps and the steps it warm-starts from): the study's own where they exist,
@@ -216,7 +216,7 @@ def independent_saes(out, train_acts: dict, eval_acts: dict, n_seeds: int = 3, n
                 res[step].append(Path(scratch_reference(cfg, train_acts[step], ev, step, s, convergence_dir(out))["dir"])); bar.update()
     return res
 
-# %% ../nbs/14_controls.ipynb #d5f14d45
+# %% ../nbs/14_controls.ipynb #e24e3c45
 def independent_check(out, result: dict, sae_dirs: dict, progress: bool = True) -> dict:
     """(c) The converged independent SAEs `sae_dirs` ({step: [dirs]}, from `independent_saes`) classified with the series'
     rule on the same contexts: class fractions beside the series' at those steps; Hungarian decoder matching between
@@ -257,11 +257,11 @@ def independent_check(out, result: dict, sae_dirs: dict, progress: bool = True) 
                          series_vs_independent=round(float(np.median(vs)), 4)))
     return dict(rows=rows, classes=[sm.CLASS_NAMES[c] for c in range(4)])
 
-# %% ../nbs/14_controls.ipynb #a2d80ded
+# %% ../nbs/14_controls.ipynb #38116a04
 CHAIN_STYLE = {"series": ("tab:blue", "-", "o"), "paper": ("tab:red", "--", "s"), "null": ("0.35", ":", "x"),
                "backward": ("tab:green", "-.", "^")}
 
-# %% ../nbs/14_controls.ipynb #e5fab1ee
+# %% ../nbs/14_controls.ipynb #107e245e
 def plot_controls(res: dict, path=None):
     """Four panels, every chain in the same colour throughout: per-link decoder angle against the checkpoint gap;
     median cosine to the final decoder; token- and concept-level shares; transition-pattern counts."""

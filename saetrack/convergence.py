@@ -22,7 +22,7 @@ __all__ = ['PAPER', 'Recipe', 'recipe_grid', 'frontier_nmse', 'Match', 'first_at
            'scratch_reference', 'warm_start', 'recipe_study', 'recipe_summary', 'best_recipe', 'series_cost',
            'series_vs_reference', 'plot_recipes', 'plot_convergence']
 
-# %% ../nbs/13_convergence.ipynb #871fa768
+# %% ../nbs/13_convergence.ipynb #c89d8a5b
 @dataclass(frozen=True)
 class Recipe:
     "How a later SAE is trained from the previous one: lr as a multiple of the first SAE's, batch, Adam, warm-up, b_dec."
@@ -51,7 +51,7 @@ class Recipe:
 
 PAPER = Recipe()
 
-# %% ../nbs/13_convergence.ipynb #b4e84046
+# %% ../nbs/13_convergence.ipynb #370c457d
 def recipe_grid() -> list[Recipe]:
     """The sweep, one factor at a time: the paper's recipe; lr 1/3 and 1x; and at 1x (where the lr sweep ends),
     batch 1024, Adam carried over, a 10% warm-up, b_dec refitted."""
@@ -59,7 +59,7 @@ def recipe_grid() -> list[Recipe]:
     return [PAPER, Recipe(lr=1 / 3), fast, dataclasses.replace(fast, batch=1024), dataclasses.replace(fast, carry_adam=True),
             dataclasses.replace(fast, warmup=0.1), dataclasses.replace(fast, refit_b_dec=True)]
 
-# %% ../nbs/13_convergence.ipynb #d2b76290
+# %% ../nbs/13_convergence.ipynb #d1073ab2
 def frontier_nmse(points: list[tuple[float, float]], l0: float) -> float:
     """The scratch SAEs' nMSE-L0 frontier at `l0`: piecewise-linear in (log L0, log nMSE) through `points`
     [(l0, nmse), ...] (one per L1 coefficient), extended linearly beyond the outermost two."""
@@ -70,7 +70,7 @@ def frontier_nmse(points: list[tuple[float, float]], l0: float) -> float:
     t = (math.log(l0) - x[i]) / (x[i + 1] - x[i])
     return float(math.exp(y[i] + t * (y[i + 1] - y[i])))
 
-# %% ../nbs/13_convergence.ipynb #862b611a
+# %% ../nbs/13_convergence.ipynb #0c87eed6
 @dataclass(frozen=True)
 class Match:
     "'Matched' = held-out paper loss within `eps_loss` of the reference and nMSE within `eps_nmse` of the frontier at the same L0."
@@ -81,28 +81,28 @@ class Match:
         return (e["loss"] <= (1 + self.eps_loss) * ref_loss
                 and e["nmse"] <= (1 + self.eps_nmse) * frontier_nmse(frontier, e["l0"]))
 
-# %% ../nbs/13_convergence.ipynb #4f0aded1
+# %% ../nbs/13_convergence.ipynb #7feafd1d
 def first_at(evals: list[dict], ok) -> float:
     "Tokens at the first evaluation where `ok(evals[:i+1])` holds (inf if none)."
     return next((e["tokens"] for i, e in enumerate(evals) if ok(evals[:i + 1])), math.inf)
 
-# %% ../nbs/13_convergence.ipynb #d03e7326
+# %% ../nbs/13_convergence.ipynb #92fb5176
 def fraction_text(v: float, cap: float) -> str:
     "A token fraction for print: '> cap' when the warm start never matched within its capped budget."
     return f"> {cap:g}" if math.isinf(v) else f"{v:.3f}"
 
-# %% ../nbs/13_convergence.ipynb #8c1b4097
+# %% ../nbs/13_convergence.ipynb #64e0faea
 def spread(steps: list[int], n: int) -> list[int]:
     "`n` of `steps` (sorted) spread evenly by index, so log-spaced early steps count; the first and last included."
     steps = sorted(steps)
     return [steps[i] for i in sorted(set(np.linspace(0, len(steps) - 1, min(n, len(steps))).round().astype(int)))]
 
-# %% ../nbs/13_convergence.ipynb #caf1f85f
+# %% ../nbs/13_convergence.ipynb #131785d1
 def pick_steps(steps: list[int], n: int = 5) -> list[int]:
     "`n` steps spread evenly (by index) over all but the first: the studied steps, each warm-started from the one before."
     return spread(sorted(steps)[1:], n)
 
-# %% ../nbs/13_convergence.ipynb #0c63cb65
+# %% ../nbs/13_convergence.ipynb #79c2c58e
 def _cached_run(path: Path, key: str, fn) -> dict:
     "`fn()` once: its JSON result is kept at `path` under `key` (a killed study resumes where it stopped)."
     if (old := cached_json(path, key)) is not None: return old
@@ -112,7 +112,7 @@ def _cached_run(path: Path, key: str, fn) -> dict:
 
 _LATER = ("lr_next", "tokens_next", "batch_next", "warmup_next", "carry_adam", "refit_b_dec", "eval_every_next", "direction")
 
-# %% ../nbs/13_convergence.ipynb #9346a329
+# %% ../nbs/13_convergence.ipynb #61554380
 def scratch_reference(cfg: SAEConfig, train_dir, eval_rows, step: int, seed: int, out: Path, l1: float | None = None,
                       device="cpu", tag: str = "") -> dict:
     """A from-scratch SAE trained to the plateau rule (cap `cfg.tokens_first`), saved (with its Adam state) under
@@ -135,7 +135,7 @@ def scratch_reference(cfg: SAEConfig, train_dir, eval_rows, step: int, seed: int
         (out/"refs"/f"{name}.json").unlink(); return scratch_reference(cfg, train_dir, eval_rows, step, seed, out, l1, device, tag)
     return r
 
-# %% ../nbs/13_convergence.ipynb #1dc2a54f
+# %% ../nbs/13_convergence.ipynb #d033bed4
 def warm_start(cfg: SAEConfig, recipe: Recipe, train_dir, eval_rows, step: int, source: dict, seed: int, cap: int,
                matched, match_key: str, out: Path, device="cpu") -> dict:
     """`recipe` from the SAE in `source["dir"]` on `step`'s activations, scored on `eval_rows`, until it is `matched`
@@ -152,10 +152,10 @@ def warm_start(cfg: SAEConfig, recipe: Recipe, train_dir, eval_rows, step: int, 
     key = stable_hash([dataclasses.asdict(c), a.manifest["key"], step, source["key"], seed, len(eval_rows), match_key, "warm"])
     return _cached_run(out/"warm"/f"step{step}_seed{seed}_{stable_hash(recipe.name, 8)}.json", key, run)
 
-# %% ../nbs/13_convergence.ipynb #b3390ebf
+# %% ../nbs/13_convergence.ipynb #9de3c912
 def _median(xs): return float(np.median(xs))
 
-# %% ../nbs/13_convergence.ipynb #478aa05a
+# %% ../nbs/13_convergence.ipynb #1656de3a
 def recipe_study(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, steps=None, n_steps: int = 5, n_seeds: int = 3,
                  recipes: list[Recipe] | None = None, match: Match = Match(), max_fraction: float = 0.5,
                  l1_factors=(0.5, 2.0), progress: bool = True, device="cpu") -> dict:
@@ -218,7 +218,7 @@ def recipe_study(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, steps=N
     atomic_write_json(out/"study.json", res)
     return res
 
-# %% ../nbs/13_convergence.ipynb #84c136d7
+# %% ../nbs/13_convergence.ipynb #8f8c14f6
 def recipe_summary(res: dict):
     "Per recipe: median and worst token fraction over checkpoints and seeds, and how often its plateau is a match."
     import pandas as pd
@@ -227,7 +227,7 @@ def recipe_summary(res: dict):
     return pd.DataFrame(dict(median_fraction=g["fraction"].median(), worst_fraction=g["worst"].max(),
                              plateau_fraction=g["plateau_fraction"].median(), matched_at_plateau=g["matched_at_plateau"].mean()))
 
-# %% ../nbs/13_convergence.ipynb #e284d73f
+# %% ../nbs/13_convergence.ipynb #142c7ca3
 def best_recipe(res: dict) -> str:
     "The recipe with the lowest worst-case token fraction (ties: median), among those matched at every checkpoint if any."
     s = recipe_summary(res)
@@ -250,7 +250,7 @@ def series_cost(series, study: dict | None = None) -> dict:
                 scratch_tokens=int(T * ref), token_ratio=T * ref / float(m["tokens"].sum()),
                 series_seconds=float(m["seconds"].sum()), verdicts={str(k): int(v) for k, v in verdicts.items()})
 
-# %% ../nbs/13_convergence.ipynb #1cbf9b56
+# %% ../nbs/13_convergence.ipynb #fd07a524
 def series_vs_reference(series, res: dict, tol: float = 0.10) -> "pd.DataFrame":
     """At every studied step: the series' SAE against the converged scratch references on the study's held-out
     subset. `ok` = its nMSE is within `tol` (10%) of the references' nMSE-L0 frontier at its own L0; the median
@@ -269,13 +269,13 @@ def series_vs_reference(series, res: dict, tol: float = 0.10) -> "pd.DataFrame":
                          nmse_to_frontier=m["nmse"] / front, ok=bool(m["nmse"] <= (1 + tol) * front)))
     return pd.DataFrame(rows).set_index("step")
 
-# %% ../nbs/13_convergence.ipynb #0fcd8165
+# %% ../nbs/13_convergence.ipynb #5f316c7f
 def _study_rows(series, step: int, n: int) -> np.ndarray:
     "The held-out subset the study scored `step` on, from the run's eval cache beside the series."
     d = acts_dir(run_acts_root(series.path.parent), series.hook, "eval", series.acts_step(step))
     return eval_subset(load_activations(d).acts, n)
 
-# %% ../nbs/13_convergence.ipynb #b665d52c
+# %% ../nbs/13_convergence.ipynb #54a3fb29
 def plot_recipes(res: dict, path=None):
     """Left: at each studied checkpoint (labelled with its gap log2((t+1)/(t_prev+1))), each recipe's token fraction
     (median over seeds; the bar spans the seeds); never matched within the cap is an open triangle at the cap, matched
@@ -326,7 +326,7 @@ def plot_recipes(res: dict, path=None):
     if path is not None: save_figure(fig, path)
     return fig
 
-# %% ../nbs/13_convergence.ipynb #e058d886
+# %% ../nbs/13_convergence.ipynb #1175044d
 def plot_convergence(res: dict, path=None):
     """Held-out paper loss against tokens at each studied checkpoint: the scratch references (grey, one line per seed),
     the paper's recipe and the best recipe warm-started from the previous checkpoint (one line per seed)."""

@@ -16,24 +16,24 @@ __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_te
            'cached_json', 'clean_stale_tmp', 'stable_hash', 'to_tensor', 'check_steps', 'file_sha256', 'writable_dir',
            'read_state', 'run_lock', 'connect_error', 'resolve_device', 'world', 'from_rank0', 'distributed']
 
-# %% ../nbs/00_core.ipynb #ee24c9da
+# %% ../nbs/00_core.ipynb #3f43f2b5
 class SaetrackError(Exception):
     "A problem with the user's input or on-disk state; the message says how to fix it (CLI exit code 2)."
 
-# %% ../nbs/00_core.ipynb #218bc51d
+# %% ../nbs/00_core.ipynb #3cefe470
 class CorruptCacheError(SaetrackError):
     "A cache file failed its size or checksum test."
 
-# %% ../nbs/00_core.ipynb #73beae30
+# %% ../nbs/00_core.ipynb #767ece87
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
-# %% ../nbs/00_core.ipynb #581343fb
+# %% ../nbs/00_core.ipynb #59288ec4
 def _remove(p: Path):
     if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
     elif p.exists() or p.is_symlink(): p.unlink()
 
-# %% ../nbs/00_core.ipynb #7f3ea2c2
+# %% ../nbs/00_core.ipynb #e809da69
 @contextlib.contextmanager
 def atomic_path(path, is_dir: bool = False):
     "Yield a temporary path beside `path`; on success rename it onto `path` (replacing it), else delete it."
@@ -54,19 +54,19 @@ def atomic_path(path, is_dir: bool = False):
         _remove(tmp)
         raise
 
-# %% ../nbs/00_core.ipynb #6819abfa
+# %% ../nbs/00_core.ipynb #21c047df
 def atomic_write_text(path, text: str):
     with atomic_path(path) as tmp: Path(tmp).write_text(text)
 
-# %% ../nbs/00_core.ipynb #03b1c92a
+# %% ../nbs/00_core.ipynb #033a5e42
 def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
 
-# %% ../nbs/00_core.ipynb #555a9912
+# %% ../nbs/00_core.ipynb #fbbd6c59
 def read_json(path):
     return json.loads(Path(path).read_text())
 
-# %% ../nbs/00_core.ipynb #3ab1e6a4
+# %% ../nbs/00_core.ipynb #d6484260
 def cached_json(path, key):
     """The JSON cache at `path` if it exists, parses, and was written under `key` (its "key" field); else None: missing,
     stale or damaged, it is rebuilt. The one "is this cache still current?" check of the JSON caches."""
@@ -74,7 +74,7 @@ def cached_json(path, key):
     except (OSError, ValueError): return None
     return old if isinstance(old, dict) and old.get("key") == key else None
 
-# %% ../nbs/00_core.ipynb #244d73f0
+# %% ../nbs/00_core.ipynb #da6ab3cc
 def clean_stale_tmp(root, recursive: bool = True, names: tuple = ("*",)):
     """Remove temporaries left by a killed run (`.NAME.XXXX.tmp`) under `root`. A stage that shares a directory
     with others passes `recursive=False` and the glob `names` of its own entries, so it never deletes another
@@ -82,7 +82,7 @@ def clean_stale_tmp(root, recursive: bool = True, names: tuple = ("*",)):
     for name in names:
         for p in (Path(root).rglob if recursive else Path(root).glob)(f".{name}.*.tmp"): _remove(p)
 
-# %% ../nbs/00_core.ipynb #a825cbe6
+# %% ../nbs/00_core.ipynb #ddde506c
 def _json_default(o):
     if isinstance(o, (np.integer,)): return int(o)
     if isinstance(o, (np.floating,)): return float(o)
@@ -91,20 +91,20 @@ def _json_default(o):
         import dataclasses; return dataclasses.asdict(o)
     raise TypeError(f"cannot serialise {type(o).__name__}")
 
-# %% ../nbs/00_core.ipynb #1637e43e
+# %% ../nbs/00_core.ipynb #dca73d96
 def stable_hash(obj: Any, n: int = 16) -> str:
     "Hash of a JSON-able object (dataclasses allowed), independent of dict order."
     s = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
     return hashlib.sha256(s.encode()).hexdigest()[:n]
 
-# %% ../nbs/00_core.ipynb #af2e6ee7
+# %% ../nbs/00_core.ipynb #c0ff7836
 def to_tensor(x, dtype=None) -> torch.Tensor:
     "`x` (array, list or tensor) as a detached CPU tensor: of `dtype` if given, else float32 unless already floating."
     t = (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).detach().cpu()
     if dtype is not None: return t.to(dtype)
     return t if t.is_floating_point() else t.to(torch.float32)
 
-# %% ../nbs/00_core.ipynb #5436b80c
+# %% ../nbs/00_core.ipynb #56f02661
 def check_steps(steps, T: int) -> np.ndarray:
     "`steps` as int64, checked to be strictly increasing and one per checkpoint of data with `T` rows."
     s = np.asarray(steps, dtype=np.int64)
@@ -112,14 +112,14 @@ def check_steps(steps, T: int) -> np.ndarray:
     if np.any(np.diff(s) <= 0): raise SaetrackError("steps must be strictly increasing")
     return s
 
-# %% ../nbs/00_core.ipynb #6e270b36
+# %% ../nbs/00_core.ipynb #8796d19b
 def file_sha256(path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
 
-# %% ../nbs/00_core.ipynb #3e90e250
+# %% ../nbs/00_core.ipynb #4894bb95
 def writable_dir(path, flag: str = "--out") -> Path:
     "`path` as a directory saetrack may write into (it need not exist yet), or a one-line error naming `flag`'s fix."
     path = Path(path)
@@ -132,7 +132,7 @@ def writable_dir(path, flag: str = "--out") -> Path:
         raise SaetrackError(f"{flag} '{path}': cannot write in '{at}' (permission denied or read-only); choose a writable directory")
     return path
 
-# %% ../nbs/00_core.ipynb #5c569d94
+# %% ../nbs/00_core.ipynb #0ca9a181
 def read_state(path, fix: str) -> dict:
     "A JSON state file as a dict; a damaged one is a `SaetrackError` naming the file and `fix`."
     try: obj = read_json(path)
@@ -144,7 +144,7 @@ def read_state(path, fix: str) -> dict:
 
 _HELD: dict[Path, int] = {}        # run directories this process has locked, with a nesting count
 
-# %% ../nbs/00_core.ipynb #533d0686
+# %% ../nbs/00_core.ipynb #83774521
 @contextlib.contextmanager
 def run_lock(out):
     """Hold `out/.lock` while writing into the run directory `out` (created if missing); a second process gets a
@@ -183,14 +183,14 @@ def run_lock(out):
             except OSError: break
         f.close()
 
-# %% ../nbs/00_core.ipynb #09e3454a
+# %% ../nbs/00_core.ipynb #94993a72
 def connect_error(host: str, port: int = 443, timeout: float = 3.0) -> OSError | None:
     "Why a TCP connection to host:port does not open within `timeout` seconds, or None when it does (nothing is sent)."
     try: socket.create_connection((host, port), timeout=timeout).close()
     except OSError as e: return e
     return None
 
-# %% ../nbs/00_core.ipynb #36f4aa21
+# %% ../nbs/00_core.ipynb #5dcafab3
 def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:
     "`auto`, `cpu`, `cuda` or `cuda:N` as a `torch.device`; a one-line error naming the fix for anything else."
     spec = "cpu" if spec is None else str(spec)
@@ -206,13 +206,13 @@ def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:
                             + "; use --device cpu, or auto to take a GPU only when there is one")
     return torch.device("cuda", int(idx or 0))
 
-# %% ../nbs/00_core.ipynb #135506fd
+# %% ../nbs/00_core.ipynb #f439f171
 def world() -> tuple[int, int]:
     "(rank, number of processes) of this process: (0, 1) unless it is in a torch.distributed process group."
     import torch.distributed as dist
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
-# %% ../nbs/00_core.ipynb #d69f2d0d
+# %% ../nbs/00_core.ipynb #fd1e983e
 def from_rank0(fn, *args, **kw):
     """`fn(*args, **kw)` run on rank 0 alone, its result handed to every process (the others wait for it); an error
     there is raised on every process (a `SaetrackError` as itself). For one process, just `fn(*args, **kw)`."""
@@ -229,7 +229,7 @@ def from_rank0(fn, *args, **kw):
     if box[0][1] is not None: raise box[0][1]
     return box[0][0]
 
-# %% ../nbs/00_core.ipynb #4e0dc73b
+# %% ../nbs/00_core.ipynb #5b9bd857
 @contextlib.contextmanager
 def distributed(device="cpu"):
     """The block as one process of a torchrun launch (`WORLD_SIZE` > 1): join the process group (gloo on the CPU; nccl on

@@ -50,10 +50,10 @@ class Corpus:
         while n < len(self.docs) and total < max_bytes: total += len(self.docs[n].encode()); n += 1
         return Corpus(f"{self.name}[:{max_bytes}B]", self.ids[:n], self.docs[:n])
 
-# %% ../nbs/02_corpus.ipynb #2c09e0f1
+# %% ../nbs/02_corpus.ipynb #f1130a16
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3"}
 
-# %% ../nbs/02_corpus.ipynb #26a8c064
+# %% ../nbs/02_corpus.ipynb #21bb368c
 def stdlib_corpus() -> Corpus:
     "Every `.py` file of this interpreter's standard library outside test suites, sorted by relative path."
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -66,12 +66,12 @@ def stdlib_corpus() -> Corpus:
         if text.strip(): ids.append(rel.as_posix()); docs.append(text)
     return Corpus("stdlib", ids, docs)
 
-# %% ../nbs/02_corpus.ipynb #75e17dba
+# %% ../nbs/02_corpus.ipynb #6864c87b
 def _read_text(p: Path) -> str | None:
     try: return p.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError): return None
 
-# %% ../nbs/02_corpus.ipynb #d4a63378
+# %% ../nbs/02_corpus.ipynb #83c19b95
 def _paragraph_docs(text: str, size: int = 2048) -> list[str]:
     docs, cur = [], ""
     for para in re.split(r"\n\s*\n", text):
@@ -82,7 +82,7 @@ def _paragraph_docs(text: str, size: int = 2048) -> list[str]:
 
 MIN_FILES = 20   # fewer files than this are too coarse a unit for a held-out fraction: they are cut into paragraphs
 
-# %% ../nbs/02_corpus.ipynb #6c6e00e2
+# %% ../nbs/02_corpus.ipynb #7623942c
 def files_corpus(spec: str) -> Corpus:
     """A corpus from a directory, a glob pattern or a single text file. With `MIN_FILES` or more files each file is a
     document; with fewer (one `input.txt`, three plays) each is cut at paragraph boundaries into ~2 kB documents."""
@@ -105,7 +105,7 @@ def files_corpus(spec: str) -> Corpus:
         raise SaetrackError(f"corpus '{spec}' has no readable UTF-8 text files; pass a directory or glob of text files, or 'stdlib'")
     return Corpus(spec, ids, docs)
 
-# %% ../nbs/02_corpus.ipynb #9c68c8ab
+# %% ../nbs/02_corpus.ipynb #0b074575
 def hf_corpus(name: str, split: str = "train", column: str = "text") -> Corpus:
     "A Hugging Face dataset (needs network access or a local HF cache)."
     try:
@@ -119,11 +119,11 @@ def hf_corpus(name: str, split: str = "train", column: str = "text") -> Corpus:
     docs = [t for t in ds[column] if t and t.strip()]
     return Corpus(name, [f"{name}/{i}" for i in range(len(docs))], docs)
 
-# %% ../nbs/02_corpus.ipynb #816eb33d
+# %% ../nbs/02_corpus.ipynb #08e0279d
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith("/") or any(c in spec for c in "*?[")
 
-# %% ../nbs/02_corpus.ipynb #1605fc47
+# %% ../nbs/02_corpus.ipynb #79414223
 def load_corpus(spec: str = "stdlib", max_bytes: int | None = None) -> Corpus:
     "Resolve a corpus spec: 'stdlib', a local directory / glob / file, or a Hugging Face dataset name."
     if not spec or not str(spec).strip(): raise SaetrackError("empty corpus spec; pass 'stdlib' or a directory of text files")

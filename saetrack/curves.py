@@ -12,14 +12,14 @@ from .layout import run_json, log_json
 # %% auto #0
 __all__ = ['TRAIN_KEYS', 'EVAL_KEYS', 'LOGGERS', 'lm_rows', 'sae_rows', 'wandb_mode', 'CurveLog']
 
-# %% ../nbs/16_curves.ipynb #9441be2d
+# %% ../nbs/16_curves.ipynb #3c4dd32b
 def _rows(pairs) -> list[tuple[int, dict]]:
     "Merge (x, metrics) pairs that share an x; sorted by x."
     out: dict[int, dict] = {}
     for x, m in pairs: out.setdefault(int(x), {}).update({k: float(v) for k, v in m.items()})
     return sorted(out.items())
 
-# %% ../nbs/16_curves.ipynb #c3f7cdd9
+# %% ../nbs/16_curves.ipynb #1aa4b3cc
 def lm_rows(log: dict) -> list[tuple[int, dict]]:
     "The LM's `log.json` as rows by optimiser step: training loss of step s (before its update), held-out loss of each checkpoint."
     return _rows([*((s, {"train/loss": v}) for s, v in enumerate(log["train_loss"])),
@@ -28,7 +28,7 @@ def lm_rows(log: dict) -> list[tuple[int, dict]]:
 TRAIN_KEYS = ("loss", "mse_loss", "mse", "l1", "l0", "lr")
 EVAL_KEYS = ("loss", "nmse", "l0", "dead_frac", "explained_variance")
 
-# %% ../nbs/16_curves.ipynb #1c2ee6c9
+# %% ../nbs/16_curves.ipynb #0870a0bf
 def sae_rows(curve: dict) -> list[tuple[int, dict]]:
     """An SAE's `curve.json` as rows by tokens seen: a logged training batch at the tokens seen before it (the
     curve records step s's batch after it, at (s+1)·batch), each held-out evaluation at the tokens seen when it ran."""
@@ -36,10 +36,10 @@ def sae_rows(curve: dict) -> list[tuple[int, dict]]:
              for i, s in enumerate(curve["step"])]
     return _rows([*train, *((e["tokens"], {f"eval/{k}": e[k] for k in EVAL_KEYS}) for e in curve["eval"])])
 
-# %% ../nbs/16_curves.ipynb #87698aaf
+# %% ../nbs/16_curves.ipynb #69abab87
 LOGGERS = ("wandb", "tensorboard")
 
-# %% ../nbs/16_curves.ipynb #484089c5
+# %% ../nbs/16_curves.ipynb #937daa49
 def wandb_mode() -> str:
     "`WANDB_MODE` if set; else online only with an API key (environment or ~/.netrc) and api.wandb.ai reachable."
     if os.environ.get("WANDB_MODE"): return os.environ["WANDB_MODE"]
@@ -47,7 +47,7 @@ def wandb_mode() -> str:
     except (OSError, netrc.NetrcParseError): key = None
     return "online" if key and connect_error("api.wandb.ai") is None else "offline"
 
-# %% ../nbs/16_curves.ipynb #069b4b3b
+# %% ../nbs/16_curves.ipynb #3053cc19
 class CurveLog:
     "Send cached training curves to W&B or TensorBoard: `lm(run)` for the LM, `sae(step, d)` for each SAE of a series."
     def __init__(self, backend: str, out, group: str | None = None):

@@ -22,12 +22,12 @@ __all__ = ['BEFORE_COLOR', 'AFTER_COLOR', 'cos_to_final', 'consecutive_cos', 'st
 # %% ../nbs/50_drift.ipynb #59cdf35c
 BEFORE_COLOR, AFTER_COLOR = "tab:blue", "darkred"
 
-# %% ../nbs/50_drift.ipynb #119f71a3
+# %% ../nbs/50_drift.ipynb #2071bf43
 def _unit_rows(W: torch.Tensor) -> torch.Tensor:
     n = W.norm(dim=-1, keepdim=True)
     return torch.where(n > 0, W / n.clamp_min(1e-30), torch.zeros_like(W))
 
-# %% ../nbs/50_drift.ipynb #ab897a4d
+# %% ../nbs/50_drift.ipynb #6a8f60d4
 def cos_to_final(W) -> np.ndarray:
     """c[t, i] = cos(W[t, i], W[-1, i]) for decoders W [T, d_sae, d_in] -> float64 [T, d_sae]. Rows are
     re-normalised (no unit-norm assumption); zero rows give 0."""
@@ -36,13 +36,13 @@ def cos_to_final(W) -> np.ndarray:
     U = _unit_rows(W)
     return (U * U[-1:]).sum(-1).clamp(-1, 1).numpy()
 
-# %% ../nbs/50_drift.ipynb #ee85d7f5
+# %% ../nbs/50_drift.ipynb #37d0523a
 def consecutive_cos(W) -> np.ndarray:
     "cos(W[t, i], W[t+1, i]) -> [T-1, d_sae]."
     U = _unit_rows(to_tensor(W).to(torch.float64))
     return (U[1:] * U[:-1]).sum(-1).clamp(-1, 1).numpy()
 
-# %% ../nbs/50_drift.ipynb #4458cc4b
+# %% ../nbs/50_drift.ipynb #649454c9
 def stays_above_step(C, steps, threshold: float = 0.9) -> np.ndarray:
     "First step from which c_i(t) stays > threshold (the decoder has settled); -1 = never."
     return first_stays_above(C, steps, threshold)
@@ -102,14 +102,14 @@ def trajectory_pca(rows, return_pca: bool = False):
         Z[:, 0] *= -1; pca.components_[0] *= -1
     return (Z, pca) if return_pca else Z
 
-# %% ../nbs/50_drift.ipynb #1654bdaf
+# %% ../nbs/50_drift.ipynb #97e83756
 def _unit(W) -> torch.Tensor:
     return torch.nn.functional.normalize(to_tensor(W).to(torch.float64), dim=-1)
 
-# %% ../nbs/50_drift.ipynb #abf94906
+# %% ../nbs/50_drift.ipynb #1c252b17
 def _angle(a, b) -> torch.Tensor: return torch.arccos((a * b).sum(-1).clamp(-1, 1))
 
-# %% ../nbs/50_drift.ipynb #7b0cfd6e
+# %% ../nbs/50_drift.ipynb #7ac20941
 def straightness(W) -> np.ndarray:
     """Per feature, the angle between its first and last decoder rows over the sum of its per-link angles
     (W [T, F, d] or one feature's [T, d]; NaN where the rows never move)."""
@@ -117,7 +117,7 @@ def straightness(W) -> np.ndarray:
     total = _angle(X[:-1], X[1:]).sum(0)
     return (_angle(X[0], X[-1]) / total).where(total > 0, torch.tensor(float("nan"), dtype=torch.float64)).numpy()
 
-# %% ../nbs/50_drift.ipynb #c2cd6495
+# %% ../nbs/50_drift.ipynb #b5103b79
 def step_persistence(W) -> np.ndarray:
     """Cosine between successive steps (W[t+1] - W[t] and W[t+2] - W[t+1]) of each decoder path: [T-2, F] (or [T-2]).
     Near 1 where a path keeps its heading, near 0 for random turns, negative where it steps back and forth."""
@@ -125,7 +125,7 @@ def step_persistence(W) -> np.ndarray:
     D = torch.nn.functional.normalize(X[1:] - X[:-1], dim=-1)
     return (D[:-1] * D[1:]).sum(-1).numpy()
 
-# %% ../nbs/50_drift.ipynb #0c20d455
+# %% ../nbs/50_drift.ipynb #3441067b
 def null_walk(W, seed: int = 0) -> torch.Tensor:
     """The trajectory null: from each feature's first row, turn at every link by that link's own angle toward a
     uniformly random direction orthogonal to the current point (W [T, F, d] or [T, d]; same shape out, unit rows)."""
@@ -140,7 +140,7 @@ def null_walk(W, seed: int = 0) -> torch.Tensor:
         out.append(x)
     return torch.stack(out)
 
-# %% ../nbs/50_drift.ipynb #636caaec
+# %% ../nbs/50_drift.ipynb #e2e54941
 def plot_drift_hist(C, steps, at_steps, bins: int = 100, live=None):
     """Checkpoint-centric drift (Fig. 6a): for each step in `at_steps`, histogram over (live) latents of
     cos(d_i[t], d_i[final]) (100 bins on [-1, 1], log count axis)."""
@@ -161,7 +161,7 @@ def plot_drift_hist(C, steps, at_steps, bins: int = 100, live=None):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/50_drift.ipynb #6611e882
+# %% ../nbs/50_drift.ipynb #3115e8df
 def plot_drift_curves(C, steps, features, live=None, phases: PhaseFit | None = None, quantiles=(10, 25, 75, 90)):
     """Feature-centric drift (Fig. 6b): cos to final vs training step for `features` (left) and median with
     25-75 and 10-90 % bands over all (live) latents (right); optional `phases` (a PhaseFit of the median
@@ -193,7 +193,7 @@ def plot_drift_curves(C, steps, features, live=None, phases: PhaseFit | None = N
     fig.tight_layout()
     return fig
 
-# %% ../nbs/50_drift.ipynb #5bba3fd4
+# %% ../nbs/50_drift.ipynb #4dfb1898
 def plot_drift_after_formation(d: Mapping[str, np.ndarray], classes, steps=None, settle: float = 0.9):
     """Drift after formation (`drift_after_formation` output) by class: (a) fraction of features formed by each
     step (solid) and fraction whose decoder has settled, i.e. stays within arccos(settle) of its final direction
@@ -231,7 +231,7 @@ def plot_drift_after_formation(d: Mapping[str, np.ndarray], classes, steps=None,
     fig.tight_layout()
     return fig
 
-# %% ../nbs/50_drift.ipynb #e26e033f
+# %% ../nbs/50_drift.ipynb #9491cecd
 def plot_trajectories(W, features, formation_steps, steps, ncols: int = 4, classes=None, titles=None):
     """Fig. 7 grid: PCA(2) trajectory of each feature's decoder rows W[:, i, :] over the series; points and
     segments before the formation step blue, from it on dark red; Init/Final labelled. `formation_steps` is

@@ -32,7 +32,7 @@ def context_windows(idx, L: int, before: int = 12, after: int = 4) -> np.ndarray
     ok = (idx[..., None] >= 0) & (col >= 0) & (col < L)
     return np.where(ok, idx[..., None] + off, -1)
 
-# %% ../nbs/75_explorer.ipynb #72ca63f0
+# %% ../nbs/75_explorer.ipynb #ecd5fb75
 def encode_pass(encoder, acts, hmax, n_bins: int = 24, batch: int = 16384):
     """One pass of `encoder` (an SAE, or anything `semantics.as_encode_fn` takes) over `acts` [N, d_in]. `hmax` [F]: the
     upper edge of each latent's histogram. Returns (hist [F, n_bins] int64 counts of positive activations, fires [F]
@@ -52,7 +52,7 @@ def encode_pass(encoder, acts, hmax, n_bins: int = 24, batch: int = 16384):
             fires += np.bincount(f, minlength=F)
     return hist.reshape(F, n_bins), fires
 
-# %% ../nbs/75_explorer.ipynb #e03b6d56
+# %% ../nbs/75_explorer.ipynb #329ae002
 def context_acts(encoder, acts, pos, feat, batch: int = 16384) -> np.ndarray:
     "The activation of latent `feat[j]` at row `pos[j]` of `acts` (float32), encoding only the distinct rows asked for."
     enc, feat = sm.as_encode_fn(encoder), np.asarray(feat, np.int64)
@@ -81,10 +81,10 @@ def decoder_neighbours(W, n: int = 8, block: int = 4096) -> tuple[np.ndarray, np
         ids[s:s + block], cos[s:s + block] = i.numpy(), v.numpy()
     return ids, cos
 
-# %% ../nbs/75_explorer.ipynb #e78dd21a
+# %% ../nbs/75_explorer.ipynb #4858556f
 EXPLORER_VERSION = 2       # bump when the pages change (2: histograms and firing rates on the held-out tokens)
 
-# %% ../nbs/75_explorer.ipynb #b4adf5fe
+# %% ../nbs/75_explorer.ipynb #0f606c9f
 @dataclasses.dataclass(frozen=True)
 class ExplorerConfig:
     "What the pages show; every setting enters the explorer's cache key."
@@ -99,7 +99,7 @@ class ExplorerConfig:
         bad = [f"{k} = {getattr(self, k)} (at least {v})" for k, v in low.items() if getattr(self, k) < v]
         if bad: raise SaetrackError("explorer setting out of range: " + ", ".join(bad))
 
-# %% ../nbs/75_explorer.ipynb #a5d69be7
+# %% ../nbs/75_explorer.ipynb #20546ca0
 def explorer_data(out, result: dict, cfg: ExplorerConfig = ExplorerConfig(), progress: bool = False) -> dict:
     """What the pages need beyond the cached analysis `result` of the series in `out`: context token ids `ctx_tokens`
     and activations `ctx_acts` [T, F, n_contexts, before + 1 + after] (-1 / 0 outside the row), histograms `hist`
@@ -138,16 +138,16 @@ def explorer_data(out, result: dict, cfg: ExplorerConfig = ExplorerConfig(), pro
 
 _POOL_NAME = {"train": "training", "eval": "held-out"}
 
-# %% ../nbs/75_explorer.ipynb #1d08c390
+# %% ../nbs/75_explorer.ipynb #f6730d34
 _VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}
 
-# %% ../nbs/75_explorer.ipynb #6c235134
+# %% ../nbs/75_explorer.ipynb #ff1b4873
 def token_html(s: str) -> str:
     "A token's text, safe inside HTML text and attribute values, with whitespace other than spaces made visible."
     s = "".join(_VISIBLE.get(ch) or (chr(0x2400 + ord(ch)) if ord(ch) < 32 else ch) for ch in s)
     return html.escape(s, quote=True)
 
-# %% ../nbs/75_explorer.ipynb #b299ad41
+# %% ../nbs/75_explorer.ipynb #f4df67f0
 def context_html(tokens, acts, centre: int, esc) -> str:
     """One context line: token ids `tokens` (-1 = none) with their activations `acts`; `centre` is the peak's
     position; `esc[id]` is the token's escaped text. Shade level 1-9 = activation / peak activation."""
@@ -161,11 +161,11 @@ def context_html(tokens, acts, centre: int, esc) -> str:
         else: parts.append(esc[t])
     return "".join(parts)
 
-# %% ../nbs/75_explorer.ipynb #a15c659e
+# %% ../nbs/75_explorer.ipynb #21588a36
 def _fmt(x, spec: str = ".2f", none: str = "–") -> str:
     return none if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
-# %% ../nbs/75_explorer.ipynb #8c2440c4
+# %% ../nbs/75_explorer.ipynb #0d965c02
 def histogram_svg(counts, top: float, scale: float, width: int = 200, height: int = 44) -> str:
     """Bars of `counts` (equal bins from 0 to `top`), height log(1 + count) / log(1 + `scale`) (`scale`: the largest
     count this latent has at any checkpoint, so the bars compare down the page), with the axis range written below."""
@@ -179,13 +179,13 @@ def histogram_svg(counts, top: float, scale: float, width: int = 200, height: in
             f'<path d="M0 {h + .5}H{width}" stroke="#999"/>' + (f'<path d="{bars}" fill="#4c78a8"/>' if bars else "") +
             f'<text x="0" y="{height - 1}">0</text><text x="{width}" y="{height - 1}" text-anchor="end">{top:.3g}</text></svg>')
 
-# %% ../nbs/75_explorer.ipynb #5726b33b
+# %% ../nbs/75_explorer.ipynb #17f7669d
 def _xlog(steps, x0: float, x1: float):
     lx = np.log10(np.asarray(steps, float) + 1)
     span = max(lx[-1] - lx[0], 1e-9)
     return lambda s: x0 + (math.log10(s + 1) - lx[0]) / span * (x1 - x0)
 
-# %% ../nbs/75_explorer.ipynb #31f9cc6a
+# %% ../nbs/75_explorer.ipynb #103678c1
 def overview_svg(steps, cos, M, classes, marks: dict, floor: float | None = None, width: int = 660, height: int = 200) -> str:
     """A latent's whole history on one chart against log(step + 1): cosine of its decoder row to the final one (blue,
     one dot per checkpoint in the colour of its class there, linking to that checkpoint's section), the progress
@@ -222,7 +222,7 @@ def overview_svg(steps, cos, M, classes, marks: dict, floor: float | None = None
                      f'{sm.CLASS_NAMES[c]}, cos {v:.2f}</title></circle></a>')
     return "".join(g) + "</svg>"
 
-# %% ../nbs/75_explorer.ipynb #a224b79c
+# %% ../nbs/75_explorer.ipynb #6fca1222
 _CSS = ("body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1180px;"
         "padding:10px 22px 40px;color:#1d1d1d;background:#fff}a{color:#0b5cad;text-decoration:none}a:hover{text-decoration:underline}"
         "h1{font-size:21px;margin:8px 0 4px}h2{font-size:16px;margin:18px 0 6px}h3{font-size:15px;margin:0 0 4px}"
@@ -250,27 +250,27 @@ _CSS = ("body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,Helvetica
         "th[aria-sort=ascending]::after{content:' ▲'}th[aria-sort=descending]::after{content:' ▼'}tbody tr:hover{background:#f6f9ff}"
         ".muted{color:#777}ol.nb{display:flex;flex-wrap:wrap;gap:2px 16px;margin:0;padding:0;list-style:none;font-size:13px}")
 
-# %% ../nbs/75_explorer.ipynb #db5d9d78
+# %% ../nbs/75_explorer.ipynb #cf7d8e64
 def _page(title: str, body: str, script: str = "") -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>{body}"
             + (f"<script>{script}</script>" if script else "") + "</body></html>\n")
 
-# %% ../nbs/75_explorer.ipynb #71672a47
+# %% ../nbs/75_explorer.ipynb #43c33c12
 def _badge(c: int) -> str: return f'<span class="cls k{c}">{sm.CLASS_NAMES[int(c)]}</span>'
 
-# %% ../nbs/75_explorer.ipynb #152fdbdf
+# %% ../nbs/75_explorer.ipynb #fcc5e826
 def _label(e: str) -> str:
     "A token shown on its own (an escaped string): spaces made visible as ␣."
     return f"<code>{e.replace(' ', '␣')}</code>"
 
-# %% ../nbs/75_explorer.ipynb #3b49b2f2
+# %% ../nbs/75_explorer.ipynb #18cdc303
 def _context_list(D: dict, t: int, i: int, esc, before: int) -> str:
     items = [f'<li><span class="v">{float(a[before]):.3g}</span><span class="ctx">{context_html(tok, a, before, esc)}</span></li>'
              for tok, a in zip(D["ctx_tokens"][t, i], D["ctx_acts"][t, i]) if tok[before] >= 0]
     return f'<ol class="ctxs">{"".join(items)}</ol>' if items else f'<p class="muted">no positive activation on the {D["pool_name"]} tokens</p>'
 
-# %% ../nbs/75_explorer.ipynb #c9421dd1
+# %% ../nbs/75_explorer.ipynb #d9bb4bc2
 def feature_page(i: int, R: dict, D: dict, esc) -> str:
     """The page of latent `i` from the cached analysis `R`, `explorer_data` output `D` and the escaped vocabulary `esc`."""
     steps, T, F = D["steps"], len(D["steps"]), len(R["live"])
@@ -331,7 +331,7 @@ def feature_page(i: int, R: dict, D: dict, esc) -> str:
             + "".join(secs))
     return _page(f"latent {i}", body)
 
-# %% ../nbs/75_explorer.ipynb #2914c18e
+# %% ../nbs/75_explorer.ipynb #599420eb
 _INDEX_JS = r"""(()=>{const t=document.getElementById('lat'),tb=t.tBodies[0],rows=[...tb.rows],ths=[...t.tHead.rows[0].cells];
 let key=null,dir=1;const val=(r,k,n)=>{const v=r.dataset[k];return n?(v===''?NaN:+v):v};
 function sortBy(th){const k=th.dataset.k,n=th.classList.contains('n');dir=key===k?-dir:1;key=k;
@@ -348,7 +348,7 @@ const ok=(!c||d.c===c)&&(!p||d.p===p)&&(f0===null||f>=f0)&&(f1===null||f<=f1)&&(
 q('count').textContent=n+' of '+rows.length+' latents shown'}
 document.querySelectorAll('.filters input,.filters select').forEach(e=>e.addEventListener('input',filter));filter()})();"""
 
-# %% ../nbs/75_explorer.ipynb #76a27097
+# %% ../nbs/75_explorer.ipynb #a20ef7b3
 def _fractions_svg(R: dict, width: int = 660, height: int = 120) -> str:
     "Class fractions at every checkpoint, stacked bars (token, concept, noise, dead from the bottom)."
     steps, fr = [int(s) for s in R["steps"]], np.asarray(R["class_fractions"])
@@ -365,7 +365,7 @@ def _fractions_svg(R: dict, width: int = 660, height: int = 120) -> str:
         g.append(f'<text x="{(t + .5) * bw:.1f}" y="{height - 4}" text-anchor="middle">{s:,}</text>')
     return "".join(g) + "</svg>"
 
-# %% ../nbs/75_explorer.ipynb #08f620b5
+# %% ../nbs/75_explorer.ipynb #dcaa5c55
 def index_page(R: dict, D: dict, esc, title: str) -> str:
     "The table of every latent, sortable by clicking a column header and filterable by the controls above it."
     main, F = R["config"]["formation_space"], len(R["live"])
@@ -447,10 +447,10 @@ def build_explorer(out, result: dict | None = None, cfg: ExplorerConfig = Explor
                                                          config=dataclasses.asdict(cfg), summary=summary), indent=1) + "\n")
     return dict(summary, dir=str(dest), index=str(dest/"index.html"), reused=False)
 
-# %% ../nbs/75_explorer.ipynb #dd6eaa3b
+# %% ../nbs/75_explorer.ipynb #7fae6730
 _REF_ATTRS = {"src", "href", "action", "formaction", "data", "poster", "srcset", "background", "xlink:href"}
 
-# %% ../nbs/75_explorer.ipynb #1bc02538
+# %% ../nbs/75_explorer.ipynb #8c1a1462
 def external_refs(text: str) -> list[str]:
     """Every reference in the HTML `text` that would leave its directory's files: a URL attribute (src, href, ...) with a
     scheme (http:, https:, data:, ...) or starting with //, and any url(...) or @import in a style. Text content,
@@ -472,11 +472,11 @@ def external_refs(text: str) -> list[str]:
     P().feed(text)
     return found
 
-# %% ../nbs/75_explorer.ipynb #04f36bda
+# %% ../nbs/75_explorer.ipynb #e9d97e12
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-extensions", "--hide-scrollbars", "--mute-audio")
 
-# %% ../nbs/75_explorer.ipynb #88870721
+# %% ../nbs/75_explorer.ipynb #e6be0d4b
 def find_chromium() -> str | None:
     "The Chromium (or Chrome) executable: $SAETRACK_CHROMIUM, else the first of chromium, chromium-browser, google-chrome on PATH."
     import shutil
@@ -484,7 +484,7 @@ def find_chromium() -> str | None:
         if name and (p := shutil.which(name)): return p
     return None
 
-# %% ../nbs/75_explorer.ipynb #7ebd10b7
+# %% ../nbs/75_explorer.ipynb #f765d64a
 class Chromium:
     """Headless Chromium driven over the DevTools protocol on a pipe, standard library only (a context manager):
     `open(url)`, `js(expression)`, `click(selector)`, `screenshot(path)`; `errors` lists every console error, uncaught

@@ -20,14 +20,14 @@ from .layout import run_json, log_json, series_path, analysis_dir, convergence_d
 # %% auto #0
 __all__ = ['FIGURE_SEED', 'plot_analysis', 'plot_matching', 'scaling_runs', 'plot_scaling', 'head_commit', 'make_figures']
 
-# %% ../nbs/81_figures.ipynb #e28f391c
+# %% ../nbs/81_figures.ipynb #2d7e9304
 def _live_classes(result: dict) -> tuple[np.ndarray, np.ndarray]:
     "Columns (feature ids) of live token/concept features at the end, and their class names."
     cls = class_names(result["classes"][-1])
     ids = np.flatnonzero(result["live"] & np.isin(cls, ["token", "concept"]))
     return ids, cls[ids]
 
-# %% ../nbs/81_figures.ipynb #67b6f3af
+# %% ../nbs/81_figures.ipynb #2bc57439
 def _fig_semantics(result, save, decode, tokens, seed) -> dict:
     steps, classes = result["steps"], result["classes"]
     bounds = tuple(int(b) for b in result["stages"]["boundaries"])
@@ -67,14 +67,14 @@ def _fig_semantics(result, save, decode, tokens, seed) -> dict:
                                   "Fig. 2 (transition patterns, top activations)")
     return made
 
-# %% ../nbs/81_figures.ipynb #7cdfb141
+# %% ../nbs/81_figures.ipynb #111abb08
 def _top_tokens(result: dict, f: int, tokens, decode, n: int = 2) -> str:
     "The `n` most frequent activating tokens among feature f's final datapoints, e.g. \"'while', ' if'\"."
     toks = [sm.printable_token(decode(int(t))) for t in sm.token_at(tokens, result["datapoints"][f]) if t >= 0]
     vals, cnt = np.unique(toks, return_counts=True)
     return ", ".join(f"'{v}'" for v in vals[np.argsort(-cnt, kind="stable")][:n])
 
-# %% ../nbs/81_figures.ipynb #ef0dcf33
+# %% ../nbs/81_figures.ipynb #06d328b3
 def _illustrations(M, cls, n_chosen: int, n_token: int, n_random: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """Columns of M to illustrate: `n_chosen` picked by outcome (`choose_features`: highest final M, largest rise) and
     `n_random` drawn at random (seeded) from the other finite columns, each with its tag ("chosen" or "random")."""
@@ -83,7 +83,7 @@ def _illustrations(M, cls, n_chosen: int, n_token: int, n_random: int, seed: int
     rnd = np.sort(np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False))
     return np.concatenate([pick, rnd]).astype(np.int64), ["chosen"] * len(pick) + ["random"] * len(rnd)
 
-# %% ../nbs/81_figures.ipynb #07aaf0b4
+# %% ../nbs/81_figures.ipynb #5debc8bd
 def _fig_formation(result, save, acts_at, umap: bool, tokens, decode, seed: int = 0) -> dict:
     steps, made = result["steps"], {}
     save(fm.plot_feature_region_toy(), "feature_region_toy")
@@ -118,7 +118,7 @@ def _fig_formation(result, save, acts_at, umap: bool, tokens, decode, seed: int 
                                "Fig. 4 (UMAP of activation sets)")
     return made
 
-# %% ../nbs/81_figures.ipynb #2a44ebd6
+# %% ../nbs/81_figures.ipynb #60690f44
 def _fig_drift(result, save, W, seed) -> dict:
     steps, made = result["steps"], {}
     C, live = result["cos_to_final"], result["live"]
@@ -155,10 +155,10 @@ def _fig_drift(result, save, W, seed) -> dict:
                             "Fig. 7 (feature trajectories), with its null")
     return made
 
-# %% ../nbs/81_figures.ipynb #7a26b00e
+# %% ../nbs/81_figures.ipynb #e7b92bbf
 FIGURE_SEED = 0   # draws the figures' random example features (recorded in reproduce.json)
 
-# %% ../nbs/81_figures.ipynb #485711e2
+# %% ../nbs/81_figures.ipynb #92758e3b
 def plot_analysis(out, figures_dir, result: dict | None = None, umap: bool = True, seed: int = FIGURE_SEED,
                   formats=("png", "pdf")) -> dict:
     """Write every stages / transitions / formation / drift figure of the run in `out` into `figures_dir` (PNG + PDF)
@@ -182,18 +182,18 @@ def plot_analysis(out, figures_dir, result: dict | None = None, umap: bool = Tru
     made.update(_fig_drift(result, save, series.decoders(), seed))
     return {k: dict(shows=v[0], paper=v[1]) for k, v in made.items()}
 
-# %% ../nbs/81_figures.ipynb #7e49735c
+# %% ../nbs/81_figures.ipynb #8ff9cee8
 def _ecdf(ax, sim, mask, label, **kw):
     s = np.sort(np.asarray(sim)[np.asarray(mask, bool)]) if mask is not None else np.sort(sim)
     if len(s): ax.step(s, np.arange(1, len(s) + 1) / len(s), where="post", label=f"{label} (med {np.median(s):.2f})", **kw)
 
-# %% ../nbs/81_figures.ipynb #f3f443b6
+# %% ../nbs/81_figures.ipynb #a02d025e
 def _ecdf_axes(ax, title):
     ax.set_title(title, fontsize=10); ax.set_xlim(-0.1, 1.02); ax.set_ylim(0, 1)
     ax.axvline(0.9, color="grey", lw=0.6, ls=":"); ax.axvline(0.7, color="grey", lw=0.6, ls=":")
     ax.set_xlabel("match cosine (decoder)"); ax.grid(alpha=0.3); ax.legend(fontsize=7.5, loc="upper left")
 
-# %% ../nbs/81_figures.ipynb #a0b4040a
+# %% ../nbs/81_figures.ipynb #7583eef0
 def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", "pdf")) -> dict:
     """Every baseline figure of the run in `out` as PNG + PDF; returns their descriptions. `result` defaults to what
     `saetrack baseline` cached (`cached_baseline`: nothing is trained; a missing or stale cache is a one-line error
@@ -268,12 +268,12 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
         save(fig, "matching_document003", "left: match-cosine ECDFs at the final step across seeds, dictionary sizes (partial matching), SAE types and decoder vs encoder matching; right: mean latent activation and L0 of the final SAE-Track SAE by token position")
     return made
 
-# %% ../nbs/81_figures.ipynb #f6f98778
+# %% ../nbs/81_figures.ipynb #dfaa90fe
 def scaling_runs(root) -> dict:
     "The scaling presets with an analysed series under `root`, in width order: {preset: run dir}."
     return {n: Path(root)/n for n in SIZES if (analysis_dir(series_path(Path(root)/n))/"analysis.json").exists()}
 
-# %% ../nbs/81_figures.ipynb #ceeab179
+# %% ../nbs/81_figures.ipynb #8b1ec45c
 def plot_scaling(runs: dict, path=None, results: dict | None = None):
     """Class shares and drift of each analysed run {name: run dir}, side by side: each run's analysis from `results`
     {name: analysis} or else from its cache (`cached_analysis`: a missing or stale one names the command to run)."""
@@ -304,14 +304,14 @@ def plot_scaling(runs: dict, path=None, results: dict | None = None):
     if path is not None: save_figure(fig, path)
     return fig
 
-# %% ../nbs/81_figures.ipynb #548c7fea
+# %% ../nbs/81_figures.ipynb #d2b514b4
 def head_commit() -> str:
     import subprocess
     try: return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
                                cwd=Path(__file__).parent).stdout.strip()
     except Exception: return "unknown"
 
-# %% ../nbs/81_figures.ipynb #5408fa4d
+# %% ../nbs/81_figures.ipynb #bfc31d9c
 def make_figures(out, figures="figures") -> dict:
     """Every figure that the caches under `out` support, as PNG + PDF in `figures`, plus MANIFEST.json. It only reads:
     every cache a figure needs is read and checked first, and a missing or stale analysis (or a stale baseline, or a

@@ -19,12 +19,12 @@ __all__ = ['MEASURES', 'WJ_EPS', 'CLASS_MARKERS', 'plot_feature_region_toy', 'me
            'formation_step', 'choose_features', 'umap_embed', 'plot_umap_panels', 'plot_progress',
            'plot_measure_robustness', 'plot_formation_distribution']
 
-# %% ../nbs/40_formation.ipynb #b4902d25
+# %% ../nbs/40_formation.ipynb #64bbadfe
 MEASURES = ("cosine", "jaccard", "wjaccard")
 WJ_EPS = 1e-8
 CLASS_MARKERS = {"token": "o", "concept": "D"}
 
-# %% ../nbs/40_formation.ipynb #9bccf951
+# %% ../nbs/40_formation.ipynb #4e8be3e7
 def _check_measure(measure: str) -> str:
     if measure not in MEASURES: raise SaetrackError(f"unknown similarity measure {measure!r}; use one of {MEASURES}")
     return measure
@@ -76,7 +76,7 @@ def plot_feature_region_toy(seed: int = 0, k: int = 25):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/40_formation.ipynb #3124e89d
+# %% ../nbs/40_formation.ipynb #c3080007
 def _mp_block(X: torch.Tensor, measure: str) -> torch.Tensor:
     "X [B, n, D] -> [B] float64 mean over ordered pairs a != b."
     B, n, D = X.shape
@@ -101,7 +101,7 @@ def _mp_block(X: torch.Tensor, measure: str) -> torch.Tensor:
     sim = ((ss - l1) * 0.5).clamp_min(0.0) / ((ss + l1) * 0.5 + WJ_EPS)
     return sim.masked_fill(torch.eye(n, dtype=torch.bool), 0.0).sum((1, 2)) / npairs
 
-# %% ../nbs/40_formation.ipynb #af82f660
+# %% ../nbs/40_formation.ipynb #d4b97d97
 def mean_pairwise(X, measure: str = "cosine", batch: int = 256) -> np.ndarray:
     """Mean similarity over ordered pairs a != b of the rows of X [..., n, D] -> [...] (float64), vectorised
     over the leading dims, `batch` sets at a time (memory O(batch * n * (n + D)))."""
@@ -115,11 +115,11 @@ def mean_pairwise(X, measure: str = "cosine", batch: int = 256) -> np.ndarray:
     for s in range(0, Xf.shape[0], batch): out[s:s + batch] = _mp_block(Xf[s:s + batch], measure)
     return out.reshape(lead).numpy()
 
-# %% ../nbs/40_formation.ipynb #02227ed6
+# %% ../nbs/40_formation.ipynb #17995a76
 def _param(sae, name: str) -> torch.Tensor:
     return to_tensor(sae[name] if isinstance(sae, Mapping) else getattr(sae, name), torch.float32)
 
-# %% ../nbs/40_formation.ipynb #a16b3ae8
+# %% ../nbs/40_formation.ipynb #b6f43703
 def encode(x, sae) -> torch.Tensor:
     """SAE code f = ReLU((x - b_dec) @ W_enc + b_enc) for x [..., d_in] -> [..., d_sae]. `sae` is a mapping
     or object (e.g. a SAELens SAE) with W_enc [d_in, d_sae], b_enc [d_sae], b_dec [d_in]."""
@@ -128,7 +128,7 @@ def encode(x, sae) -> torch.Tensor:
     if x.shape[-1] != W_enc.shape[0]: raise SaetrackError(f"x has d_in={x.shape[-1]}, W_enc is {tuple(W_enc.shape)}")
     return torch.relu(torch.addmm(b_enc, x.reshape(-1, x.shape[-1]) - b_dec, W_enc)).reshape(*x.shape[:-1], -1)
 
-# %% ../nbs/40_formation.ipynb #3d44a77b
+# %% ../nbs/40_formation.ipynb #3ffac0e2
 def activation_sets(acts, datapoints: np.ndarray) -> np.ndarray:
     """A_i^t in activation space: rows of one checkpoint's activations `acts` [N, d] at each feature's fixed
     datapoints [F, k] (activation indices, e.g. the final step's top-k) -> [F, k, d] float32."""
@@ -138,7 +138,7 @@ def activation_sets(acts, datapoints: np.ndarray) -> np.ndarray:
     u, inv = np.unique(idx.ravel(), return_inverse=True)
     return np.asarray(acts[u], dtype=np.float32)[inv].reshape(*idx.shape, -1)
 
-# %% ../nbs/40_formation.ipynb #f8c6e8d0
+# %% ../nbs/40_formation.ipynb #3c3252e5
 class SparseCodes(NamedTuple):
     "SAE codes of N contexts in CSR form: context i's firing latents are latents[indptr[i]:indptr[i+1]] (ascending)."
     indptr: torch.Tensor    # [N + 1] int64
@@ -146,7 +146,7 @@ class SparseCodes(NamedTuple):
     values: torch.Tensor    # [nnz] float32, all > 0
     d_sae: int
 
-# %% ../nbs/40_formation.ipynb #fe86168e
+# %% ../nbs/40_formation.ipynb #4ccc35df
 def unique_rows(A) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact deduplication of the vectors A [..., d] -> (rows [U, d] float32, index [...] int64) with
     rows[index] == A. Rows are keyed by two random projections and the result is checked element by element
@@ -164,7 +164,7 @@ def unique_rows(A) -> tuple[torch.Tensor, torch.Tensor]:
             break
     return rows, inv.reshape(A.shape[:-1])
 
-# %% ../nbs/40_formation.ipynb #1b37ddcb
+# %% ../nbs/40_formation.ipynb #b8d1a95e
 def sparse_encode(x, sae, batch: int = 4096) -> SparseCodes:
     """`encode` of the rows of x [N, d_in], kept sparse: only the latents that fire (code > 0), `batch` rows
     at a time (the dense code of one batch is the only d_sae-wide array)."""
@@ -178,7 +178,7 @@ def sparse_encode(x, sae, batch: int = 4096) -> SparseCodes:
         counts.append(torch.bincount(r, minlength=c.shape[0])); lat.append(l); val.append(c[r, l])
     return SparseCodes(torch.cumsum(torch.cat(counts), 0), torch.cat(lat), torch.cat(val), int(W_enc.shape[1]))
 
-# %% ../nbs/40_formation.ipynb #30fb4879
+# %% ../nbs/40_formation.ipynb #c9ba4d8e
 def _sparse_block(codes: SparseCodes, slots: torch.Tensor, measures) -> dict[str, torch.Tensor]:
     "Mean pairwise similarity of the sets slots [b, k] (context ids into `codes`) -> {measure: [b] float64}."
     b, k = slots.shape
@@ -215,7 +215,7 @@ def _sparse_block(codes: SparseCodes, slots: torch.Tensor, measures) -> dict[str
             out[m] = (mins / (s[:, :, None] + s[:, None, :] - mins + WJ_EPS)).sum((1, 2)) / npairs
     return out
 
-# %% ../nbs/40_formation.ipynb #174c16d9
+# %% ../nbs/40_formation.ipynb #a788a32f
 def sparse_mean_pairwise(codes: SparseCodes, sets, measure="cosine", batch: int = 256, max_pairs: int = 1 << 21):
     """`mean_pairwise` of sparse codes: sets [S, k] holds context ids into `codes` (repeats allowed) ->
     [S] float64, or {measure: [S]} for a sequence of measures. At most `batch` sets at a time, fewer where
@@ -276,7 +276,7 @@ def progress_measure(sets_at, ref_at, measure="cosine", sae_at=None, batch: int 
         res[m] = (M, sim_sets[m], sim_ref[m]) if return_parts else M
     return res[measure] if isinstance(measure, str) else res
 
-# %% ../nbs/40_formation.ipynb #897d37bc
+# %% ../nbs/40_formation.ipynb #12b06f57
 def random_reference_positions(n_rows: int, seq_len: int, n: int = 150, seed: int = 0,
                                skip_first: int = 0) -> np.ndarray:
     """The random reference contexts (3.4) with a fixed seed: one random position in each of n distinct random
@@ -286,7 +286,7 @@ def random_reference_positions(n_rows: int, seq_len: int, n: int = 150, seed: in
     rows = np.sort(rng.choice(n_rows, size=n, replace=False))
     return np.stack([rows, rng.integers(skip_first, seq_len, size=n)], 1)
 
-# %% ../nbs/40_formation.ipynb #150bfd59
+# %% ../nbs/40_formation.ipynb #de2a5f4f
 def reference_indices(tokens_shape, n: int = 150, seed: int = 0) -> np.ndarray:
     """`random_reference_positions` as activation indices of a cache whose tokens are [rows, ctx] (activation
     i <-> row i // (ctx-1), position i % (ctx-1) + 1; the BOS at position 0 is never drawn)."""
@@ -294,7 +294,7 @@ def reference_indices(tokens_shape, n: int = 150, seed: int = 0) -> np.ndarray:
     rp = random_reference_positions(rows, ctx, n, seed, skip_first=1)
     return rp[:, 0] * (ctx - 1) + rp[:, 1] - 1
 
-# %% ../nbs/40_formation.ipynb #2dd93d62
+# %% ../nbs/40_formation.ipynb #c606b04d
 def null_progress(ref_at, k: int = 25, n_draws: int = 200, measure: str = "cosine",
                   sae_at=None, seed: int = 0) -> np.ndarray:
     "Null distribution of M: M of random k-subsets of the reference contexts at each checkpoint, [T, n_draws]."
@@ -311,12 +311,12 @@ def null_progress(ref_at, k: int = 25, n_draws: int = 200, measure: str = "cosin
             out[t] = sparse_mean_pairwise(codes, idx, measure) - sparse_mean_pairwise(codes, torch.arange(len(R))[None], measure)
     return out
 
-# %% ../nbs/40_formation.ipynb #f9b4fea9
+# %% ../nbs/40_formation.ipynb #d860e516
 def null_floor(null: np.ndarray, q: float = 0.99) -> float:
     "Scalar noise floor: the q-quantile of the null M over all checkpoints and draws."
     return float(np.quantile(np.asarray(null), q))
 
-# %% ../nbs/40_formation.ipynb #5ff19556
+# %% ../nbs/40_formation.ipynb #e9b2c639
 def first_stays_above(Y, steps, threshold, return_index: bool = False) -> np.ndarray:
     """First checkpoint from which Y[t, i] > threshold (strict) at every later checkpoint. Y [T, N]; threshold
     scalar, [N], [T, 1] or [T, N]. Returns the step per column (int64, -1 = never); NaN counts as not above."""
@@ -330,7 +330,7 @@ def first_stays_above(Y, steps, threshold, return_index: bool = False) -> np.nda
     if return_index: return idx
     return np.where(ever, s[np.clip(idx, 0, None)], -1).astype(np.int64)
 
-# %% ../nbs/40_formation.ipynb #7e0a45f6
+# %% ../nbs/40_formation.ipynb #e07490b8
 def formation_step(M, steps, threshold=None, frac: float = 0.5, floor=None, return_index: bool = False,
                    relative_to: str = "zero") -> np.ndarray:
     """Formation step per feature: the first step from which M_i stays above its threshold.
@@ -353,7 +353,7 @@ def formation_step(M, steps, threshold=None, frac: float = 0.5, floor=None, retu
         thr = threshold
     return first_stays_above(M, steps, thr, return_index=return_index)
 
-# %% ../nbs/40_formation.ipynb #38e2570a
+# %% ../nbs/40_formation.ipynb #bce2bb9d
 def choose_features(M, classes, n: int = 7, n_token: int = 3, exclude=None) -> np.ndarray:
     """Automatic choice of illustrative features (columns of M [T, F]): the `n_token` token-level features
     with the highest final M and the `n - n_token` concept-level features with the largest rise
@@ -372,7 +372,7 @@ def choose_features(M, classes, n: int = 7, n_token: int = 3, exclude=None) -> n
         chosen += list(rest[np.argsort(-M[-1, rest], kind="stable")][:n - len(chosen)])
     return np.asarray(chosen, dtype=np.int64)
 
-# %% ../nbs/40_formation.ipynb #11ad7635
+# %% ../nbs/40_formation.ipynb #edea67bc
 def umap_embed(X, random_state: int = 42, n_neighbors: int | None = None, min_dist: float = 0.0) -> np.ndarray:
     "2-D UMAP (cosine metric, fixed random_state) of X [n, d]; n_neighbors = min(100, n-1), the paper's 100."
     import umap
@@ -380,7 +380,7 @@ def umap_embed(X, random_state: int = 42, n_neighbors: int | None = None, min_di
     return umap.UMAP(n_neighbors=nn, min_dist=min_dist, metric="cosine", n_jobs=1,
                      random_state=random_state, n_components=2).fit_transform(X)
 
-# %% ../nbs/40_formation.ipynb #2b41ee54
+# %% ../nbs/40_formation.ipynb #4b41067b
 def plot_umap_panels(sets_by_step, steps, feature_ids, classes, random_state: int = 42,
                      n_neighbors: int | None = None, min_dist: float = 0.0, labels=None, embed=None):
     """Fig. 4: UMAP (cosine, fixed random_state) of the activation sets of a few features at a few checkpoints,
@@ -414,7 +414,7 @@ def plot_umap_panels(sets_by_step, steps, feature_ids, classes, random_state: in
                fontsize=9, title_fontsize=9, markerscale=1.5, frameon=False)
     return fig
 
-# %% ../nbs/40_formation.ipynb #86e89baa
+# %% ../nbs/40_formation.ipynb #3c9fea49
 def _median_band(ax, steps, Y, color, label, q=(25, 75), alpha=0.25):
     Y = np.asarray(Y, dtype=np.float64)
     with np.errstate(all="ignore"):
@@ -422,7 +422,7 @@ def _median_band(ax, steps, Y, color, label, q=(25, 75), alpha=0.25):
     ax.plot(steps, med, color=color, lw=2, label=label)
     ax.fill_between(steps, lo, hi, color=color, alpha=alpha, lw=0)
 
-# %% ../nbs/40_formation.ipynb #fce617f5
+# %% ../nbs/40_formation.ipynb #0804301b
 def plot_progress(M, steps, classes, examples=None, feature_ids=None, title=None, ylabel="progress measure $M_i(t)$",
                   floors: Mapping[str, float] | None = None):
     """Progress-measure figure (Fig. 5). M: [T, F] or {space name: [T, F]} (one row each). Left: example curves
@@ -458,7 +458,7 @@ def plot_progress(M, steps, classes, examples=None, feature_ids=None, title=None
     fig.tight_layout()
     return fig
 
-# %% ../nbs/40_formation.ipynb #b63d1a31
+# %% ../nbs/40_formation.ipynb #0ac01feb
 def plot_measure_robustness(Ms: Mapping[str, Any], steps, classes, title=None, formation: Mapping[str, Any] | None = None):
     """Robustness panel: median and IQR per class of M under each similarity measure ({measure: M [T, F]}),
     one panel per measure. Optional `formation` {measure: steps [F]} adds the median formation step per class."""
@@ -481,7 +481,7 @@ def plot_measure_robustness(Ms: Mapping[str, Any], steps, classes, title=None, f
     fig.tight_layout()
     return fig
 
-# %% ../nbs/40_formation.ipynb #26fdea15
+# %% ../nbs/40_formation.ipynb #2419c65a
 def plot_formation_distribution(formation_steps, steps, classes, title=None):
     """Distribution of formation steps by class: fraction of each class formed by step s (cumulative, -1 =
     never counts as not formed), on the training-step axis."""

@@ -20,10 +20,10 @@ __all__ = ['STAGE_NAMES', 'VIEWS', 'detect_stage_boundaries', 'shade_stages', 'p
            'knots_text', 'agreement_table', 'shared_steps', 'stage_inference', 'knots_table', 'plot_stage_inference',
            'run_seeds', 'cached_inference']
 
-# %% ../nbs/22_inference.ipynb #7679850d
+# %% ../nbs/22_inference.ipynb #ef975447
 STAGE_NAMES = ("init & warm-up", "emergent", "convergent")
 
-# %% ../nbs/22_inference.ipynb #52860244
+# %% ../nbs/22_inference.ipynb #29c311e5
 def detect_stage_boundaries(steps, curves, min_points: int = 3) -> dict[str, Any]:
     """Two stage boundaries from aggregate curves (dict name -> [T], or array [C, T]). Constant curves and
     curves with NaN are dropped, the rest z-scored and fitted jointly (see above). Returns dict(boundaries=
@@ -49,7 +49,7 @@ def detect_stage_boundaries(steps, curves, min_points: int = 3) -> dict[str, Any
                 r2_gain=1 - fit.sse / line.sse if line.sse > 0 else 0.0,
                 slopes=np.stack([seg[2] for seg in fit.segments], 1), curves=names, z=Z, fitted=fit.fitted)
 
-# %% ../nbs/22_inference.ipynb #1d1281f4
+# %% ../nbs/22_inference.ipynb #bbfc6722
 def shade_stages(ax, steps, boundaries, label: bool = True, alpha: float = 0.08):
     "Shade the three stages (x in training steps) and label them at the top of `ax`."
     steps = np.asarray(steps)
@@ -61,7 +61,7 @@ def shade_stages(ax, steps, boundaries, label: bool = True, alpha: float = 0.08)
                     ha="center", va="bottom", fontsize=8)
     for b in boundaries: ax.axvline(b, color="k", lw=0.8, ls="--")
 
-# %% ../nbs/22_inference.ipynb #6606291e
+# %% ../nbs/22_inference.ipynb #43ea85a9
 def plot_stage_fit(steps, stages: dict, ax=None, title: str | None = None):
     "The z-scored aggregate curves behind `detect_stage_boundaries`, its 3-segment fit and the shaded stages."
     from saetrack.plotting import step_axis
@@ -78,10 +78,10 @@ def plot_stage_fit(steps, stages: dict, ax=None, title: str | None = None):
     if title: ax.set_title(title, pad=16)
     return fig
 
-# %% ../nbs/22_inference.ipynb #71f99f43
+# %% ../nbs/22_inference.ipynb #2d5648b4
 VIEWS = ("token fraction", "concept fraction", "progress measure", "cos to final")
 
-# %% ../nbs/22_inference.ipynb #736c24d8
+# %% ../nbs/22_inference.ipynb #ac475988
 def view_matrices(result: dict) -> dict[str, tuple[np.ndarray, str]]:
     """Per view, the per-feature matrix [T, F] its aggregate curve is made from and how it is aggregated over features:
     the class fractions are means of class indicators over all latents, the progress measure (the analysis' main space)
@@ -94,14 +94,14 @@ def view_matrices(result: dict) -> dict[str, tuple[np.ndarray, str]]:
             "progress measure": (M[:, live], "median"),
             "cos to final": (np.asarray(result["cos_to_final"], np.float64)[:, live], "median")}
 
-# %% ../nbs/22_inference.ipynb #ef204bbb
+# %% ../nbs/22_inference.ipynb #aefcc591
 def aggregate(X: np.ndarray, how: str) -> np.ndarray:
     "The aggregate curve [T] of a per-feature matrix [T, F]: its mean or (NaN-ignoring) median over features."
     if how == "mean": return X.mean(1)
     if how == "median": return np.nanmedian(X, 1)
     raise SaetrackError(f"unknown aggregate '{how}'; use 'mean' or 'median'")
 
-# %% ../nbs/22_inference.ipynb #66b5c725
+# %% ../nbs/22_inference.ipynb #c2c84c16
 def knot_fit(steps, y, max_segments: int = 4, min_size: int = 2) -> dict:
     """Continuous piecewise-linear fits of one curve against log10(step + 1) with 1..`max_segments` segments
     (`select_n_segments`): the fewest segments whose BIC is within its margin of the lowest. Returns n_segments, knots (the steps where a new segment
@@ -114,7 +114,7 @@ def knot_fit(steps, y, max_segments: int = 4, min_size: int = 2) -> dict:
     return dict(n_segments=fit.n_segments, knots=list(fit.breakpoint_steps), bics=bics, fitted=fit.fitted,
                 segments=describe_segments(fit, float(np.ptp(y))))
 
-# %% ../nbs/22_inference.ipynb #66c797b4
+# %% ../nbs/22_inference.ipynb #f9153080
 def describe_segments(fit, span: float, flat: float = 0.1) -> list[dict]:
     """Each segment of a one-curve `PhaseFit` by what it does: start and end step, slope per decade of step + 1, the
     change over the segment, and its trend: 'rises' or 'falls' when the change is at least `flat` x the curve's
@@ -137,7 +137,7 @@ def planted_knot_features(steps, knots, slopes, n_features: int = 300, noise: fl
         y = y + (b - a) * np.clip(x - math.log10(k + 1), 0, None)
     return y[:, None] + np.random.default_rng(seed).normal(0, noise, (len(x), n_features))
 
-# %% ../nbs/22_inference.ipynb #e40989cb
+# %% ../nbs/22_inference.ipynb #b0f0b3ec
 def bootstrap_knots(steps, mats, how: str, n_segments: int, n_boot: int = 200, seed: int = 0,
                     min_size: int = 2) -> np.ndarray:
     """Knot steps [n_boot, n_segments - 1] of a two-level bootstrap: each replicate draws as many series as `mats`
@@ -151,24 +151,24 @@ def bootstrap_knots(steps, mats, how: str, n_segments: int, n_boot: int = 200, s
         out[b] = fit_piecewise(steps, np.mean(curves, 0), n_segments, min_size=min_size).breakpoint_steps
     return out
 
-# %% ../nbs/22_inference.ipynb #ec11d118
+# %% ../nbs/22_inference.ipynb #43f6b7e3
 def knot_intervals(boot: np.ndarray, level: float = 0.9) -> list[tuple[int, int]]:
     "Per knot, the central `level` interval of its bootstrap steps, as checkpoint steps (inverted-CDF quantiles)."
     q = (1 - level) / 2
     return [(int(np.quantile(c, q, method="inverted_cdf")), int(np.quantile(c, 1 - q, method="inverted_cdf")))
             for c in np.asarray(boot).T]
 
-# %% ../nbs/22_inference.ipynb #ac4ef3cb
+# %% ../nbs/22_inference.ipynb #96b879f9
 def overlapping(a: list, b: list) -> list[tuple[int, int]]:
     "Index pairs (i, j) of knot intervals a[i] = (lo, hi) and b[j] that overlap (closed intervals)."
     return [(i, j) for i, (l1, h1) in enumerate(a) for j, (l2, h2) in enumerate(b) if l1 <= h2 and l2 <= h1]
 
-# %% ../nbs/22_inference.ipynb #ff0f63ac
+# %% ../nbs/22_inference.ipynb #fc67af90
 def knots_text(knots: list) -> str:
     "Knots as 'step [lo–hi]; ...' ('' when there is none): the one way tables print them."
     return "; ".join(f"{k['step']} [{k['lo']}–{k['hi']}]" for k in knots)
 
-# %% ../nbs/22_inference.ipynb #8618b75d
+# %% ../nbs/22_inference.ipynb #b37c832e
 def agreement_table(views: dict):
     """Views x views: for each pair, the knots whose intervals overlap ('a ~ b', point steps) or 'no'; the diagonal
     lists each view's own knots with their intervals. `views` maps name -> list of dict(step, lo, hi)."""
@@ -183,14 +183,14 @@ def agreement_table(views: dict):
             T.loc[a, b] = ", ".join(f"{A[i]['step']} ~ {B[j]['step']}" for i, j in pairs) or "no"
     return T
 
-# %% ../nbs/22_inference.ipynb #93bdee32
+# %% ../nbs/22_inference.ipynb #91b72c8f
 def shared_steps(views: dict, steps) -> list[int]:
     "The checkpoint steps inside a knot interval of every view that has a knot: a boundary all views agree on."
     having = [v for v in views.values() if v]
     if not having: return []
     return [int(s) for s in steps if all(any(k["lo"] <= s <= k["hi"] for k in v) for v in having)]
 
-# %% ../nbs/22_inference.ipynb #e8b58261
+# %% ../nbs/22_inference.ipynb #a7724e22
 def stage_inference(steps, results: list, n_boot: int = 200, seed: int = 0, max_segments: int = 4,
                     level: float = 0.9, min_size: int = 2) -> dict:
     """Stage boundaries with uncertainty from analyses of SAE series that differ only in the SAE seed (`results`,
@@ -220,7 +220,7 @@ def stage_inference(steps, results: list, n_boot: int = 200, seed: int = 0, max_
     return dict(steps=steps, n_seeds=len(results), n_boot=n_boot, level=level, max_segments=max_segments, views=views,
                 agreement=table.to_dict(), shared=shared_steps({n: v["knots"] for n, v in views.items()}, steps))
 
-# %% ../nbs/22_inference.ipynb #49d9f75b
+# %% ../nbs/22_inference.ipynb #cf2ee07c
 def knots_table(inf: dict):
     "One row per view: segments chosen, each knot with its interval, what each segment does, each seed's own knots."
     import pandas as pd
@@ -260,11 +260,11 @@ def plot_stage_inference(inf: dict, path=None):
     if path is not None: save_figure(fig, path)
     return fig
 
-# %% ../nbs/22_inference.ipynb #4c63298a
+# %% ../nbs/22_inference.ipynb #054b1bb0
 def _series_key(series: SAESeries) -> str:
     return stable_hash(series.manifest["entries"])
 
-# %% ../nbs/22_inference.ipynb #73b3c4e7
+# %% ../nbs/22_inference.ipynb #c98e70a9
 def run_seeds(out, seeds, train_acts: dict, eval_acts: dict, n_boot: int = 200, progress: bool = True) -> dict:
     """Train (or reuse) the run's series again with each SAE seed in `seeds`: the same config, checkpoints, activations
     and plateau rule, only `SAEConfig.seed` differs. Analyse each exactly like the series and write `stage_inference`
@@ -284,7 +284,7 @@ def run_seeds(out, seeds, train_acts: dict, eval_acts: dict, n_boot: int = 200, 
     atomic_write_json(seeds_dir(out)/"inference.json", inf)
     return inf
 
-# %% ../nbs/22_inference.ipynb #136835c0
+# %% ../nbs/22_inference.ipynb #52576f7c
 def cached_inference(out) -> dict | None:
     """`out/seeds/inference.json` as `saetrack seeds` wrote it; None when it has not been run; a one-line error naming
     the command when the series changed since."""

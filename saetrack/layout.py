@@ -10,62 +10,62 @@ __all__ = ['run_json', 'log_json', 'tokenizer_dir', 'tokens_dir', 'tokens_file',
 # %% ../nbs/00_layout.ipynb #59acbd0f
 from pathlib import Path
 
-# %% ../nbs/00_layout.ipynb #05a0749f
+# %% ../nbs/00_layout.ipynb #a6df0d92
 def run_json(run) -> Path: return Path(run)/"run.json"
 
-# %% ../nbs/00_layout.ipynb #79aa42fd
+# %% ../nbs/00_layout.ipynb #4e8f9671
 def log_json(run) -> Path: return Path(run)/"log.json"
 
-# %% ../nbs/00_layout.ipynb #c07ae4e9
+# %% ../nbs/00_layout.ipynb #9007b52a
 def tokenizer_dir(run) -> Path: return Path(run)/"tokenizer"
 
-# %% ../nbs/00_layout.ipynb #e8221b7d
+# %% ../nbs/00_layout.ipynb #08c83713
 def tokens_dir(run) -> Path: return Path(run)/"tokens"
 
-# %% ../nbs/00_layout.ipynb #3fa4487a
+# %% ../nbs/00_layout.ipynb #8955b36d
 def tokens_file(run, split: str) -> Path: return tokens_dir(run)/f"{split}.npy"
 
-# %% ../nbs/00_layout.ipynb #673ff694
+# %% ../nbs/00_layout.ipynb #2d115b28
 def step_dir(run, step: int) -> Path: return Path(run)/f"step{step}"
 
-# %% ../nbs/00_layout.ipynb #65a8a89f
+# %% ../nbs/00_layout.ipynb #503144ee
 def run_acts_root(run) -> Path:
     "The activation cache root of a run directory, `RUN/activations`."
     return Path(run)/"activations"
 
-# %% ../nbs/00_layout.ipynb #a4682327
+# %% ../nbs/00_layout.ipynb #ba1243b2
 def acts_dir(root, hook: str, split: str, step: int | None = None) -> Path:
     "Where the `split` (train / eval) cache entry of `hook` at `step` lives under the cache `root`; without `step`, the split's directory."
     d = Path(root)/hook/split
     return d if step is None else d/f"step{step}"
 
-# %% ../nbs/00_layout.ipynb #a0467941
+# %% ../nbs/00_layout.ipynb #458b05b7
 def series_path(run) -> Path: return Path(run)/"series"
 
-# %% ../nbs/00_layout.ipynb #f0c4fc3b
+# %% ../nbs/00_layout.ipynb #55008364
 def analysis_dir(series) -> Path:
     "A series' analysis lives beside it: `RUN/analysis` for the run's own, `.../<chain>/analysis` for a control chain's."
     return Path(series).parent/"analysis"
 
-# %% ../nbs/00_layout.ipynb #ea42b0ae
+# %% ../nbs/00_layout.ipynb #fd0bad5b
 def convergence_dir(run) -> Path: return Path(run)/"convergence"
 
-# %% ../nbs/00_layout.ipynb #49ecb22a
+# %% ../nbs/00_layout.ipynb #98337d70
 def controls_dir(run) -> Path: return Path(run)/"controls"
 
-# %% ../nbs/00_layout.ipynb #82200a11
+# %% ../nbs/00_layout.ipynb #a9d221cc
 def control_series(run, chain: str) -> Path: return controls_dir(run)/chain/"series"
 
-# %% ../nbs/00_layout.ipynb #1285c0af
+# %% ../nbs/00_layout.ipynb #b2ce7b4a
 def seeds_dir(run) -> Path: return Path(run)/"seeds"
 
-# %% ../nbs/00_layout.ipynb #6f45c3ae
+# %% ../nbs/00_layout.ipynb #59bfadbf
 def seed_dir(run, seed: int) -> Path:
     "Where the run's series trained again with SAE seed `seed` lives: `RUN/seeds/seed<N>/series` (its analysis beside it)."
     return seeds_dir(run)/f"seed{int(seed)}"/"series"
 
-# %% ../nbs/00_layout.ipynb #182974fc
+# %% ../nbs/00_layout.ipynb #6c4c2c11
 def baseline_dir(run) -> Path: return Path(run)/"baseline"
 
-# %% ../nbs/00_layout.ipynb #604d9a6c
+# %% ../nbs/00_layout.ipynb #907444c9
 def explorer_dir(run) -> Path: return Path(run)/"explorer"

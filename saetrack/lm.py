@@ -24,7 +24,7 @@ __all__ = ['STATE', 'LM_ENTRIES', 'CHECKSUMS', 'build_model', 'n_params', 'run_m
            'lm_split', 'run_split', 'lr_at', 'batch_at', 'eval_windows', 'eval_loss', 'saved_steps', 'train_lm',
            'plot_lm_loss']
 
-# %% ../nbs/04_lm.ipynb #8b8c260d
+# %% ../nbs/04_lm.ipynb #ba1c6e8c
 def build_model(cfg: LMConfig, vocab_size: int) -> GPTNeoXForCausalLM:
     "A freshly initialised GPT-NeoX with the Pythia recipe (parallel residual, partial rotary), seeded."
     hf_cfg = GPTNeoXConfig(
@@ -35,20 +35,20 @@ def build_model(cfg: LMConfig, vocab_size: int) -> GPTNeoXForCausalLM:
     torch.manual_seed(cfg.seed)
     return GPTNeoXForCausalLM(hf_cfg)
 
-# %% ../nbs/04_lm.ipynb #131ae8fb
+# %% ../nbs/04_lm.ipynb #37a04ea3
 def n_params(model) -> int: return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/04_lm.ipynb #491014c5
+# %% ../nbs/04_lm.ipynb #f4b41f1f
 def _data_key(cfg: LMConfig) -> dict:
     return dict(corpus=cfg.corpus, corpus_max_bytes=cfg.corpus_max_bytes, eval_frac=cfg.eval_frac,
                 vocab_size=cfg.vocab_size, seed=cfg.seed)
 
-# %% ../nbs/04_lm.ipynb #2f5f7f1a
+# %% ../nbs/04_lm.ipynb #4e0fe27b
 def _tokens_ok(run: Path, meta: dict) -> bool:
     try: return all(file_sha256(tokens_file(run, s)) == meta["tokens_sha256"][s] for s in ("train", "eval"))
     except (OSError, KeyError): return False
 
-# %% ../nbs/04_lm.ipynb #c7e17f5b
+# %% ../nbs/04_lm.ipynb #087a21e2
 def run_meta(run) -> dict:
     "A run's `run.json`; a damaged one is a one-line error naming the file and the fix."
     p = run_json(run)
@@ -58,13 +58,13 @@ def run_meta(run) -> dict:
     if not isinstance(meta.get("config"), dict): raise SaetrackError(f"'{p}' is damaged (no config); {fix}")
     return meta
 
-# %% ../nbs/04_lm.ipynb #ccaabdc3
+# %% ../nbs/04_lm.ipynb #def456fd
 def run_log(run) -> dict:
     "A run's `log.json`; a damaged one is a one-line error naming the file and the fix."
     return read_state(log_json(run), f"delete it and rerun `saetrack lm --out {run}` (training resumes from the "
                       "newest checkpoint with optimiser state, or restarts, to the same weights)")
 
-# %% ../nbs/04_lm.ipynb #df47e8b0
+# %% ../nbs/04_lm.ipynb #6373167c
 def prepare_data(cfg: LMConfig, run, progress: bool = True) -> dict:
     """Corpus → tokenizer → train/eval token streams in `run`, reused when `run.json` matches the config. Another
     config is refused once a checkpoint exists; before that (a run that failed before step 0) the data is rebuilt."""
@@ -101,45 +101,45 @@ def prepare_data(cfg: LMConfig, run, progress: bool = True) -> dict:
     atomic_write_json(run_json(run), meta)
     return meta
 
-# %% ../nbs/04_lm.ipynb #6a3f9050
+# %% ../nbs/04_lm.ipynb #3fded01b
 def load_tokens(run, split: str) -> np.ndarray:
     "The memory-mapped token stream of a run's `split` ('train' or 'eval')."
     return np.load(tokens_file(run, split), mmap_mode="r")
 
-# %% ../nbs/04_lm.ipynb #04fa2836
+# %% ../nbs/04_lm.ipynb #ad02327e
 def lm_split(cfg: LMConfig) -> CorpusSplit:
     "The train/eval split of a run with config `cfg`."
     return CorpusSplit(cfg.corpus, cfg.corpus_max_bytes, cfg.eval_frac, cfg.seed)
 
-# %% ../nbs/04_lm.ipynb #00de0e2d
+# %% ../nbs/04_lm.ipynb #aaf96730
 def run_split(run) -> CorpusSplit | None:
     "The split a run trained by saetrack was made with, read back from its `run.json` (None: no `run.json`)."
     if not run_json(run).exists(): return None
     c = run_meta(run)["config"]
     return CorpusSplit(c["corpus"], c["corpus_max_bytes"], c["eval_frac"], c["seed"])
 
-# %% ../nbs/04_lm.ipynb #ff06deb2
+# %% ../nbs/04_lm.ipynb #5a5e56fd
 def lr_at(step: int, cfg: LMConfig) -> float:
     w = max(1, math.ceil(cfg.warmup_frac * cfg.steps))
     if step < w: return cfg.lr * (step + 1) / w
     frac = (step - w) / max(1, cfg.steps - w)
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
-# %% ../nbs/04_lm.ipynb #293518b8
+# %% ../nbs/04_lm.ipynb #c0364af5
 def batch_at(tokens: np.ndarray, step: int, cfg: LMConfig) -> torch.Tensor:
     "The training batch of `step`: random windows drawn from a generator seeded by (seed, step)."
     rng = np.random.default_rng([cfg.seed, step])
     starts = rng.integers(0, len(tokens) - cfg.ctx, size=cfg.batch_size)
     return torch.from_numpy(np.stack([tokens[s:s+cfg.ctx] for s in starts]).astype(np.int64))
 
-# %% ../nbs/04_lm.ipynb #716c343e
+# %% ../nbs/04_lm.ipynb #9a87a703
 def eval_windows(tokens: np.ndarray, ctx: int, n_tokens: int) -> np.ndarray:
     "`n_tokens // ctx` windows of `ctx` tokens at evenly spaced offsets over the whole held-out stream."
     n_win = max(1, min(n_tokens, len(tokens)) // ctx)
     starts = np.linspace(0, len(tokens) - ctx, n_win).astype(np.int64)
     return np.stack([np.asarray(tokens[s:s+ctx], dtype=np.int64) for s in starts])
 
-# %% ../nbs/04_lm.ipynb #85769e03
+# %% ../nbs/04_lm.ipynb #0cfeca37
 @torch.no_grad()
 def eval_loss(model, tokens: np.ndarray, ctx: int, n_tokens: int, batch: int = 64) -> float:
     "Mean next-token cross-entropy over `eval_windows` (spread over the stream, so no single document dominates)."
@@ -152,12 +152,12 @@ def eval_loss(model, tokens: np.ndarray, ctx: int, n_tokens: int, batch: int = 6
     model.train(was)
     return tot / n_win
 
-# %% ../nbs/04_lm.ipynb #be328d48
+# %% ../nbs/04_lm.ipynb #29a997f2
 STATE = "training_state.pt"
 LM_ENTRIES = ("run.json", "log.json", "tokenizer", "tokens", "step*")   # what the LM writes directly in a run directory
 CHECKSUMS = "sha256.json"   # in each checkpoint: {weights file: sha256}, checked by LocalRun before the weights are used
 
-# %% ../nbs/04_lm.ipynb #55ae11f1
+# %% ../nbs/04_lm.ipynb #8aedd282
 def saved_steps(run) -> list[int]:
     "Steps with a complete checkpoint directory in `run`, ascending."
     out = []
@@ -166,7 +166,7 @@ def saved_steps(run) -> list[int]:
             out.append(int(p.name[4:]))
     return sorted(out)
 
-# %% ../nbs/04_lm.ipynb #4655c685
+# %% ../nbs/04_lm.ipynb #234c6f6f
 def _save_checkpoint(run, step, model, tok, state: dict | None):
     hf_logging.disable_progress_bar()
     with atomic_path(step_dir(run, step), is_dir=True) as tmp:
@@ -174,7 +174,7 @@ def _save_checkpoint(run, step, model, tok, state: dict | None):
         atomic_write_json(tmp/CHECKSUMS, {"model.safetensors": file_sha256(tmp/"model.safetensors")})
         if state is not None: torch.save(state, tmp/STATE)
 
-# %% ../nbs/04_lm.ipynb #5f7b46f6
+# %% ../nbs/04_lm.ipynb #59b50dd5
 def _weights_ok(run, step: int) -> bool:
     "The step's weights match the sha256 recorded with them (checkpoints saved before checksums existed pass)."
     d = step_dir(run, step)
@@ -182,7 +182,7 @@ def _weights_ok(run, step: int) -> bool:
     try: return read_json(d/CHECKSUMS)["model.safetensors"] == file_sha256(d/"model.safetensors")
     except (OSError, ValueError, KeyError): return False
 
-# %% ../nbs/04_lm.ipynb #c43b3987
+# %% ../nbs/04_lm.ipynb #0da47820
 def _resume_point(run) -> int | None:
     "Newest step whose checkpoint carries the optimiser state and intact weights, or None (then training restarts at 0)."
     for s in reversed(saved_steps(run)):

@@ -23,7 +23,7 @@ __all__ = ['feature_directions', 'cosine_matrix', 'Match', 'match_features', 'id
            'latent_stats', 'baseline_seeds', 'independent_sae', 'baseline_study', 'position_profile',
            'document003_study', 'run_baseline', 'cached_baseline']
 
-# %% ../nbs/70_matching.ipynb #c3db946c
+# %% ../nbs/70_matching.ipynb #3b8b8df8
 def feature_directions(x, by: str = "decoder") -> np.ndarray:
     """Unit feature directions `[n, d_in]` (float64) of an SAE (`by`: 'decoder' rows of W_dec or 'encoder'
     columns of W_enc) or of a given `[n, d_in]` array/tensor (rows)."""
@@ -35,14 +35,14 @@ def feature_directions(x, by: str = "decoder") -> np.ndarray:
     if w.ndim != 2: raise SaetrackError(f"feature directions must be a 2-D [n, d_in] array (got shape {w.shape})")
     return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
 
-# %% ../nbs/70_matching.ipynb #fdd7ff32
+# %% ../nbs/70_matching.ipynb #517db8d0
 def cosine_matrix(a, b, by: str = "decoder") -> np.ndarray:
     "Cosine between every feature of `a` and every feature of `b`: `[n_a, n_b]`."
     A, B = feature_directions(a, by), feature_directions(b, by)
     if A.shape[1] != B.shape[1]: raise SaetrackError(f"the SAEs read different spaces (d_in {A.shape[1]} vs {B.shape[1]})")
     return A @ B.T
 
-# %% ../nbs/70_matching.ipynb #7093f73f
+# %% ../nbs/70_matching.ipynb #4715ca9a
 @dataclass
 class Match:
     "A one-to-one matching: feature `rows[k]` of A is matched to feature `cols[k]` of B with cosine `sim[k]`."
@@ -61,7 +61,7 @@ class Match:
         "Whether each matched pair is latent i with latent i."
         return self.rows == self.cols
 
-# %% ../nbs/70_matching.ipynb #61cc6ce9
+# %% ../nbs/70_matching.ipynb #7238b494
 def match_features(a, b, by: str = "decoder") -> Match:
     """Hungarian matching of SAE `a`'s features to SAE `b`'s maximising the total cosine (`by` 'decoder' or
     'encoder'). Different widths: all features of the narrower SAE are matched (partial matching)."""
@@ -70,14 +70,14 @@ def match_features(a, b, by: str = "decoder") -> Match:
     r, c = linear_sum_assignment(C, maximize=True)
     return Match(r.astype(np.int64), c.astype(np.int64), C[r, c], C.shape[0], C.shape[1])
 
-# %% ../nbs/70_matching.ipynb #343ed2ba
+# %% ../nbs/70_matching.ipynb #9ed4232e
 def identity_similarity(a, b, by: str = "decoder") -> np.ndarray:
     "SAE-Track's correspondence: cosine of latent i of `a` with latent i of `b` (same width)."
     A, B = feature_directions(a, by), feature_directions(b, by)
     if A.shape != B.shape: raise SaetrackError(f"identity needs equal shapes (got {A.shape} vs {B.shape})")
     return (A * B).sum(1)
 
-# %% ../nbs/70_matching.ipynb #25cd44bb
+# %% ../nbs/70_matching.ipynb #ad879eab
 def similarity_stats(sim) -> dict:
     "Median, quartiles and shares above 0.9 / 0.7 of match similarities."
     s = np.asarray(sim, dtype=np.float64)
@@ -86,7 +86,7 @@ def similarity_stats(sim) -> dict:
     return dict(n=int(len(s)), median=round(float(med), 4), q25=round(float(q25), 4), q75=round(float(q75), 4),
                 above_0_9=round(float((s > 0.9).mean()), 4), above_0_7=round(float((s > 0.7).mean()), 4))
 
-# %% ../nbs/70_matching.ipynb #d33fbde1
+# %% ../nbs/70_matching.ipynb #70bf728f
 @torch.inference_mode()
 def latent_stats(sae, acts, batch_size: int = 8192) -> dict:
     "Per latent on `acts`: firing frequency and mean activation when firing; `live` = fires at least once."
@@ -97,17 +97,17 @@ def latent_stats(sae, acts, batch_size: int = 8192) -> dict:
         fires += (f > 0).sum(0).double(); total += f.double().sum(0)
     return dict(freq=(fires / n).numpy(), mean_when_firing=(total / fires.clamp_min(1)).numpy(), live=(fires > 0).numpy())
 
-# %% ../nbs/70_matching.ipynb #dcada1e8
+# %% ../nbs/70_matching.ipynb #3f09ef65
 def _pair_stats(sim, rows, cols, live_a, live_b) -> dict:
     keep = live_a[rows] & live_b[cols]
     return dict(all=similarity_stats(sim), live=similarity_stats(sim[keep]))
 
-# %% ../nbs/70_matching.ipynb #c7fd9972
+# %% ../nbs/70_matching.ipynb #e1f86b88
 def baseline_seeds(cfg: SAEConfig, n: int = 2) -> list[int]:
     "`n` seeds different from the series' own."
     return [cfg.seed + 1 + i for i in range(n)]
 
-# %% ../nbs/70_matching.ipynb #3fbdfb38
+# %% ../nbs/70_matching.ipynb #b1d86d6a
 def independent_sae(series: SAESeries, train_dir, step: int, seed: int, eval_acts, cfg: SAEConfig | None = None,
                     tag: str = ""):
     """The converged from-scratch SAE of `step` with `seed` (and `cfg`, default: the series'): the recipe study's
@@ -118,19 +118,19 @@ def independent_sae(series: SAESeries, train_dir, step: int, seed: int, eval_act
                           convergence_dir(series.path.parent), tag=tag)
     return load_sae(r["dir"])
 
-# %% ../nbs/70_matching.ipynb #75f96cde
+# %% ../nbs/70_matching.ipynb #70ffb1dd
 def _sae_summary(sae, acts) -> dict:
     m = sae_metrics(sae, acts)
     return {k: round(float(m[k]), 4) for k in ("nmse", "l0", "dead_frac")}
 
-# %% ../nbs/70_matching.ipynb #cae6e24e
+# %% ../nbs/70_matching.ipynb #b30b20c3
 def _baseline_key(series: SAESeries, eval_acts: dict, steps, seeds) -> str:
     "The baseline's cache key: the series' config and entries at `steps`, the seeds, those steps' held-out caches."
     man = series.manifest
     return stable_hash(["baseline", 3, man["config_hash"], [man["entries"][str(s)]["key"] for s in steps], steps, seeds,
                         [load_activations(eval_acts[s]).manifest["key"] for s in steps]])
 
-# %% ../nbs/70_matching.ipynb #3c2ba9ff
+# %% ../nbs/70_matching.ipynb #b2c48228
 def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=None, seeds=None, n_steps: int = 4,
                    progress: bool = True, force: bool = False) -> dict:
     """Independent SAEs (two seeds) at `steps` (default: `n_steps` spread by index) matched to each other and to
@@ -204,7 +204,7 @@ def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=N
     atomic_write_json(path, res)
     return res
 
-# %% ../nbs/70_matching.ipynb #0d069591
+# %% ../nbs/70_matching.ipynb #f40acb66
 @torch.inference_mode()
 def position_profile(sae, acts_cache, batch_size: int = 8192) -> dict:
     "Per token position 1..ctx-1: mean activation over live latents, mean activation when firing, and L0."
@@ -227,14 +227,14 @@ def position_profile(sae, acts_cache, batch_size: int = 8192) -> dict:
                 l0=(fired.sum(1) / count).tolist(), n_live=int(live.sum()),
                 per_latent_position_cv=float(np.median(mean_act[:, live].std(0) / np.maximum(mean_act[:, live].mean(0), 1e-12))))
 
-# %% ../nbs/70_matching.ipynb #c5f80f0d
+# %% ../nbs/70_matching.ipynb #a115379a
 def _document003_key(series: SAESeries, evc, train_dir, A: int, B: int, half_width: int, topk: int) -> str:
     "document 003's cache key: the series' last entry, the seeds and sizes, that step's held-out cache `evc` and training cache."
     man, last = series.manifest, series.steps[-1]
     return stable_hash(["document003", 3, man["config_hash"], man["entries"][str(last)]["key"],
                         A, B, half_width, topk, evc.manifest["key"], load_activations(train_dir).manifest["key"]])
 
-# %% ../nbs/70_matching.ipynb #9286cdf9
+# %% ../nbs/70_matching.ipynb #a41c7002
 def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seeds=None, half_width: int | None = None,
                       topk: int = 32, progress: bool = True) -> dict:
     """Matching across dictionary size and SAE type at the final step, and activation magnitude by position.
@@ -276,7 +276,7 @@ def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seed
     atomic_write_json(path, res)
     return res
 
-# %% ../nbs/70_matching.ipynb #554b97b9
+# %% ../nbs/70_matching.ipynb #05d46827
 def _caches(out, series: SAESeries) -> tuple[dict, dict]:
     root = run_acts_root(out)
     tr_, ev_ = {}, {}
@@ -286,7 +286,7 @@ def _caches(out, series: SAESeries) -> tuple[dict, dict]:
             raise SaetrackError(f"no activation caches for step {s} under {root}; build them with `saetrack track`")
     return tr_, ev_
 
-# %% ../nbs/70_matching.ipynb #80150450
+# %% ../nbs/70_matching.ipynb #3ddce68b
 def run_baseline(out, progress: bool = True, steps=None, document003: bool = True) -> dict:
     "The independent-SAE baseline (and document 003's questions) of the run in `out`; cached under `out/baseline`."
     out = Path(out)
@@ -298,7 +298,7 @@ def run_baseline(out, progress: bool = True, steps=None, document003: bool = Tru
     res["seconds"] = round(time.time() - t, 1)
     return res
 
-# %% ../nbs/70_matching.ipynb #535c7fcd
+# %% ../nbs/70_matching.ipynb #8a9eddaf
 def cached_baseline(out) -> dict | None:
     """The baseline `saetrack baseline` cached for the run in `out`, read back without training anything:
     {"baseline": ..., "document003": ... (when cached)}, or None when there is none. A cache that is no longer that of

@@ -21,10 +21,10 @@ from .layout import run_json, run_acts_root, series_path
 # %% auto #0
 __all__ = ['CE_ROWS', 'activations_for', 'stream_rows', 'track', 'repo_root', 'notebook_run']
 
-# %% ../nbs/80_pipeline.ipynb #42f527d8
+# %% ../nbs/80_pipeline.ipynb #d4cc6f80
 CE_ROWS = 32   # held-out rows (of ctx tokens) for CE-loss recovered at every checkpoint
 
-# %% ../nbs/80_pipeline.ipynb #1587934f
+# %% ../nbs/80_pipeline.ipynb #1315ec98
 def activations_for(source, preset: Preset, root, steps=None, progress: bool = True, device="cpu",
                     splits=("train", "eval")) -> tuple[dict, dict]:
     """Train and eval activation caches of every checkpoint (the model on `device`) for the preset's hooks
@@ -45,13 +45,13 @@ def activations_for(source, preset: Preset, root, steps=None, progress: bool = T
                 out[split][h].update(entries)
     return out["train"], out["eval"]
 
-# %% ../nbs/80_pipeline.ipynb #69c0a17d
+# %% ../nbs/80_pipeline.ipynb #769f9609
 def _check_budgets(preset: Preset, n: int) -> None:
     "Both SAE budgets fit `n` training activations per checkpoint within the preset's `epochs` (`check_reuse`)."
     check_reuse(preset.sae, preset.sae.tokens_first, n, "the first SAE")
     check_reuse(preset.sae, preset.sae.tokens_next, n, "each later SAE")
 
-# %% ../nbs/80_pipeline.ipynb #606eada0
+# %% ../nbs/80_pipeline.ipynb #a60589e0
 def stream_rows(source, preset: Preset, root) -> np.ndarray:
     """The token rows a streamed series reads at every checkpoint: enough for the larger SAE budget, or the whole
     training split if it is smaller (then the SAEs read it more than once, within `epochs`)."""
@@ -61,14 +61,14 @@ def stream_rows(source, preset: Preset, root) -> np.ndarray:
     n = min(max(preset.sae.tokens_first, preset.sae.tokens_next), len(tokens) // (ctx - 1) * (ctx - 1))
     return token_rows(tokens, n, ctx, source.bos(step))
 
-# %% ../nbs/80_pipeline.ipynb #a7fd19bf
+# %% ../nbs/80_pipeline.ipynb #2fd51600
 def _dataset_name(source, corpus, root=None) -> str:
     "The corpus the activations' tokens come from, as SAELens' `dataset_path` records it."
     run = getattr(source, "path", None)
     if corpus is None and run is not None and run_json(run).exists(): return run_meta(run)["corpus"]["name"]
     return corpus or activation_split(source, None, root).corpus
 
-# %% ../nbs/80_pipeline.ipynb #fa0dc55b
+# %% ../nbs/80_pipeline.ipynb #f0580406
 def track(preset: Preset, out, checkpoints=None, progress: bool = True, times: dict | None = None, caches: dict | None = None, device="cpu", steps=None,
           skip_bad: bool = False, log=None, snapshot_tokens: int = SNAPSHOT_TOKENS, stream: bool = False) -> dict[str, SAESeries]:
     """Build whatever is missing under `out` (training run, activations) and then the SAE series of each hook of the
@@ -131,13 +131,13 @@ def track(preset: Preset, out, checkpoints=None, progress: bool = True, times: d
     times["series"] = time.time() - t
     return series
 
-# %% ../nbs/80_pipeline.ipynb #6fdd20ec
+# %% ../nbs/80_pipeline.ipynb #575eb409
 def repo_root(start=None) -> Path:
     "The nearest directory at or above `start` (default: cwd) holding `pyproject.toml`; else cwd."
     here = Path(start or Path.cwd()).resolve()
     return next((d for d in (here, *here.parents) if (d/"pyproject.toml").exists()), here)
 
-# %% ../nbs/80_pipeline.ipynb #e47393b1
+# %% ../nbs/80_pipeline.ipynb #1eed116c
 def notebook_run(preset: str = "tiny", progress: bool = False) -> Path:
     "The run directory a notebook reads: `runs/<preset>` if it has a series (not under test), else `runs/micro`."
     import fcntl, os

@@ -16,7 +16,7 @@ from .semantics import Thresholds, classify_stats
 # %% auto #0
 __all__ = ['make_planted', 'planted_accuracy', 'sensitivity_table']
 
-# %% ../nbs/19_planted.ipynb #31f1b635
+# %% ../nbs/19_planted.ipynb #989436be
 def make_planted(n: int = 32768, d_in: int = 128, vocab: int = 1000, ctx: int = 33, n_token: int = 40,
                  n_concept: int = 40, n_noise: int = 40, n_dead: int = 8, group=(5, 30),
                  ctx_noise: float = 1.5, band: int = 400, seed: int = 0) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def make_planted(n: int = 32768, d_in: int = 128, vocab: int = 1000, ctx: int = 
     return dict(acts=x.astype(np.float32), tokens=tokens, encode=params, truth=truth[order],
                 strings=strings, token_feature_tokens=tt)
 
-# %% ../nbs/19_planted.ipynb #bc699dab
+# %% ../nbs/19_planted.ipynb #dce3a940
 def planted_accuracy(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     "Overall and per-class accuracy (recall) of predicted codes against planted truth."
     pred, truth = np.asarray(pred), np.asarray(truth)
@@ -66,7 +66,7 @@ def planted_accuracy(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         if m.any(): out[name] = float((pred[m] == truth[m]).mean())
     return out
 
-# %% ../nbs/19_planted.ipynb #c3cad78c
+# %% ../nbs/19_planted.ipynb #c4ad577e
 def sensitivity_table(stats: dict[str, np.ndarray], truth: np.ndarray, grid: dict[str, Sequence[float]],
                       base: Thresholds = Thresholds()):
     "Accuracy when one threshold at a time is varied over `grid` (others at `base`): a pandas DataFrame."

@@ -15,7 +15,7 @@ from .core import atomic_path
 __all__ = ['DEAD', 'TOKEN', 'CONCEPT', 'NOISE', 'CLASS_NAMES', 'CLASS_COLORS', 'step_axis', 'save_figure', 'class_color',
            'class_order']
 
-# %% ../nbs/00_plotting.ipynb #30c68a53
+# %% ../nbs/00_plotting.ipynb #bbc50652
 def step_axis(ax, label: str = "training step (log scale; step 0 = untrained)"):
     "Symmetric-log x axis for training steps, so step 0 is shown."
     ax.set_xscale("symlog", linthresh=1, linscale=0.5)
@@ -23,7 +23,7 @@ def step_axis(ax, label: str = "training step (log scale; step 0 = untrained)"):
     ax.set_xlabel(label)
     ax.grid(True, which="major", alpha=0.3)
 
-# %% ../nbs/00_plotting.ipynb #1c05fb7c
+# %% ../nbs/00_plotting.ipynb #cb14ef14
 def save_figure(fig, path, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
     "Save `fig` as `path`.png and `path`.pdf (atomic renames); returns the written paths."
     path = Path(path)
@@ -36,18 +36,18 @@ def save_figure(fig, path, formats=("png", "pdf"), dpi: int = 150) -> list[Path]
         out.append(target)
     return out
 
-# %% ../nbs/00_plotting.ipynb #eb7f8c3a
+# %% ../nbs/00_plotting.ipynb #96c88d78
 DEAD, TOKEN, CONCEPT, NOISE = 0, 1, 2, 3        # the class codes the analyses store
 CLASS_NAMES = {DEAD: "dead", TOKEN: "token", CONCEPT: "concept", NOISE: "noise"}
 CLASS_COLORS = {"token": "tab:blue", "concept": "tab:orange", "noise": "tab:gray", "dead": "0.75"}
 
-# %% ../nbs/00_plotting.ipynb #fc9e5716
+# %% ../nbs/00_plotting.ipynb #0a501e82
 def class_color(c, i: int = 0) -> str:
     "A class's colour, from its code or name; another label (a pattern, say) takes colour cycle entry `i + 2`."
     name = CLASS_NAMES.get(int(c), str(c)) if isinstance(c, (int, np.integer)) else str(c)
     return CLASS_COLORS.get(name, f"C{(i + 2) % 10}")
 
-# %% ../nbs/00_plotting.ipynb #fa6a79a2
+# %% ../nbs/00_plotting.ipynb #438c1c44
 def class_order(labels) -> tuple[np.ndarray, list[str]]:
     "The labels as strings, and the order to draw them in: token, concept, then the others alphabetically."
     cl = np.asarray(labels).astype(str)

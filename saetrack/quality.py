@@ -11,7 +11,7 @@ from .plotting import save_figure, step_axis
 # %% auto #0
 __all__ = ['MIN_CE_GAP', 'QUALITY_PANELS', 'ce_recovered', 'recovered_score', 'plot_quality']
 
-# %% ../nbs/12_quality.ipynb #e13d64b2
+# %% ../nbs/12_quality.ipynb #e0b39cdf
 @torch.inference_mode()
 def ce_recovered(model, sae, hook: str, rows: np.ndarray, batch: int = 32) -> dict:
     "Clean, SAE-spliced and zero-ablated next-token loss on token `rows` [n, ctx] (BOS first), and the recovered fraction."
@@ -33,7 +33,7 @@ def ce_recovered(model, sae, hook: str, rows: np.ndarray, batch: int = 32) -> di
 #: Below this many nats between zero-ablated and clean loss the layer barely matters and the ratio is noise.
 MIN_CE_GAP = 0.1
 
-# %% ../nbs/12_quality.ipynb #90208687
+# %% ../nbs/12_quality.ipynb #177c0af4
 def recovered_score(clean, sae, zero, min_gap: float = MIN_CE_GAP):
     "(zero - sae) / (zero - clean), NaN where zero-ablation moves the loss by less than `min_gap` nats."
     clean, sae, zero = (np.asarray(v, dtype=float) for v in (clean, sae, zero))
@@ -42,19 +42,19 @@ def recovered_score(clean, sae, zero, min_gap: float = MIN_CE_GAP):
         r = np.where(gap > min_gap, (zero - sae) / gap, np.nan)
     return float(r) if r.ndim == 0 else r
 
-# %% ../nbs/12_quality.ipynb #2eee769a
+# %% ../nbs/12_quality.ipynb #84721f26
 QUALITY_PANELS = [("nmse", "normalised MSE", False), ("explained_variance", "explained variance", False),
                   ("l0", "L0 (active latents / token)", False), ("dead_frac", "dead latents (fraction)", False),
                   ("shrinkage", "shrinkage ‖x̂−b‖/‖x−b‖", False), ("ce_recovered", "CE-loss recovered", False),
                   ("token_frac", "tokens / first SAE's (open: hit its cap)", True), ("ce_sae", "CE with SAE spliced (nats)", False)]
 
-# %% ../nbs/12_quality.ipynb #eda5a485
+# %% ../nbs/12_quality.ipynb #5597f426
 def _with_token_frac(m):
     m = m.copy()
     if "tokens" in m: m["token_frac"] = m["tokens"] / m["tokens"].loc[~m["recurrent"].astype(bool)].iloc[0]
     return m
 
-# %% ../nbs/12_quality.ipynb #edd1e0e3
+# %% ../nbs/12_quality.ipynb #3ce19ff9
 def plot_quality(metrics, path=None, title: str | None = None, compare: dict | None = None):
     """Each quality metric against training step (symlog axis); `metrics` is `SAESeries.metrics()`, `compare`
     {label: metrics} other series drawn beside it (e.g. the paper's recipe). SAEs whose curve ended at the token cap

@@ -21,7 +21,7 @@ __all__ = ['ADAM_FILE', 'make_sae', 'normalise_decoder_', 'geometric_median', 'r
            'split_batch', 'BatchIndexStream', 'RowBatches', 'train_sae', 'save_sae', 'load_sae', 'load_training_sae',
            'load_adam_state', 'sae_metrics']
 
-# %% ../nbs/10_sae.ipynb #e186b1fa
+# %% ../nbs/10_sae.ipynb #e5d1f155
 def make_sae(
     d_in: int,
     d_sae: int,
@@ -89,7 +89,7 @@ def make_sae(
             sae.b_dec.copy_(torch.as_tensor(np.asarray(b_dec_init), dtype=torch.float32))
     return sae.to(resolve_device(device))          # SAELens' `to` records the device in sae.cfg
 
-# %% ../nbs/10_sae.ipynb #e0518992
+# %% ../nbs/10_sae.ipynb #b5f393d3
 def normalise_decoder_(sae: TrainingSAE) -> None:
     """In place: scale every W_dec row to unit L2 norm."""
     with torch.no_grad():
@@ -128,21 +128,21 @@ def geometric_median(
                 break
         return med.to(torch.float32).clone()
 
-# %% ../nbs/10_sae.ipynb #0d68eee8
+# %% ../nbs/10_sae.ipynb #4ab84c06
 def _has_hooks(sae: TrainingSAE) -> bool:
     return any(
         hp._forward_hooks or hp._forward_pre_hooks or hp._backward_hooks
         for hp in sae.hook_dict.values()
     )
 
-# %% ../nbs/10_sae.ipynb #cc0c86b4
+# %% ../nbs/10_sae.ipynb #d60ccd0a
 def _buffer(buf: dict, name: str, shape, device, dtype=torch.float32) -> torch.Tensor:
     t = buf.get(name)
     if t is None or t.shape != shape or t.device != device:
         t = buf[name] = torch.empty(shape, dtype=dtype, device=device)
     return t
 
-# %% ../nbs/10_sae.ipynb #1cd1d986
+# %% ../nbs/10_sae.ipynb #1356e13b
 @torch.no_grad()
 def relu_step(sae: StandardTrainingSAE, x: torch.Tensor, inv_norm: torch.Tensor, l1_coefficient: float,
               buf: dict, n_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -168,7 +168,7 @@ def relu_step(sae: StandardTrainingSAE, x: torch.Tensor, inv_norm: torch.Tensor,
     b_dec.grad = g_out.sum(dim=0) - W_enc @ b_enc.grad
     return mse_loss + l1_coefficient * l1, mse_loss, l1, f, err
 
-# %% ../nbs/10_sae.ipynb #611d6ae0
+# %% ../nbs/10_sae.ipynb #466bafd7
 def paper_loss(
     sae: TrainingSAE,
     x: torch.Tensor,
@@ -210,7 +210,7 @@ def paper_loss(
         loss = mse_loss + l1_coefficient * l1
     return loss, mse_loss, l1, f, err
 
-# %% ../nbs/10_sae.ipynb #4e431e75
+# %% ../nbs/10_sae.ipynb #26f5e1b4
 def remove_parallel_grad_(w_dec: torch.nn.Parameter) -> None:
     """In place: W_dec.grad[i] -= (grad[i] . w_i) w_i  (w_i = unit-norm decoder row i)."""
     with torch.no_grad():
@@ -218,7 +218,7 @@ def remove_parallel_grad_(w_dec: torch.nn.Parameter) -> None:
         if g is not None:
             g.sub_((g * w_dec).sum(dim=1, keepdim=True) * w_dec)
 
-# %% ../nbs/10_sae.ipynb #411563c6
+# %% ../nbs/10_sae.ipynb #33e53cbc
 def split_batch(batch_size: int, rank: int = 0, n_proc: int = 1) -> tuple[int, int]:
     "The rows [lo, hi) of each global batch that process `rank` of `n_proc` trains on; a one-line error unless they split evenly."
     if batch_size % n_proc:
@@ -226,19 +226,19 @@ def split_batch(batch_size: int, rank: int = 0, n_proc: int = 1) -> tuple[int, i
                             f"divisible by {n_proc} (--sae-batch, --sae-batch-next) or another --nproc-per-node")
     return rank * batch_size // n_proc, (rank + 1) * batch_size // n_proc
 
-# %% ../nbs/10_sae.ipynb #27ab513d
+# %% ../nbs/10_sae.ipynb #b4519853
 def _all_sum(t: torch.Tensor) -> torch.Tensor:
     "`t` summed over the processes, in place."
     torch.distributed.all_reduce(t)
     return t
 
-# %% ../nbs/10_sae.ipynb #8d4bc193
+# %% ../nbs/10_sae.ipynb #8c819d9a
 def _sum_grads(params) -> None:
     "Add up the parameters' gradients over the processes in one all-reduce, so every process takes the same step."
     flat = _all_sum(torch.cat([p.grad.reshape(-1) for p in params]))
     for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad.copy_(g.view_as(p.grad))
 
-# %% ../nbs/10_sae.ipynb #8348c642
+# %% ../nbs/10_sae.ipynb #986dfdad
 def _as_torch_rows(acts: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Zero-copy float32 [N, d] torch view of a numpy array / memmap (copies only if needed)."""
     if isinstance(acts, torch.Tensor):
@@ -255,7 +255,7 @@ def _as_torch_rows(acts: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise SaetrackError(f"acts must be 2-D [N, d_in], got shape {tuple(t.shape)}")
     return t.to(torch.float32)
 
-# %% ../nbs/10_sae.ipynb #68547446
+# %% ../nbs/10_sae.ipynb #3d615f85
 class BatchIndexStream:
     """Seeded stream of row indices: concatenated independent permutations of range(N).
 
@@ -283,7 +283,7 @@ class BatchIndexStream:
         idx = parts[0] if len(parts) == 1 else torch.cat(parts)
         return idx.sort().values
 
-# %% ../nbs/10_sae.ipynb #71a040bc
+# %% ../nbs/10_sae.ipynb #21368756
 class RowBatches:
     """Batches of the rows of `x` [N, d] (a cache's memory map as a tensor) in `BatchIndexStream`'s order. `train_sae`
     reads any source of batches with this interface: `next(lo, hi)` gives rows `lo:hi` of the next global batch (all
@@ -300,7 +300,7 @@ class RowBatches:
     def load_state_dict(self, s: dict) -> None:
         self.order.gen.set_state(s["generator"]); self.order.perm, self.order.pos = s["perm"], s["pos"]
 
-# %% ../nbs/10_sae.ipynb #ad0ba12d
+# %% ../nbs/10_sae.ipynb #189c7595
 def train_sae(
     sae: TrainingSAE,
     acts: np.ndarray | torch.Tensor,
@@ -458,7 +458,7 @@ def train_sae(
     if snapshot and world()[0] == 0: Path(snapshot[0]).unlink(missing_ok=True)
     return curve
 
-# %% ../nbs/10_sae.ipynb #5272c780
+# %% ../nbs/10_sae.ipynb #4c6d40c4
 def _write_snapshot(snapshot, sae, opt, rows, curve, next_step: int) -> None:
     "Everything `train_sae` needs to go on from `next_step` exactly, in one atomically written file."
     params = {n: p.detach().cpu() for n, p in sae.named_parameters()}
@@ -466,14 +466,14 @@ def _write_snapshot(snapshot, sae, opt, rows, curve, next_step: int) -> None:
                  batches=rows.state_dict(), curve=curve)
     with atomic_path(snapshot[0]) as tmp: torch.save(state, tmp)
 
-# %% ../nbs/10_sae.ipynb #1b5730ce
+# %% ../nbs/10_sae.ipynb #78ad618a
 def _digest(params: dict) -> str:
     "sha256 of the weights, so a snapshot damaged on disk is never resumed from."
     h = hashlib.sha256()
     for n in sorted(params): h.update(params[n].contiguous().numpy().tobytes())
     return h.hexdigest()
 
-# %% ../nbs/10_sae.ipynb #398b98c4
+# %% ../nbs/10_sae.ipynb #73f0823a
 def _resume(snapshot, sae, opt, rows, curve) -> int:
     "Load a snapshot of the same key into the training state; the step to start at (0: none, another key, or damaged)."
     path = Path(snapshot[0])
@@ -490,10 +490,10 @@ def _resume(snapshot, sae, opt, rows, curve) -> int:
     curve.clear(); curve.update(s["curve"])
     return int(s["step"])
 
-# %% ../nbs/10_sae.ipynb #03b5ca55
+# %% ../nbs/10_sae.ipynb #9a6e3a5f
 ADAM_FILE = "adam.safetensors"    # optimiser state beside an SAE, when the series carries it over
 
-# %% ../nbs/10_sae.ipynb #d3d3414a
+# %% ../nbs/10_sae.ipynb #7d49ea28
 def save_sae(sae: TrainingSAE, path, extra_metadata: dict[str, Any] | None = None,
              extra_files: dict[str, Any] | None = None, adam_state: dict | None = None) -> Path:
     """Write `sae` in SAELens format at `path` atomically. `extra_metadata` (JSON-able) goes into
@@ -512,19 +512,19 @@ def save_sae(sae: TrainingSAE, path, extra_metadata: dict[str, Any] | None = Non
         sae.cfg.metadata.__dict__.clear(); sae.cfg.metadata.__dict__.update(saved)
     return path
 
-# %% ../nbs/10_sae.ipynb #f8cc563b
+# %% ../nbs/10_sae.ipynb #6d7843a4
 def _quiet_load(cls, path, device):
     "SAELens' `load_from_disk`, without its advice to load a Pythia step by `from_pretrained_no_processing` (we process as `from_pretrained`)."
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-empty model_from_pretrained_kwargs", category=UserWarning)
         return cls.load_from_disk(str(path), device=str(resolve_device(device)))
 
-# %% ../nbs/10_sae.ipynb #eda3f859
+# %% ../nbs/10_sae.ipynb #ff508732
 def load_sae(path, device: str | torch.device = "cpu") -> SAE:
     "The inference SAE (SAELens) saved at `path`, on `device`."
     return _quiet_load(SAE, path, device)
 
-# %% ../nbs/10_sae.ipynb #99f3d377
+# %% ../nbs/10_sae.ipynb #59625e13
 def load_training_sae(path: str | Path, device: str | torch.device = "cpu") -> TrainingSAE:
     """Rebuild the *training* SAE (same class, config and exact weights) from ``save_sae`` output.
 
@@ -548,14 +548,14 @@ def load_training_sae(path: str | Path, device: str | torch.device = "cpu") -> T
         p.requires_grad_(True)
     return sae
 
-# %% ../nbs/10_sae.ipynb #8e833c80
+# %% ../nbs/10_sae.ipynb #a2bf5b6b
 def _write_adam(state: dict, file: Path) -> None:
     "An Adam `state_dict()` as safetensors: moments and step counts per parameter, hyperparameters as metadata."
     from safetensors.torch import save_file
     tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, st in state["state"].items() for k, v in st.items()}
     save_file(tensors, str(file), metadata={"param_groups": json.dumps(state["param_groups"])})
 
-# %% ../nbs/10_sae.ipynb #df51c3ac
+# %% ../nbs/10_sae.ipynb #06e432aa
 def load_adam_state(path) -> dict:
     "The Adam `state_dict()` that `save_sae(..., adam_state=)` wrote into the SAE directory `path`."
     from safetensors import safe_open

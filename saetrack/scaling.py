@@ -14,10 +14,10 @@ from .layout import run_json, log_json, series_path
 # %% auto #0
 __all__ = ['SIZES', 'headline', 'scaling_table', 'scaling_study']
 
-# %% ../nbs/85_scaling.ipynb #4bab7cbb
+# %% ../nbs/85_scaling.ipynb #b5933ba7
 SIZES = ("tiny-s", "tiny", "tiny-l")
 
-# %% ../nbs/85_scaling.ipynb #18ef83d1
+# %% ../nbs/85_scaling.ipynb #09165259
 def headline(out, result: dict) -> dict:
     "One row of the scaling table for the run in `out` and its analysis `result`."
     from saetrack.series import SAESeries
@@ -43,13 +43,13 @@ def headline(out, result: dict) -> dict:
         "series minutes": float(m["seconds"].sum()) / 60, "analysis minutes": float(result["timings"]["total"]) / 60,
     }
 
-# %% ../nbs/85_scaling.ipynb #46da2749
+# %% ../nbs/85_scaling.ipynb #9d9d72d1
 def scaling_table(runs: dict, progress: bool = False) -> pd.DataFrame:
     "The headline table of runs {name: run dir}, one row per run (each analysed, or read from its cache)."
     from saetrack.analysis import analyse
     return pd.DataFrame({n: headline(p, analyse(p, progress=progress)) for n, p in runs.items()}).T
 
-# %% ../nbs/85_scaling.ipynb #54fb3a88
+# %% ../nbs/85_scaling.ipynb #61aafe7c
 def scaling_study(presets=SIZES[:2], root="runs", progress: bool = True) -> pd.DataFrame:
     "Build (or reuse) run, activations and series of each preset in `root/<preset>`, analyse them: the headline table."
     from saetrack.pipeline import track

@@ -21,7 +21,7 @@ __all__ = ['LABEL_DRAW', 'LABELS', 'RULE_STATS', 'as_encode_fn', 'top_k_contexts
 # %% ../nbs/20_stages.ipynb #95f820f6
 from .plotting import CLASS_NAMES, CONCEPT, DEAD, NOISE, TOKEN, class_color   # the one class taxonomy
 
-# %% ../nbs/20_stages.ipynb #e4e1ad21
+# %% ../nbs/20_stages.ipynb #c50ba8a9
 def as_encode_fn(sae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """Turn an SAE into `f(x [B, d_in] float32) -> codes [B, d_sae]` (no grad). Accepts an object with
     `.encode` (SAELens SAE), a mapping with `W_enc, b_enc, b_dec` (codes = ReLU((x - b_dec) @ W_enc + b_enc)),
@@ -45,7 +45,7 @@ def as_encode_fn(sae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         with torch.no_grad(): return f(x)
     return enc
 
-# %% ../nbs/20_stages.ipynb #9f597ffa
+# %% ../nbs/20_stages.ipynb #64be6c4f
 def _order_rows(v: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Sort each row by (value desc, index asc)."
     o = torch.argsort(i, dim=1, stable=True)
@@ -53,7 +53,7 @@ def _order_rows(v: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.T
     o = torch.argsort(v, dim=1, descending=True, stable=True)
     return v.gather(1, o), i.gather(1, o)
 
-# %% ../nbs/20_stages.ipynb #70a317da
+# %% ../nbs/20_stages.ipynb #1b5cae85
 def _batch_topk(c: torch.Tensor, k: int, positive_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k positions of each column of c [B, F] -> (values [F, k], positions [F, k]), exact lowest-position
     tie-breaking at the k-th value. Works down the columns (no transpose of the batch); taking k+1 values
@@ -112,7 +112,7 @@ def top_k_contexts(encode_fn, acts, k: int = 25, batch: int = 8192, positive_onl
     vals = vals.astype(np.float32)
     return (vals, idx, counts.numpy()) if fire_counts else (vals, idx)
 
-# %% ../nbs/20_stages.ipynb #70458a14
+# %% ../nbs/20_stages.ipynb #1ee708f2
 def token_at(tokens: np.ndarray, idx) -> np.ndarray:
     """Token id at activation index `idx` (any shape; -1 -> -1). Activation i sits at
     `tokens[i // (ctx-1), i % (ctx-1) + 1]` (position 0 is the un-stored BOS)."""
@@ -123,12 +123,12 @@ def token_at(tokens: np.ndarray, idx) -> np.ndarray:
     out = np.asarray(tokens[safe // L, safe % L + 1]).astype(np.int64)
     return np.where(ok, out, -1)
 
-# %% ../nbs/20_stages.ipynb #8acbf42a
+# %% ../nbs/20_stages.ipynb #1fbae35c
 def _norm_token(s: str) -> str:
     t = s.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n").strip().lower()
     return t if t else s
 
-# %% ../nbs/20_stages.ipynb #fbc15b9e
+# %% ../nbs/20_stages.ipynb #4d8700c9
 def token_keys(strings: Sequence[str]) -> np.ndarray:
     """Map token id -> key id so that token strings equal up to case, surrounding space and the 'Ġ'/'▁'
     space markers share a key (whitespace-only tokens keep their own key)."""
@@ -166,7 +166,7 @@ class KeyMass:
         np.maximum.at(top, f, m)
         return np.divide(top, total, out=np.zeros(self.F), where=total > 0)
 
-# %% ../nbs/20_stages.ipynb #e29fef9e
+# %% ../nbs/20_stages.ipynb #a9ca3a0e
 @dataclass(frozen=True)
 class Thresholds:
     min_active: int = 5          # dead if fewer positive contexts among the top-k
@@ -176,7 +176,7 @@ class Thresholds:
     max_keys_frac: float = 0.5   # fallback (no vectors): CONCEPT if n90 <= this * n_active
     mass_share: float = 0.6      # the second token criterion: one key carries >= this share of ALL activation mass
 
-# %% ../nbs/20_stages.ipynb #28d22394
+# %% ../nbs/20_stages.ipynb #0e44d143
 def context_coherence(vecs: torch.Tensor | np.ndarray, valid: np.ndarray | None = None,
                       center: np.ndarray | None = None, keys: np.ndarray | None = None) -> np.ndarray:
     """Mean off-diagonal pairwise cosine (PAPER 3.5) of each row's vectors [F, k, d] over its valid slots
@@ -197,7 +197,7 @@ def context_coherence(vecs: torch.Tensor | np.ndarray, valid: np.ndarray | None 
     out[n < 1] = float("nan")
     return out.numpy()
 
-# %% ../nbs/20_stages.ipynb #b5bc47dc
+# %% ../nbs/20_stages.ipynb #8e9eeda9
 def feature_stats(values: np.ndarray, token_ids: np.ndarray, key_map: np.ndarray | None = None,
                   coherence: np.ndarray | None = None, null: tuple[float, float] | None = None,
                   min_value: float = 0.0) -> dict[str, np.ndarray]:
@@ -229,7 +229,7 @@ def feature_stats(values: np.ndarray, token_ids: np.ndarray, key_map: np.ndarray
     return dict(n_active=n_active, top_share=np.where(n_active > 0, top_share, 0.0),
                 n90=np.where(n_active > 0, n90, 0), entropy=ent, top_token=top_token, coherence=coh, coherence_z=z)
 
-# %% ../nbs/20_stages.ipynb #5c5269d0
+# %% ../nbs/20_stages.ipynb #8f2e2e18
 def classify_stats(stats: dict[str, np.ndarray], th: Thresholds = Thresholds()) -> np.ndarray:
     "Apply the class rule (table above) to `feature_stats` output -> int8 codes [F]."
     n, z = stats["n_active"], stats["coherence_z"]
@@ -241,19 +241,19 @@ def classify_stats(stats: dict[str, np.ndarray], th: Thresholds = Thresholds()) 
     out[n < th.min_active] = DEAD
     return out
 
-# %% ../nbs/20_stages.ipynb #cdc47d54
+# %% ../nbs/20_stages.ipynb #a5791cfe
 def _mean_sample(acts, max_rows: int = 65536) -> np.ndarray:
     step = max(1, acts.shape[0] // max_rows)
     return np.asarray(acts[::step], dtype=np.float64).mean(0).astype(np.float32)
 
-# %% ../nbs/20_stages.ipynb #6e25f087
+# %% ../nbs/20_stages.ipynb #d8332b3c
 def _gather_rows(acts, idx: np.ndarray) -> np.ndarray:
     "acts[idx] for an index array of any shape (-1 -> row 0; mask it yourself) -> [*idx.shape, d]."
     flat = np.where(idx >= 0, idx, 0).ravel()
     u, inv = np.unique(flat, return_inverse=True)
     return np.asarray(acts[u], dtype=np.float32)[inv].reshape(*idx.shape, -1)
 
-# %% ../nbs/20_stages.ipynb #6a0b087d
+# %% ../nbs/20_stages.ipynb #db1c0ea8
 def classify_checkpoint(encode_fn, acts, tokens, k: int = 25, key_map: np.ndarray | None = None,
                         th: Thresholds = Thresholds(), n_null: int = 128, seed: int = 0,
                         batch: int = 8192) -> dict[str, Any]:
@@ -282,7 +282,7 @@ def classify_checkpoint(encode_fn, acts, tokens, k: int = 25, key_map: np.ndarra
     return dict(classes=classify_stats(stats, th), top_token=stats["top_token"], values=vals[:F],
                 indices=idx[:F], stats=stats, null=null)
 
-# %% ../nbs/20_stages.ipynb #c33f28f2
+# %% ../nbs/20_stages.ipynb #f2aaa60a
 def classify_all(steps: Sequence[int], checkpoints: Iterable | Callable[[int], tuple], tokens,
                  k: int = 25, key_map: np.ndarray | None = None, th: Thresholds = Thresholds(),
                  n_null: int = 128, seed: int = 0, batch: int = 8192, progress: bool = False
@@ -307,13 +307,13 @@ def classify_all(steps: Sequence[int], checkpoints: Iterable | Callable[[int], t
     out["steps"] = steps
     return out
 
-# %% ../nbs/20_stages.ipynb #969e2437
+# %% ../nbs/20_stages.ipynb #eee9a3d1
 def class_fractions(classes: np.ndarray) -> np.ndarray:
     "[T, F] codes -> [T, 4] fraction of features per class (columns DEAD, TOKEN, CONCEPT, NOISE)."
     classes = np.asarray(classes)
     return np.stack([(classes == c).mean(1) for c in range(4)], 1)
 
-# %% ../nbs/20_stages.ipynb #a901205d
+# %% ../nbs/20_stages.ipynb #7b3a11d1
 def token_by_mass(classes: np.ndarray, mass_share: np.ndarray, th: Thresholds = Thresholds()) -> np.ndarray:
     """The second token criterion, over all activations: the fraction of features [T] (of all, as `class_fractions`)
     that are not dead and put at least `th.mass_share` of their activation mass on one token key."""
@@ -339,13 +339,13 @@ def plot_class_fractions(steps, classes, boundaries=None, ax=None, title: str | 
     if title: ax.set_title(title, pad=16)
     return fig
 
-# %% ../nbs/20_stages.ipynb #b1029cf3
+# %% ../nbs/20_stages.ipynb #501da2d8
 def pick_checkpoints(steps, n: int = 6) -> np.ndarray:
     "`n` checkpoint positions evenly spaced in log10(step+1), always first and last."
     x = np.log10(np.asarray(steps, float) + 1)
     return np.array(sorted({int(np.argmin(np.abs(x - w))) for w in np.linspace(x[0], x[-1], n)}))
 
-# %% ../nbs/20_stages.ipynb #9dcd6d93
+# %% ../nbs/20_stages.ipynb #4e3de5d7
 def choose_examples(labels: np.ndarray, wanted: Sequence, n: int = 2, seed: int = 0) -> dict:
     """For each value in `wanted`, up to `n` feature indices drawn uniformly (seeded) among the features with
     that label (e.g. final class, or pattern): unbiased, not cherry-picked."""
@@ -357,11 +357,11 @@ def choose_examples(labels: np.ndarray, wanted: Sequence, n: int = 2, seed: int 
         out[w] = sorted(rng.choice(cand, size=min(n, len(cand)), replace=False).tolist())
     return out
 
-# %% ../nbs/20_stages.ipynb #29a4df11
+# %% ../nbs/20_stages.ipynb #ff841fdf
 def printable_token(s: str) -> str:
     return s.replace("\n", "\\n").replace("\t", "\\t").replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\\n")
 
-# %% ../nbs/20_stages.ipynb #a6e18f74
+# %% ../nbs/20_stages.ipynb #ca9aad6c
 def feature_contexts(feature: int, values: np.ndarray, indices: np.ndarray, tokens, decode,
                      n: int = 5, before: int = 8) -> list[tuple[list[str], str, float]]:
     """Top `n` contexts of one feature as (list of <= `before` preceding token strings, activating token
@@ -375,7 +375,7 @@ def feature_contexts(feature: int, values: np.ndarray, indices: np.ndarray, toke
         out.append((pre, printable_token(decode(int(tokens[r, p]))), float(v)))
     return out
 
-# %% ../nbs/20_stages.ipynb #cbc2fabc
+# %% ../nbs/20_stages.ipynb #315d7977
 def build_feature_panel(feature: int, positions: Sequence[int], steps, values, indices, tokens, decode,
                         classes=None, top_tokens=None, n: int = 5, before: int = 8) -> dict:
     """Panel spec for `plot_feature_panel`: values/indices [T, F, k] (classify_all output), `positions` =
@@ -390,7 +390,7 @@ def build_feature_panel(feature: int, positions: Sequence[int], steps, values, i
                          contexts=feature_contexts(feature, values[t], indices[t], tokens, decode, n, before)))
     return dict(feature=feature, rows=rows)
 
-# %% ../nbs/20_stages.ipynb #a9e1294f
+# %% ../nbs/20_stages.ipynb #4c4bce88
 def _fit_prefix(pre, width: int) -> str:
     "Preceding tokens, dropping whole tokens from the left (marked …) to fit `width` characters."
     if isinstance(pre, str): return pre[-width:]
@@ -400,7 +400,7 @@ def _fit_prefix(pre, width: int) -> str:
         parts.append(t); used += len(t)
     return "".join(reversed(parts))[-width:]
 
-# %% ../nbs/20_stages.ipynb #95c7b1dd
+# %% ../nbs/20_stages.ipynb #df6ce6c4
 def plot_feature_panel(panels: dict | Sequence[dict], titles: Sequence[str] | None = None,
                        fontsize: float = 7.0, prefix_chars: int = 44, token_chars: int = 14, ncols: int | None = None):
     """Text panel, one column per feature (wrapped after `ncols` columns), one block per checkpoint: header
@@ -439,12 +439,12 @@ def plot_feature_panel(panels: dict | Sequence[dict], titles: Sequence[str] | No
                 y += 1
     return fig
 
-# %% ../nbs/20_stages.ipynb #cc5ea53b
+# %% ../nbs/20_stages.ipynb #26d954fb
 LABEL_DRAW = dict(steps=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 750, 1000, 1250, 1500, 1750, 2000),
                   d_sae=1024, n=150, seed=2026)   # the tiny run's checkpoints and SAE width: the labelled set's draw
 LABELS = ("dead", "token", "concept", "noise")
 
-# %% ../nbs/20_stages.ipynb #84201082
+# %% ../nbs/20_stages.ipynb #4cc539b2
 def draw_label_set(steps, d_sae: int, n: int = 150, seed: int = 0, parts: int = 3):
     """`n` distinct (step, feature) pairs drawn uniformly (seeded) and stratified over time: the checkpoint positions
     are split into `parts` consecutive near-equal groups (early, middle, late) and n // parts pairs (the remainder to
@@ -463,7 +463,7 @@ def draw_label_set(steps, d_sae: int, n: int = 150, seed: int = 0, parts: int = 
     df = pd.DataFrame(rows, columns=["step", "feature", "third"])
     return df.sort_values(["step", "feature"], kind="stable").reset_index(drop=True)
 
-# %% ../nbs/20_stages.ipynb #3af58c70
+# %% ../nbs/20_stages.ipynb #fa03d16a
 def label_confusion(labels, rule):
     """Confusion matrix (pandas DataFrame, counts) of hand labels (rows) against the rule's classes (columns),
     both as class names from `LABELS`, with every class as a row and a column."""
@@ -475,7 +475,7 @@ def label_confusion(labels, rule):
     for a, b in zip(labels, rule): m.loc[a, b] += 1
     return m
 
-# %% ../nbs/20_stages.ipynb #5fe8a621
+# %% ../nbs/20_stages.ipynb #8aca08c6
 def label_scores(conf):
     """Per class: n (labelled), predicted (by the rule), precision, recall, F1 from a `label_confusion` matrix; a last
     row `overall` holds the accuracy (as recall) and the totals."""
@@ -490,10 +490,10 @@ def label_scores(conf):
     out.loc["overall"] = [int(M.sum()), int(M.sum()), np.nan, tp.sum() / max(M.sum(), 1), np.nan]
     return out
 
-# %% ../nbs/20_stages.ipynb #85331061
+# %% ../nbs/20_stages.ipynb #b4166b94
 RULE_STATS = ("n_active", "top_share", "n90", "coherence_z")   # what `classify_stats` reads, cached [T, F] by the analysis
 
-# %% ../nbs/20_stages.ipynb #50cf90d2
+# %% ../nbs/20_stages.ipynb #27fda03e
 def headline_sensitivity(result: dict, grid: dict, th: Thresholds = Thresholds(), labels=None):
     """Each `Thresholds` field in `grid` ({name: values}) varied on its own, every checkpoint of `result` (an `analyse`
     output) re-classified from its cached statistics: token and concept shares at the first, middle and final

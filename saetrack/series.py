@@ -21,12 +21,12 @@ from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_t
 __all__ = ['step_seed', 'plateaued', 'plateau_rule', 'verdict', 'eval_subset', 'held_out_fn', 'check_reuse', 'train_one',
            'train_series', 'check_series_config', 'series_dirs', 'series_hooks', 'SAESeries']
 
-# %% ../nbs/11_tracking.ipynb #c4dc44a6
+# %% ../nbs/11_tracking.ipynb #bede32b3
 def step_seed(seed: int, step: int) -> int:
     "The training seed of the SAE at `step`: independent of which steps came before."
     return int(stable_hash([seed, step], 8), 16)
 
-# %% ../nbs/11_tracking.ipynb #813f32e7
+# %% ../nbs/11_tracking.ipynb #d94ffb70
 def plateaued(evals: list[dict], window: float = 0.25, tol: float = 0.01, min_evals: int = 4, key: str = "loss",
               min_tokens: int = 0) -> bool:
     """The plateau rule on held-out evaluations `[{tokens, loss, ...}]` (the first one before training): the best
@@ -39,23 +39,23 @@ def plateaued(evals: list[dict], window: float = 0.25, tol: float = 0.01, min_ev
     best = min(e[key] for e in evals)
     return best >= (1 - tol) * min(before) and evals[-1][key] <= (1 + tol) * best
 
-# %% ../nbs/11_tracking.ipynb #7a1cd67f
+# %% ../nbs/11_tracking.ipynb #1f1558ab
 def plateau_rule(cfg: SAEConfig):
     "The plateau rule with `cfg`'s settings, as a function of the evaluations so far."
     return lambda evals: plateaued(evals, cfg.plateau_window, cfg.plateau_tol, cfg.plateau_min_evals,
                                    min_tokens=cfg.plateau_min_tokens)
 
-# %% ../nbs/11_tracking.ipynb #ff783547
+# %% ../nbs/11_tracking.ipynb #653a4d7c
 def verdict(cfg: SAEConfig, evals: list[dict]) -> str:
     "'plateau' if the plateau rule holds at the last evaluation, else 'cap' (stopped by its token budget)."
     return "plateau" if plateau_rule(cfg)(evals) else "cap"
 
-# %% ../nbs/11_tracking.ipynb #651716af
+# %% ../nbs/11_tracking.ipynb #dfe17276
 def eval_subset(acts: np.ndarray, n: int) -> np.ndarray:
     "About `n` rows taken evenly through `acts` (so they span its documents), as a contiguous float32 array."
     return np.ascontiguousarray(acts[::max(1, len(acts) // n)][:n], dtype=np.float32)
 
-# %% ../nbs/11_tracking.ipynb #bc237334
+# %% ../nbs/11_tracking.ipynb #d31a89e7
 def held_out_fn(cfg: SAEConfig, eval_acts: np.ndarray, batch: int = 8192, device="cpu"):
     """The evaluation an SAE's curve records, as `sae_metrics` defines them (the paper's loss, nMSE, EV, L0, dead
     fraction) on `eval_acts`, but lean: the set's mean, variance and norms computed once, one encode and decode in
@@ -84,7 +84,7 @@ def held_out_fn(cfg: SAEConfig, eval_acts: np.ndarray, batch: int = 8192, device
                     dead_frac=1 - float(fired.sum()) / cfg.d_sae)
     return fn
 
-# %% ../nbs/11_tracking.ipynb #bc63d891
+# %% ../nbs/11_tracking.ipynb #e7de85ce
 def check_reuse(cfg: SAEConfig, tokens: int, n_rows: int, who: str) -> None:
     """Refuse a token budget that reads a checkpoint's activations (cached, or streamed from a training split) more
     than `cfg.epochs` times, naming the three fixes."""
@@ -94,7 +94,7 @@ def check_reuse(cfg: SAEConfig, tokens: int, n_rows: int, who: str) -> None:
                             f"it has; give it more (--tokens caches more; --stream reads the whole training split), lower "
                             f"its budget (--tokens-first, --tokens-next) or allow the reuse (--epochs {math.ceil(passes)})")
 
-# %% ../nbs/11_tracking.ipynb #b5ad1d00
+# %% ../nbs/11_tracking.ipynb #1e367b2f
 def train_one(cfg: SAEConfig, acts: np.ndarray, step: int, init_from=None, eval_acts=None, progress: bool = False,
               until=None, seed: int | None = None, device="cpu", snapshot: tuple | None = None):
     """Train the SAE of `step`: from scratch (`init_from=None`: geometric-median b_dec, the first SAE's budget,
@@ -135,11 +135,11 @@ def train_one(cfg: SAEConfig, acts: np.ndarray, step: int, init_from=None, eval_
     if ev is not None: curve["verdict"] = verdict(cfg, curve["eval"])
     return sae, curve, adam
 
-# %% ../nbs/11_tracking.ipynb #88990d38
+# %% ../nbs/11_tracking.ipynb #20942beb
 def _order(steps, direction):
     return sorted(steps) if direction == "forward" else sorted(steps, reverse=True)
 
-# %% ../nbs/11_tracking.ipynb #c49b109d
+# %% ../nbs/11_tracking.ipynb #8f5b9735
 def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: str, progress: bool = True,
                  quality_fn=None, budgets: dict | None = None, device="cpu", metadata=None, on_entry=None,
                  snapshot_tokens: int = SNAPSHOT_TOKENS) -> "SAESeries":
@@ -201,14 +201,14 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         bar.set_postfix(step=step, nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}", tokens=m["tokens"], verdict=m["verdict"])
     return SAESeries.load(out)
 
-# %% ../nbs/11_tracking.ipynb #f7f217a1
+# %% ../nbs/11_tracking.ipynb #fcbf18ec
 def _train_source(entry, step: int) -> tuple[str, object, int]:
     "A step's training activations as (key, rows, checkpoint they are of): a cache directory, verified, or a stream."
     if hasattr(entry, "batches"): return entry.key, entry, entry.step
     a = load_activations(entry)
     return a.manifest["key"], a.acts, int(a.manifest.get("step", step))
 
-# %% ../nbs/11_tracking.ipynb #dee54e89
+# %% ../nbs/11_tracking.ipynb #17dd6522
 def _entry_ok(d: Path, e: dict) -> bool:
     "An entry is usable when its weights match the manifest's sha256 and its cfg.json, metrics.json and curve.json parse."
     try:
@@ -216,7 +216,7 @@ def _entry_ok(d: Path, e: dict) -> bool:
         return all(isinstance(read_json(d/f), dict) for f in ("cfg.json", "metrics.json", "curve.json"))
     except (OSError, ValueError, KeyError, TypeError): return False
 
-# %% ../nbs/11_tracking.ipynb #5ae951d5
+# %% ../nbs/11_tracking.ipynb #0551016e
 def _manifest(out, progress: bool = False) -> dict:
     "A series' manifest; {} when there is none, or when it is damaged (it is a cache: its SAEs are then retrained)."
     p = Path(out)/"series.json"
@@ -227,7 +227,7 @@ def _manifest(out, progress: bool = False) -> dict:
     if progress: print(f"{p} is damaged; retraining the series")
     return {}
 
-# %% ../nbs/11_tracking.ipynb #ebe10f23
+# %% ../nbs/11_tracking.ipynb #84fd7b57
 def check_series_config(cfg: SAEConfig, out, hook: str, streamed: bool = False) -> None:
     """Refuse to train into `out` when it already holds a series of another SAE config or hook, or one trained on
     cached activations when this one streams them (or the reverse): `track` never replaces a series (as `lm` never
@@ -245,7 +245,7 @@ def check_series_config(cfg: SAEConfig, out, hook: str, streamed: bool = False) 
     raise SaetrackError(f"{out} holds a series with another SAE config ({'; '.join(diff[:4]) or 'config hash differs'}); "
                         f"use a new --out, or delete {out} to retrain the series")
 
-# %% ../nbs/11_tracking.ipynb #8f2fed43
+# %% ../nbs/11_tracking.ipynb #f67d43c3
 def series_dirs(root, hooks) -> dict[str, Path]:
     """Where each hook's series lives: `root` itself for one hook (the layout of every one-hook run), `root/<hook>` for
     several. A `root` already holding the other layout is refused: a run keeps one of them."""
@@ -258,7 +258,7 @@ def series_dirs(root, hooks) -> dict[str, Path]:
         raise SaetrackError(f"{root} holds a one-hook series; several hooks are kept in one directory each, so use a new --out")
     return {hooks[0]: root} if len(hooks) == 1 else {h: root/h for h in hooks}
 
-# %% ../nbs/11_tracking.ipynb #ff604e04
+# %% ../nbs/11_tracking.ipynb #e51a55df
 def series_hooks(root) -> list[str]:
     "The hooks whose series lie under `root/<hook>/` (a run of several hooks; none for a one-hook run's series directory)."
     root = Path(root)

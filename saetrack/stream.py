@@ -16,7 +16,7 @@ STREAM_VERSION = 1
 # %% auto #0
 __all__ = ['STREAM_VERSION', 'ActivationStream', 'StreamBatches', 'stream_key', 'model_stream']
 
-# %% ../nbs/07_stream.ipynb #71d90c6d
+# %% ../nbs/07_stream.ipynb #9bc9ca04
 class ActivationStream:
     """A checkpoint's activations on `n_rows` token rows of `per` positions each, computed when read and never stored.
     `acts_of(rows)` (sorted row indices, a numpy array) returns their activations `[len(rows) * per, d]` as a float32
@@ -46,7 +46,7 @@ class ActivationStream:
 
     def __repr__(self): return f"ActivationStream(step={self.step}, {self.n_rows:,} rows x {self.per}, buffer {self.buffer:,})"
 
-# %% ../nbs/07_stream.ipynb #c56df226
+# %% ../nbs/07_stream.ipynb #2b72452f
 class StreamBatches:
     """`stream`'s activations in the seeded block-shuffled order above, `batch_size` at a time, on the device
     `acts_of` computes them on. `next(lo, hi)` gives rows `lo:hi` of the next batch (a torchrun process' share)."""
@@ -81,13 +81,13 @@ class StreamBatches:
         g, self.perm, self.pos = s["mark"]
         self.gen.set_state(g); self._new_block(); self.j = s["j"]
 
-# %% ../nbs/07_stream.ipynb #92b55481
+# %% ../nbs/07_stream.ipynb #081cce6f
 def stream_key(source, step: int, rows: np.ndarray, hook: str, device, buffer: int) -> str:
     "What `model_stream` computes: the checkpoint's weights, the hook, the rows, the processing, the buffer, CPU or GPU."
     return stable_hash(dict(v=STREAM_VERSION, source=source.identity(step), hook=hook, rows=rows_hash(rows), buffer=int(buffer),
                             processing=TL_PROCESSING, forward="float32" if torch.device(device).type == "cpu" else "auto"))
 
-# %% ../nbs/07_stream.ipynb #726a69c5
+# %% ../nbs/07_stream.ipynb #769f8435
 def model_stream(source, step: int, rows: np.ndarray, hook: str, device="cpu", buffer: int = STREAM_BUFFER,
                  batch_rows: int = 64) -> ActivationStream:
     "The activations of `hook` at `step` of `source` on token `rows` [n, ctx], streamed through the model on `device`."

@@ -16,7 +16,7 @@ EOS, PAD = "<|endoftext|>", "<|padding|>"
 __all__ = ['EOS', 'PAD', 'train_tokenizer', 'save_tokenizer', 'load_tokenizer', 'encode_docs', 'save_tokens',
            'unigram_cross_entropy']
 
-# %% ../nbs/03_tokenizer.ipynb #af74540f
+# %% ../nbs/03_tokenizer.ipynb #9d245087
 def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     "Byte-level BPE on `docs`; `<|endoftext|>` is id 0 (BOS and EOS, as in Pythia), `<|padding|>` id 1."
     if vocab_size < 300: raise SaetrackError(f"vocab_size {vocab_size} is too small for a byte-level BPE (need >= 300)")
@@ -28,16 +28,16 @@ def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast
     tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=PAD)
 
-# %% ../nbs/03_tokenizer.ipynb #51c32bfb
+# %% ../nbs/03_tokenizer.ipynb #d26cd69f
 def save_tokenizer(tok: PreTrainedTokenizerFast, path):
     "Save atomically as a `transformers` tokenizer directory."
     with atomic_path(path, is_dir=True) as tmp: tok.save_pretrained(tmp)
 
-# %% ../nbs/03_tokenizer.ipynb #f6452694
+# %% ../nbs/03_tokenizer.ipynb #90478255
 def load_tokenizer(path) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
-# %% ../nbs/03_tokenizer.ipynb #7da24880
+# %% ../nbs/03_tokenizer.ipynb #9fbfb5cb
 def encode_docs(tok: PreTrainedTokenizerFast, docs: list[str]) -> np.ndarray:
     "One `uint16` token stream: every document followed by `<|endoftext|>`."
     if len(tok) > 2**16: raise SaetrackError(f"vocab of {len(tok)} does not fit uint16 token arrays")
@@ -49,12 +49,12 @@ def encode_docs(tok: PreTrainedTokenizerFast, docs: list[str]) -> np.ndarray:
         n = len(e.ids); out[i:i+n] = e.ids; out[i+n] = eos; i += n + 1
     return out
 
-# %% ../nbs/03_tokenizer.ipynb #cc33b9f0
+# %% ../nbs/03_tokenizer.ipynb #a3ffbb52
 def save_tokens(arr: np.ndarray, path):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f: np.save(f, arr)
 
-# %% ../nbs/03_tokenizer.ipynb #0476175c
+# %% ../nbs/03_tokenizer.ipynb #fe13d08b
 def unigram_cross_entropy(train: np.ndarray, eval: np.ndarray, vocab_size: int) -> float:
     "Cross-entropy (nats/token) of `eval` under the add-one-smoothed unigram distribution of `train`."
     counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0

@@ -15,13 +15,13 @@ from .semantics import choose_examples, printable_token
 __all__ = ['PATTERNS', 'UNCHANGED', 'CHANGES', 'transition_pattern', 'transition_patterns', 'pattern_counts',
            'plot_pattern_counts', 'plot_pattern_examples', 'feature_history']
 
-# %% ../nbs/30_transitions.ipynb #201ed05a
+# %% ../nbs/30_transitions.ipynb #eb1c3957
 PATTERNS = ("maintaining", "shifting", "grouping", "emerging", "stable_concept", "dissolving", "dead", "noise", "multiple",
             "other")
 UNCHANGED = ("maintaining", "stable_concept", "dead", "noise")          # the patterns without a change step
 CHANGES = tuple(p for p in PATTERNS if p not in UNCHANGED)
 
-# %% ../nbs/30_transitions.ipynb #0aa1e35a
+# %% ../nbs/30_transitions.ipynb #059ec36c
 def _states(classes: np.ndarray, top_tokens: np.ndarray, key_map: np.ndarray | None) -> list:
     "State per checkpoint: (class, token key) for token-level, (class, None) otherwise."
     out = []
@@ -30,7 +30,7 @@ def _states(classes: np.ndarray, top_tokens: np.ndarray, key_map: np.ndarray | N
         else: out.append((int(c), None))
     return out
 
-# %% ../nbs/30_transitions.ipynb #b3da020e
+# %% ../nbs/30_transitions.ipynb #0ec476f8
 def _runs(states: list) -> list[tuple[Any, int, int]]:
     "[(state, start position, length)] of consecutive equal states."
     runs: list[list] = []
@@ -39,7 +39,7 @@ def _runs(states: list) -> list[tuple[Any, int, int]]:
         else: runs.append([s, p, 1])
     return [tuple(r) for r in runs]
 
-# %% ../nbs/30_transitions.ipynb #91c0d4d2
+# %% ../nbs/30_transitions.ipynb #f3e1fe75
 def _stable_runs(states: list, min_run: int) -> list[tuple[Any, int, int]]:
     "Runs of >= `min_run` checkpoints, equal neighbours merged (the gap between them joins the run)."
     merged: list[list] = []
@@ -48,7 +48,7 @@ def _stable_runs(states: list, min_run: int) -> list[tuple[Any, int, int]]:
         else: merged.append([s, p, n])
     return [tuple(r) for r in merged]
 
-# %% ../nbs/30_transitions.ipynb #eb58473e
+# %% ../nbs/30_transitions.ipynb #55dbabfb
 def transition_pattern(classes_t, top_tokens_t, steps, key_map: np.ndarray | None = None,
                        min_run: int = 2) -> tuple[str, float]:
     """Pattern of ONE feature from its class [T] and top token [T] per checkpoint (rule above).
@@ -71,7 +71,7 @@ def transition_pattern(classes_t, top_tokens_t, steps, key_map: np.ndarray | Non
                ("quiet", TOKEN): "emerging", (TOKEN, "quiet"): "dissolving", (CONCEPT, "quiet"): "dissolving"}
     return pattern.get((ka, kb), "other"), float(steps[p])
 
-# %% ../nbs/30_transitions.ipynb #ae8912c1
+# %% ../nbs/30_transitions.ipynb #5b7e4c17
 def transition_patterns(classes: np.ndarray, top_tokens: np.ndarray, steps, key_map=None,
                         min_run: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """`transition_pattern` for every feature: classes/top_tokens [T, F] -> (patterns [F] str, change_steps
@@ -101,7 +101,7 @@ def pattern_counts(patterns: np.ndarray, change_steps: np.ndarray, boundaries: S
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/30_transitions.ipynb #446c22c9
+# %% ../nbs/30_transitions.ipynb #f32118b7
 def plot_pattern_counts(patterns, change_steps, steps, boundaries=None):
     """(a) number of features per pattern; (b) when the changes happen: number of pattern changes at each
     checkpoint step, stacked by pattern, stages shaded. Returns fig."""
@@ -134,7 +134,7 @@ def plot_pattern_counts(patterns, change_steps, steps, boundaries=None):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/30_transitions.ipynb #7b22d9fb
+# %% ../nbs/30_transitions.ipynb #018ffa5e
 def plot_pattern_examples(steps, classes, top_tokens, patterns, change_steps, decode,
                           wanted=("maintaining", "shifting", "grouping"), examples: dict | None = None,
                           boundaries=None, seed: int = 0):
