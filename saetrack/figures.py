@@ -266,6 +266,32 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
         ax.set_title(f"SAE-Track final SAE: activation by position ({p['n_live']} live latents)", fontsize=10)
         fig.tight_layout()
         save(fig, "matching_document003", "left: match-cosine ECDFs at the final step across seeds, dictionary sizes (partial matching), SAE types and decoder vs encoder matching; right: mean latent activation and L0 of the final SAE-Track SAE by token position")
+    if "layers" in result:
+        L = result["layers"]
+        fig, axs = plt.subplots(1, 2, figsize=(11, 3.8))
+        cmap = plt.get_cmap("viridis")
+        for i, h in enumerate(L["hooks"]):
+            v = L["layers"][h]
+            axs[0].plot(v["position"], np.asarray(v["l0"]) / max(np.mean(v["l0"]), 1e-12), color=cmap(i / max(len(L["hooks"]) - 1, 1)),
+                        label=f"{h.replace('.hook_', ' ')} (L0 {v['quality']['l0']:.0f}, nMSE {v['quality']['nmse']:.2f})")
+        axs[0].set_xlabel("token position in context"); axs[0].set_ylabel("L0 at the position / the layer's mean L0")
+        axs[0].set_title(f"Active latents by position at every depth (step {L['step']}, seed {L['seed']})", fontsize=10)
+        axs[0].legend(fontsize=7, frameon=False); axs[0].grid(alpha=0.3)
+        ax = axs[1]; pairs = list(L["adjacent"]); x = np.arange(len(pairs))
+        for off, by, col in ((-0.18, "decoder", "C0"), (0.18, "encoder", "C1")):
+            ax.bar(x + off, [L["adjacent"][p][by]["live"]["median"] for p in pairs], 0.36, color=col, label=f"{by} matching")
+        if "document003" in result:
+            ax.axhline(result["document003"]["seed"]["live"]["median"], color="k", ls="--", lw=1,
+                       label=f"two seeds, one layer (decoder, {result['document003']['seed']['live']['median']:.2f})")
+        rnd = b["same_step"][str(steps[-1])]["random"]["all"]["median"]
+        ax.axhline(rnd, color="0.5", ls=":", lw=1, label=f"random dictionaries ({rnd:.2f})")
+        short = lambda h: h.replace("blocks.", "").replace(".hook_resid_", " ")
+        ax.set_xticks(x, [f"{short(a)} → {short(b_)}" for a, b_ in (p.split(" -> ") for p in pairs)], fontsize=8)
+        ax.set_ylim(0, 1); ax.set_ylabel("median matched cosine, live latents"); ax.grid(alpha=0.3, axis="y")
+        ax.set_title("Adjacent layers' SAEs matched (Hungarian)", fontsize=10)
+        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+        fig.tight_layout()
+        save(fig, "matching_layers", "document 003 across layers at the final step: left, each depth's L0 by token position (relative to its mean); right, the median Hungarian-matched cosine between adjacent layers' converged SAEs, by decoder and by encoder, beside the seed floor at one layer and random dictionaries")
     return made
 
 # %% ../nbs/81_figures.ipynb #dfaa90fe

@@ -21,7 +21,7 @@ from .layout import run_acts_root, acts_dir, series_path, convergence_dir, basel
 # %% auto #0
 __all__ = ['feature_directions', 'cosine_matrix', 'Match', 'match_features', 'identity_similarity', 'similarity_stats',
            'latent_stats', 'baseline_seeds', 'independent_sae', 'baseline_study', 'position_profile',
-           'document003_study', 'run_baseline', 'cached_baseline']
+           'document003_study', 'layer_hooks', 'layer_caches', 'layers_study', 'run_baseline', 'cached_baseline']
 
 # %% ../nbs/70_matching.ipynb #3b8b8df8
 def feature_directions(x, by: str = "decoder") -> np.ndarray:
@@ -276,6 +276,57 @@ def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seed
     atomic_write_json(path, res)
     return res
 
+# %% ../nbs/70_matching.ipynb #02337ff4
+def layer_hooks(n_layers: int) -> list[str]:
+    "The residual stream at every depth: before each of the `n_layers` blocks, and after the last."
+    return [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
+
+# %% ../nbs/70_matching.ipynb #827357a9
+def layer_caches(out, series: SAESeries, hooks) -> dict:
+    """Train and eval activation caches of every hook at the series' last step, as many tokens as the series' own
+    (harvested in one forward pass per batch, reused when present): {hook: {"train": dir, "eval": dir}}."""
+    from saetrack.config import ActsConfig, Preset
+    from saetrack.pipeline import activations_for
+    last, root = series.steps[-1], run_acts_root(out)
+    n = {sp: int(load_activations(acts_dir(root, series.hook, sp, last)).manifest["n_tokens"]) for sp in ("train", "eval")}
+    p = Preset("layers", acts=ActsConfig(hook=",".join(hooks), train_tokens=n["train"], eval_tokens=n["eval"]))
+    tr, ev = activations_for(out, p, root, steps=[last], progress=False)
+    return {h: dict(train=tr[h][last], eval=ev[h][last]) for h in hooks}
+
+# %% ../nbs/70_matching.ipynb #e43e046b
+def _layers_key(series: SAESeries, hooks, seed: int, caches: dict) -> str:
+    "The layers study's cache key: the series' last entry, the hooks, the seed, every hook's two caches."
+    man, last = series.manifest, series.steps[-1]
+    return stable_hash(["layers", 1, man["config_hash"], man["entries"][str(last)]["key"], list(hooks), seed,
+                        [load_activations(caches[h][sp]).manifest["key"] for h in hooks for sp in ("train", "eval")]])
+
+# %% ../nbs/70_matching.ipynb #d62c847f
+def layers_study(out, series: SAESeries, seed: int | None = None, progress: bool = True) -> dict:
+    """At the series' last step, a converged scratch SAE on every `layer_hooks` hook: per layer its quality and its
+    activation by token position; per adjacent pair the decoder and encoder matching. Cached in `baseline/layers.json`."""
+    from saetrack.checkpoints import open_source
+    cfg = SAEConfig(**series.manifest["config"])
+    seed = baseline_seeds(cfg)[0] if seed is None else seed
+    hooks = layer_hooks(open_source(out).n_layers())
+    caches = layer_caches(out, series, hooks)
+    key = _layers_key(series, hooks, seed, caches)
+    path = baseline_dir(series.path.parent)/"layers.json"
+    if (old := cached_json(path, key)) is not None: return old
+    t0, last = time.time(), series.steps[-1]
+    saes, live, layers = {}, {}, {}
+    for h in tqdm(hooks, desc="layer SAEs", disable=not progress):
+        evc = load_activations(caches[h]["eval"])
+        saes[h] = independent_sae(series, caches[h]["train"], last, seed, evc.acts, tag="" if h == series.hook else f"_{h}")
+        live[h] = latent_stats(saes[h], evc.acts)["live"]
+        layers[h] = dict(position_profile(saes[h], evc), quality=_sae_summary(saes[h], evc.acts))
+    adjacent = {}
+    for a, b in zip(hooks[:-1], hooks[1:]):
+        adjacent[f"{a} -> {b}"] = {by: _pair_stats(m.sim, m.rows, m.cols, live[a], live[b])
+                                   for by in ("decoder", "encoder") for m in [match_features(saes[a], saes[b], by)]}
+    res = dict(key=key, step=last, seed=seed, hooks=hooks, layers=layers, adjacent=adjacent, seconds=round(time.time() - t0, 1))
+    atomic_write_json(path, res)
+    return res
+
 # %% ../nbs/70_matching.ipynb #05d46827
 def _caches(out, series: SAESeries) -> tuple[dict, dict]:
     root = run_acts_root(out)
@@ -288,20 +339,22 @@ def _caches(out, series: SAESeries) -> tuple[dict, dict]:
 
 # %% ../nbs/70_matching.ipynb #3ddce68b
 def run_baseline(out, progress: bool = True, steps=None, document003: bool = True) -> dict:
-    "The independent-SAE baseline (and document 003's questions) of the run in `out`; cached under `out/baseline`."
+    "The independent-SAE baseline (and document 003's questions, across layers too) of the run in `out`; cached under `out/baseline`."
     out = Path(out)
     series = SAESeries.load(series_path(out))
     tr_, ev_ = _caches(out, series)
     t = time.time()
     res = {"baseline": baseline_study(series, tr_, ev_, steps=steps, progress=progress)}
-    if document003: res["document003"] = document003_study(series, tr_, ev_, progress=progress)
+    if document003:
+        res["document003"] = document003_study(series, tr_, ev_, progress=progress)
+        res["layers"] = layers_study(out, series, progress=progress)
     res["seconds"] = round(time.time() - t, 1)
     return res
 
 # %% ../nbs/70_matching.ipynb #8a9eddaf
 def cached_baseline(out) -> dict | None:
     """The baseline `saetrack baseline` cached for the run in `out`, read back without training anything:
-    {"baseline": ..., "document003": ... (when cached)}, or None when there is none. A cache that is no longer that of
+    {"baseline": ..., "document003": ..., "layers": ... (those two when cached)}, or None when there is none. A cache that is no longer that of
     the series and its activation caches (or is damaged) is a one-line `SaetrackError` naming the command to rerun."""
     out = Path(out)
     series = SAESeries.load(series_path(out))
@@ -320,4 +373,7 @@ def cached_baseline(out) -> dict | None:
     if (where/"document003.json").exists():
         res["document003"] = check("document003.json", lambda d: _document003_key(
             series, load_activations(acts_dir(root, series.hook, "eval", last)), acts_dir(root, series.hook, "train", last), *d["seeds"], d["half_width"], d["topk"]))
+    if (where/"layers.json").exists():
+        res["layers"] = check("layers.json", lambda d: _layers_key(
+            series, d["hooks"], d["seed"], {h: {sp: acts_dir(root, h, sp, last) for sp in ("train", "eval")} for h in d["hooks"]}))
     return res
