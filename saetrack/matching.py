@@ -276,12 +276,12 @@ def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seed
     atomic_write_json(path, res)
     return res
 
-# %% ../nbs/70_matching.ipynb #02337ff4
+# %% ../nbs/70_matching.ipynb #0e30e11b
 def layer_hooks(n_layers: int) -> list[str]:
     "The residual stream at every depth: before each of the `n_layers` blocks, and after the last."
     return [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
 
-# %% ../nbs/70_matching.ipynb #827357a9
+# %% ../nbs/70_matching.ipynb #d359eb2a
 def layer_caches(out, series: SAESeries, hooks) -> dict:
     """Train and eval activation caches of every hook at the series' last step, as many tokens as the series' own
     (harvested in one forward pass per batch, reused when present): {hook: {"train": dir, "eval": dir}}."""
@@ -293,14 +293,14 @@ def layer_caches(out, series: SAESeries, hooks) -> dict:
     tr, ev = activations_for(out, p, root, steps=[last], progress=False)
     return {h: dict(train=tr[h][last], eval=ev[h][last]) for h in hooks}
 
-# %% ../nbs/70_matching.ipynb #e43e046b
+# %% ../nbs/70_matching.ipynb #6dfb3fc9
 def _layers_key(series: SAESeries, hooks, seed: int, caches: dict) -> str:
     "The layers study's cache key: the series' last entry, the hooks, the seed, every hook's two caches."
     man, last = series.manifest, series.steps[-1]
     return stable_hash(["layers", 1, man["config_hash"], man["entries"][str(last)]["key"], list(hooks), seed,
                         [load_activations(caches[h][sp]).manifest["key"] for h in hooks for sp in ("train", "eval")]])
 
-# %% ../nbs/70_matching.ipynb #d62c847f
+# %% ../nbs/70_matching.ipynb #8a6b4ceb
 def layers_study(out, series: SAESeries, seed: int | None = None, progress: bool = True) -> dict:
     """At the series' last step, a converged scratch SAE on every `layer_hooks` hook: per layer its quality and its
     activation by token position; per adjacent pair the decoder and encoder matching. Cached in `baseline/layers.json`."""
