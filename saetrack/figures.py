@@ -292,6 +292,25 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
         ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
         fig.tight_layout()
         save(fig, "matching_layers", "document 003 across layers at the final step: left, each depth's L0 by token position (relative to its mean); right, the median Hungarian-matched cosine between adjacent layers' converged SAEs, by decoder and by encoder, beside the seed floor at one layer and random dictionaries")
+        if "document003" in result:
+            d = result["document003"]
+            short = lambda h: "embeddings" if h == "blocks.0.hook_resid_pre" else h.replace("blocks.", "block ").replace(".hook_resid_", " ")
+            bars = [(f"another seed ({A} vs {B})", d["seed"]), (f"half the width ({d['half_width']} → {b['config']['d_sae']})", d["width"]),
+                    (f"another type (TopK k={d['topk']} vs ReLU + L1)", d["type"])]
+            bars += [(f"the next layer ({short(a)} → {short(b_)})", L["adjacent"][f"{a} -> {b_}"]["decoder"])
+                     for a, b_ in zip(L["hooks"][:-1], L["hooks"][1:])]
+            bars = sorted(bars, key=lambda kv: kv[1]["live"]["median"])
+            fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(bars) + 1.4))
+            y = np.arange(len(bars))
+            ax.barh(y, [v["live"]["median"] for _, v in bars], xerr=np.array([[v["live"]["median"] - v["live"]["q25"], v["live"]["q75"] - v["live"]["median"]] for _, v in bars]).T,
+                    color="C0", alpha=0.8, capsize=3)
+            ax.axvline(rnd, color="0.5", ls=":", lw=1, label=f"random dictionaries ({rnd:.2f})")
+            ax.set_yticks(y, [k for k, _ in bars], fontsize=8); ax.set_xlim(0, 1)
+            ax.set_xlabel("median decoder cosine of Hungarian-matched live latents (bar: quartiles)")
+            ax.set_title(f"What changes an SAE's dictionary most (step {d['step']}; lower = a bigger change)", fontsize=10)
+            ax.legend(fontsize=8, frameon=False, loc="lower right"); ax.grid(alpha=0.3, axis="x")
+            fig.tight_layout()
+            save(fig, "matching_factors", "document 003's factors side by side at the final step: the median matched decoder cosine between two converged SAEs that differ in one factor only (seed, width, SAE type, layer); no second corpus was tried")
     return made
 
 # %% ../nbs/81_figures.ipynb #dfaa90fe
