@@ -427,6 +427,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'saetrack.matching.document003_study': ('matching.html#document003_study', 'saetrack/matching.py'),
                                    'saetrack.matching.feature_directions': ('matching.html#feature_directions', 'saetrack/matching.py'),
                                    'saetrack.matching.identity_similarity': ('matching.html#identity_similarity', 'saetrack/matching.py'),
+                                   'saetrack.matching.independent_dir': ('matching.html#independent_dir', 'saetrack/matching.py'),
                                    'saetrack.matching.independent_sae': ('matching.html#independent_sae', 'saetrack/matching.py'),
                                    'saetrack.matching.latent_stats': ('matching.html#latent_stats', 'saetrack/matching.py'),
                                    'saetrack.matching.layer_caches': ('matching.html#layer_caches', 'saetrack/matching.py'),

@@ -199,21 +199,21 @@ def independent_saes(out, train_acts: dict, eval_acts: dict, n_seeds: int = 3, n
     the missing seeds trained here by the same rule into the same cache (`RUN/convergence/refs`).
     Returns {step: [SAE directory per seed]}."""
     from saetrack.activations import load_activations
-    from saetrack.convergence import scratch_reference, spread
-    from saetrack.series import eval_subset
+    from saetrack.convergence import spread
+    from saetrack.matching import independent_dir
     out = Path(out)
     study = read_json(convergence_dir(out)/"study.json")
-    cfg = SAEConfig(**SAESeries.load(series_path(out)).manifest["config"])
+    series = SAESeries.load(series_path(out))
+    cfg = SAEConfig(**series.manifest["config"])
     have = sorted(set(study["steps"]) | {r["prev"] for r in study["table"]})
     steps = spread(have, n_steps)
     seeds = [cfg.seed + i for i in range(n_seeds)]
     res = {}
     with tqdm(total=len(steps) * n_seeds, desc="independent SAEs", disable=not progress) as bar:
         for step in steps:
-            ev = eval_subset(load_activations(eval_acts[step]).acts, study["eval_tokens"])
-            res[step] = []
+            ev, res[step] = load_activations(eval_acts[step]).acts, []
             for s in seeds:
-                res[step].append(Path(scratch_reference(cfg, train_acts[step], ev, step, s, convergence_dir(out))["dir"])); bar.update()
+                res[step].append(independent_dir(series, train_acts[step], step, s, ev)); bar.update()
     return res
 
 # %% ../nbs/14_controls.ipynb #e24e3c45

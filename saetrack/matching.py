@@ -20,7 +20,7 @@ from .layout import run_acts_root, acts_dir, series_path, convergence_dir, basel
 
 # %% auto #0
 __all__ = ['feature_directions', 'cosine_matrix', 'Match', 'match_features', 'identity_similarity', 'similarity_stats',
-           'latent_stats', 'baseline_seeds', 'independent_sae', 'baseline_study', 'position_profile',
+           'latent_stats', 'baseline_seeds', 'independent_dir', 'independent_sae', 'baseline_study', 'position_profile',
            'document003_study', 'layer_hooks', 'layer_caches', 'layers_study', 'run_baseline', 'cached_baseline']
 
 # %% ../nbs/70_matching.ipynb #3b8b8df8
@@ -108,15 +108,18 @@ def baseline_seeds(cfg: SAEConfig, n: int = 2) -> list[int]:
     return [cfg.seed + 1 + i for i in range(n)]
 
 # %% ../nbs/70_matching.ipynb #b1d86d6a
-def independent_sae(series: SAESeries, train_dir, step: int, seed: int, eval_acts, cfg: SAEConfig | None = None,
-                    tag: str = ""):
-    """The converged from-scratch SAE of `step` with `seed` (and `cfg`, default: the series'): the recipe study's
-    reference (`scratch_reference`: the plateau rule on `eval_acts`), trained once into the run's shared cache
-    `convergence/refs`, so the baseline, control (c) and the study never train the same SAE twice."""
+def independent_dir(series: SAESeries, train_dir, step: int, seed: int, eval_acts, cfg: SAEConfig | None = None,
+                    tag: str = "") -> Path:
+    """Where the converged from-scratch SAE of `step` with `seed` (and `cfg`, default: the series') lives: the recipe
+    study's reference (`scratch_reference`: the plateau rule on `eval_acts`), trained first if it is not there, into the
+    run's shared cache `convergence/refs`, so the baseline, control (c) and the study never train the same SAE twice."""
     cfg = cfg or SAEConfig(**series.manifest["config"])
-    r = scratch_reference(cfg, train_dir, eval_subset(eval_acts, cfg.eval_tokens), step, seed,
-                          convergence_dir(series.path.parent), tag=tag)
-    return load_sae(r["dir"])
+    return Path(scratch_reference(cfg, train_dir, eval_subset(eval_acts, cfg.eval_tokens), step, seed,
+                                  convergence_dir(series.path.parent), tag=tag)["dir"])
+
+def independent_sae(*args, **kwargs):
+    "`independent_dir`'s SAE, loaded."
+    return load_sae(independent_dir(*args, **kwargs))
 
 # %% ../nbs/70_matching.ipynb #70ffb1dd
 def _sae_summary(sae, acts) -> dict:
