@@ -18,6 +18,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'saetrack.activations.cache_activations': ( 'activations.html#cache_activations',
                                                                                   'saetrack/activations.py'),
                                       'saetrack.activations.cache_hooks': ('activations.html#cache_hooks', 'saetrack/activations.py'),
+                                      'saetrack.activations.cache_key': ('activations.html#cache_key', 'saetrack/activations.py'),
                                       'saetrack.activations.forward_dtype': ('activations.html#forward_dtype', 'saetrack/activations.py'),
                                       'saetrack.activations.harvest': ('activations.html#harvest', 'saetrack/activations.py'),
                                       'saetrack.activations.load_activations': ( 'activations.html#load_activations',

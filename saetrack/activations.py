@@ -22,7 +22,8 @@ from .layout import run_json, tokens_file, acts_dir
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'BF16_TOL', 'SPLIT_FILE', 'token_rows', 'harvest', 'bf16_error', 'forward_dtype', 'Activations',
-           'load_activations', 'cache_hooks', 'cache_activations', 'rows_hash', 'activation_split', 'token_stream']
+           'load_activations', 'cache_key', 'cache_hooks', 'cache_activations', 'rows_hash', 'activation_split',
+           'token_stream']
 
 # %% ../nbs/06_activations.ipynb #a7afac19
 def token_rows(stream: np.ndarray, n_tokens: int, ctx: int, bos: int = 0) -> np.ndarray:
@@ -139,6 +140,13 @@ def load_activations(path, key: str | tuple | None = None) -> Activations:
         if not _file_ok(path/f"{name}.npy", f["shape"], f["dtype"], f["sha256"]):
             raise CorruptCacheError(f"activation cache file {path/f'{name}.npy'} is corrupt or truncated (size or checksum mismatch); {fix}")
     return Activations(path, np.load(path/"acts.npy", mmap_mode="r"), np.load(path/"tokens.npy", mmap_mode="r"), m)
+
+# %% ../nbs/06_activations.ipynb #dc1e39cf
+def cache_key(path) -> str:
+    "The key a cache entry was built with, from its manifest alone (no checksums: for cache keys of what was computed from it)."
+    try: return read_json(Path(path)/"manifest.json")["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CorruptCacheError(f"activation cache {path} has no readable manifest; rerun `saetrack activations` (or delete it) to rebuild") from None
 
 # %% ../nbs/06_activations.ipynb #ee907f48
 def _write_npy(path: Path, arr: np.ndarray) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .activations import load_activations
+from .activations import cache_key, load_activations
 from .config import SAEConfig
 from .core import SaetrackError, atomic_write_json, cached_json, read_json, stable_hash
 from .convergence import scratch_reference, spread
@@ -131,7 +131,7 @@ def _baseline_key(series: SAESeries, eval_acts: dict, steps, seeds) -> str:
     "The baseline's cache key: the series' config and entries at `steps`, the seeds, those steps' held-out caches."
     man = series.manifest
     return stable_hash(["baseline", 3, man["config_hash"], [man["entries"][str(s)]["key"] for s in steps], steps, seeds,
-                        [load_activations(eval_acts[s]).manifest["key"] for s in steps]])
+                        [cache_key(eval_acts[s]) for s in steps]])
 
 # %% ../nbs/70_matching.ipynb #b2c48228
 def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=None, seeds=None, n_steps: int = 4,
@@ -235,7 +235,7 @@ def _document003_key(series: SAESeries, evc, train_dir, A: int, B: int, half_wid
     "document 003's cache key: the series' last entry, the seeds and sizes, that step's held-out cache `evc` and training cache."
     man, last = series.manifest, series.steps[-1]
     return stable_hash(["document003", 3, man["config_hash"], man["entries"][str(last)]["key"],
-                        A, B, half_width, topk, evc.manifest["key"], load_activations(train_dir).manifest["key"]])
+                        A, B, half_width, topk, evc.manifest["key"], cache_key(train_dir)])
 
 # %% ../nbs/70_matching.ipynb #a41c7002
 def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seeds=None, half_width: int | None = None,
@@ -301,7 +301,7 @@ def _layers_key(series: SAESeries, hooks, seed: int, caches: dict) -> str:
     "The layers study's cache key: the series' last entry, the hooks, the seed, every hook's two caches."
     man, last = series.manifest, series.steps[-1]
     return stable_hash(["layers", 1, man["config_hash"], man["entries"][str(last)]["key"], list(hooks), seed,
-                        [load_activations(caches[h][sp]).manifest["key"] for h in hooks for sp in ("train", "eval")]])
+                        [cache_key(caches[h][sp]) for h in hooks for sp in ("train", "eval")]])
 
 # %% ../nbs/70_matching.ipynb #8a6b4ceb
 def layers_study(out, series: SAESeries, seed: int | None = None, progress: bool = True) -> dict:
