@@ -10,7 +10,8 @@ from pathlib import Path
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['MIN_FILES', 'Corpus', 'stdlib_corpus', 'files_corpus', 'hf_corpus', 'load_corpus', 'CorpusSplit']
+__all__ = ['MIN_FILES', 'Corpus', 'python_corpus', 'stdlib_corpus', 'package_corpus', 'files_corpus', 'hf_corpus', 'load_corpus',
+           'CorpusSplit']
 
 # %% ../nbs/02_corpus.ipynb #80fdd245
 @dataclass
@@ -54,9 +55,8 @@ class Corpus:
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3"}
 
 # %% ../nbs/02_corpus.ipynb #21bb368c
-def stdlib_corpus() -> Corpus:
-    "Every `.py` file of this interpreter's standard library outside test suites, sorted by relative path."
-    root = Path(sysconfig.get_paths()["stdlib"])
+def python_corpus(name: str, root: Path) -> Corpus:
+    "Every `.py` file under `root` outside test suites, sorted by path relative to `root` (the documents' ids)."
     ids, docs = [], []
     for p in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
         rel = p.relative_to(root)
@@ -64,7 +64,21 @@ def stdlib_corpus() -> Corpus:
         try: text = p.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError): continue
         if text.strip(): ids.append(rel.as_posix()); docs.append(text)
-    return Corpus("stdlib", ids, docs)
+    return Corpus(name, ids, docs)
+
+# %% ../nbs/02_corpus.ipynb #281a1798
+def stdlib_corpus() -> Corpus:
+    "The default corpus: this interpreter's standard library (`python_corpus`)."
+    return python_corpus("stdlib", Path(sysconfig.get_paths()["stdlib"]))
+
+# %% ../nbs/02_corpus.ipynb #3e913a93
+def package_corpus(name: str) -> Corpus:
+    "The `.py` files of the installed package `name` (`python_corpus`), named `package:NAME`."
+    import importlib.util
+    spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise SaetrackError(f"corpus 'package:{name}' needs an installed Python package named '{name}'; pip install it, or pass another corpus")
+    return python_corpus(f"package:{name}", Path(list(spec.submodule_search_locations)[0]))
 
 # %% ../nbs/02_corpus.ipynb #6864c87b
 def _read_text(p: Path) -> str | None:
@@ -125,9 +139,10 @@ def _looks_like_path(spec: str) -> bool:
 
 # %% ../nbs/02_corpus.ipynb #79414223
 def load_corpus(spec: str = "stdlib", max_bytes: int | None = None) -> Corpus:
-    "Resolve a corpus spec: 'stdlib', a local directory / glob / file, or a Hugging Face dataset name."
+    "Resolve a corpus spec: 'stdlib', 'package:NAME' (an installed package's source), a local directory / glob / file, or a Hugging Face dataset name."
     if not spec or not str(spec).strip(): raise SaetrackError("empty corpus spec; pass 'stdlib' or a directory of text files")
     if spec == "stdlib": c = stdlib_corpus()
+    elif spec.startswith("package:"): c = package_corpus(spec.removeprefix("package:"))
     elif Path(spec).expanduser().exists() or _looks_like_path(spec): c = files_corpus(spec)
     else: c = hf_corpus(spec)
     return c.truncate(max_bytes)

@@ -18,7 +18,8 @@ from .series import SAESeries
 from .layout import run_json, log_json, series_path, analysis_dir, convergence_dir, controls_dir, control_series
 
 # %% auto #0
-__all__ = ['FIGURE_SEED', 'plot_analysis', 'plot_matching', 'scaling_runs', 'plot_scaling', 'head_commit', 'make_figures']
+__all__ = ['FIGURE_SEED', 'FACTOR_LABELS', 'plot_analysis', 'plot_matching', 'scaling_runs', 'plot_scaling', 'head_commit',
+           'make_figures']
 
 # %% ../nbs/81_figures.ipynb #2d7e9304
 def _live_classes(result: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -193,6 +194,52 @@ def _ecdf_axes(ax, title):
     ax.axvline(0.9, color="grey", lw=0.6, ls=":"); ax.axvline(0.7, color="grey", lw=0.6, ls=":")
     ax.set_xlabel("match cosine (decoder)"); ax.grid(alpha=0.3); ax.legend(fontsize=7.5, loc="upper left")
 
+# %% ../nbs/81_figures.ipynb #720d4d46
+FACTOR_LABELS = {"seed": "another seed", "width": "+ half the width", "dataset": "+ another dataset",
+                 "type": "+ TopK, not ReLU + L1", "next layer": "the next layer (same seed)"}
+
+# %% ../nbs/81_figures.ipynb #50616018
+def _short_hook(h: str) -> str:
+    return "embeddings" if h == "blocks.0.hook_resid_pre" else h.replace("blocks.", "block ").replace(".hook_resid_", " ")
+
+# %% ../nbs/81_figures.ipynb #da261b0f
+def _fig_factors(F: dict, rnd: float):
+    """Heatmap of `factors_study`'s medians: one row per factor, one column per hook; returns (figure, name)."""
+    import matplotlib.pyplot as plt
+    rows, hooks = list(FACTOR_LABELS), F["hooks"]
+    M = np.array([[F["factors"][h].get(f, {}).get("live", {}).get("median", np.nan) for h in hooks] for f in rows])
+    fig, ax = plt.subplots(figsize=(1.5 * len(hooks) + 3, 0.5 * len(rows) + 1.8))
+    im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for (r, c), v in np.ndenumerate(M):
+        ax.text(c, r, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=9, color="w" if v < 0.6 else "k")
+    ax.set_xticks(range(len(hooks)), [_short_hook(h) for h in hooks], fontsize=8)
+    ax.set_yticks(range(len(rows)), [FACTOR_LABELS[f] for f in rows], fontsize=8.5)
+    fig.colorbar(im, ax=ax, label="median matched decoder cosine (live)", shrink=0.9)
+    ax.set_title(f"What moves an SAE's dictionary, by depth (step {F['step']}; lower = a bigger change; random dictionaries {rnd:.2f})\n"
+                 f"every row but the last changes the seed ({F['seeds'][0]} vs {F['seeds'][1]}); dataset: {F['corpus']}", fontsize=9.5)
+    fig.tight_layout()
+    return fig, "matching_factors"
+
+# %% ../nbs/81_figures.ipynb #a3f45e2b
+def _fig_factor_maps(F: dict):
+    """`matched_layout`'s maps of `factors_study` side by side, matched points blue, unmatched red; returns (figure, name)."""
+    import matplotlib.pyplot as plt
+    maps = {f: F["maps"][f] for f in FACTOR_LABELS if f in F["maps"]}
+    fig, axs = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 4.4), squeeze=False)
+    for ax, (f, m) in zip(axs[0], maps.items()):
+        x, y, ok, sae = (np.asarray(m[k]) for k in ("x", "y", "matched", "sae"))
+        for sel, col, lab in ((~ok, "C3", "unmatched"), (ok, "C0", "matched")):
+            for s, mk in ((0, "o"), (1, "^")):
+                k = sel & (sae == s)
+                ax.scatter(x[k], y[k], s=5, marker=mk, color=col, alpha=0.55, lw=0,
+                           label=f"{lab}, {'reference' if s else 'variant'} ({k.sum()})")
+        ax.set_title(f"reference vs {FACTOR_LABELS[f].removeprefix('+ ')}: {ok.mean():.0%} of live latents matched", fontsize=9)
+        ax.set_xticks([]); ax.set_yticks([]); ax.legend(fontsize=7, markerscale=2.5, frameon=False, loc="best")
+    fig.suptitle(f"Decoder directions of two converged SAEs in one UMAP ({_short_hook(F['maps_hook'])}, step {F['step']}; "
+                 f"matched: Hungarian cosine ≥ {next(iter(maps.values()))['threshold']})", fontsize=10)
+    fig.tight_layout()
+    return fig, "matching_umap"
+
 # %% ../nbs/81_figures.ipynb #7583eef0
 def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", "pdf")) -> dict:
     """Every baseline figure of the run in `out` as PNG + PDF; returns their descriptions. `result` defaults to what
@@ -205,7 +252,7 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
     b, made = result["baseline"], {}
     A, B = b["seeds"]; steps = b["steps"]
     paper = "Reviewer 3's requested baseline"
-    def save(fig, name, shows):
+    def save(fig, name, shows, paper=paper):
         save_figure(fig, figures_dir/name, formats=formats); plt.close(fig); made[name] = dict(shows=shows, paper=paper)
     fig, axs = plt.subplots(1, len(steps), figsize=(3.6 * len(steps), 3.4), sharey=True, squeeze=False)
     for ax, s in zip(axs[0], steps):
@@ -292,25 +339,10 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
         ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
         fig.tight_layout()
         save(fig, "matching_layers", "document 003 across layers at the final step: left, each depth's L0 by token position (relative to its mean); right, the median Hungarian-matched cosine between adjacent layers' converged SAEs, by decoder and by encoder, beside the seed floor at one layer and random dictionaries")
-        if "document003" in result:
-            d = result["document003"]
-            short = lambda h: "embeddings" if h == "blocks.0.hook_resid_pre" else h.replace("blocks.", "block ").replace(".hook_resid_", " ")
-            bars = [(f"another seed ({A} vs {B})", d["seed"]), (f"half the width ({d['half_width']} → {b['config']['d_sae']})", d["width"]),
-                    (f"another type (TopK k={d['topk']} vs ReLU + L1)", d["type"])]
-            bars += [(f"the next layer ({short(a)} → {short(b_)})", L["adjacent"][f"{a} -> {b_}"]["decoder"])
-                     for a, b_ in zip(L["hooks"][:-1], L["hooks"][1:])]
-            bars = sorted(bars, key=lambda kv: kv[1]["live"]["median"])
-            fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(bars) + 1.4))
-            y = np.arange(len(bars))
-            ax.barh(y, [v["live"]["median"] for _, v in bars], xerr=np.array([[v["live"]["median"] - v["live"]["q25"], v["live"]["q75"] - v["live"]["median"]] for _, v in bars]).T,
-                    color="C0", alpha=0.8, capsize=3)
-            ax.axvline(rnd, color="0.5", ls=":", lw=1, label=f"random dictionaries ({rnd:.2f})")
-            ax.set_yticks(y, [k for k, _ in bars], fontsize=8); ax.set_xlim(0, 1)
-            ax.set_xlabel("median decoder cosine of Hungarian-matched live latents (bar: quartiles)")
-            ax.set_title(f"What changes an SAE's dictionary most (step {d['step']}; lower = a bigger change)", fontsize=10)
-            ax.legend(fontsize=8, frameon=False, loc="lower right"); ax.grid(alpha=0.3, axis="x")
-            fig.tight_layout()
-            save(fig, "matching_factors", "document 003's factors side by side at the final step: the median matched decoder cosine between two converged SAEs that differ in one factor only (seed, width, SAE type, layer); no second corpus was tried")
+    if "factors" in result:
+        rnd = b["same_step"][str(steps[-1])]["random"]["all"]["median"]
+        save(*_fig_factors(result["factors"], rnd), "document 003's factors at every depth of the final step: the median matched decoder cosine between a converged SAE and one that differs in the seed, and in the dataset, the width, the SAE type, or the layer too; lower is a bigger change")
+        save(*_fig_factor_maps(result["factors"]), "UMAP of two converged SAEs' live decoder directions at the series' hook, matched (Hungarian cosine >= 0.7) or not: another seed, another dataset, another SAE type")
     return made
 
 # %% ../nbs/81_figures.ipynb #dfaa90fe

@@ -16,12 +16,13 @@ from .core import SaetrackError, atomic_write_json, cached_json, read_json, stab
 from .convergence import scratch_reference, spread
 from .sae import load_sae, sae_metrics
 from .series import SAESeries, eval_subset
-from .layout import run_acts_root, acts_dir, series_path, convergence_dir, baseline_dir
+from .layout import run_acts_root, acts_dir, series_path, convergence_dir, baseline_dir, corpus_acts_root
 
 # %% auto #0
-__all__ = ['feature_directions', 'cosine_matrix', 'Match', 'match_features', 'identity_similarity', 'similarity_stats',
-           'latent_stats', 'baseline_seeds', 'independent_dir', 'independent_sae', 'baseline_study', 'position_profile',
-           'document003_study', 'layer_hooks', 'layer_caches', 'layers_study', 'run_baseline', 'cached_baseline']
+__all__ = ['SECOND_CORPUS', 'FACTORS', 'feature_directions', 'cosine_matrix', 'Match', 'match_features', 'identity_similarity',
+           'similarity_stats', 'latent_stats', 'baseline_seeds', 'independent_dir', 'independent_sae', 'baseline_study',
+           'position_profile', 'document003_study', 'layer_hooks', 'layer_caches', 'layers_study', 'factor_table',
+           'umap_2d', 'matched_layout', 'factors_study', 'run_baseline', 'cached_baseline']
 
 # %% ../nbs/70_matching.ipynb #3b8b8df8
 def feature_directions(x, by: str = "decoder") -> np.ndarray:
@@ -285,16 +286,30 @@ def layer_hooks(n_layers: int) -> list[str]:
     return [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
 
 # %% ../nbs/70_matching.ipynb #d359eb2a
-def layer_caches(out, series: SAESeries, hooks) -> dict:
+def layer_caches(out, series: SAESeries, hooks, corpus: str | None = None) -> dict:
     """Train and eval activation caches of every hook at the series' last step, as many tokens as the series' own
-    (harvested in one forward pass per batch, reused when present): {hook: {"train": dir, "eval": dir}}."""
+    (harvested in one forward pass per batch, reused when present): {hook: {"train": dir, "eval": dir}}. `corpus`:
+    on another corpus than the run's, read whole (the run's byte limit is its own corpus') and split with the run's
+    held-out fraction and seed, cached under `corpus_acts_root`."""
+    from saetrack.activations import cache_hooks
+    from saetrack.checkpoints import open_source
     from saetrack.config import ActsConfig, Preset
+    from saetrack.lm import run_split
     from saetrack.pipeline import activations_for
-    last, root = series.steps[-1], run_acts_root(out)
-    n = {sp: int(load_activations(acts_dir(root, series.hook, sp, last)).manifest["n_tokens"]) for sp in ("train", "eval")}
-    p = Preset("layers", acts=ActsConfig(hook=",".join(hooks), train_tokens=n["train"], eval_tokens=n["eval"]))
-    tr, ev = activations_for(out, p, root, steps=[last], progress=False)
-    return {h: dict(train=tr[h][last], eval=ev[h][last]) for h in hooks}
+    from saetrack.tokenizer import encode_docs
+    last, own, src = series.steps[-1], run_acts_root(out), open_source(out)
+    n = {sp: int(load_activations(acts_dir(own, series.hook, sp, last)).manifest["n_tokens"]) for sp in ("train", "eval")}
+    if corpus is None:
+        p = Preset("layers", acts=ActsConfig(hook=",".join(hooks), train_tokens=n["train"], eval_tokens=n["eval"]))
+        tr, ev = activations_for(out, p, own, steps=[last], progress=False)
+        return {h: dict(train=tr[h][last], eval=ev[h][last]) for h in hooks}
+    c, *docs = dataclasses.replace(run_split(out), corpus=corpus, max_bytes=None).load()
+    res = {h: {} for h in hooks}
+    for sp, d in zip(("train", "eval"), docs):
+        for h, e in cache_hooks(src, hooks, encode_docs(src.tokenizer(), d), n[sp], corpus_acts_root(out, corpus), split=sp,
+                                steps=[last], corpus_sha256=c.sha256, progress=False).items():
+            res[h][sp] = e[last]
+    return res
 
 # %% ../nbs/70_matching.ipynb #6dfb3fc9
 def _layers_key(series: SAESeries, hooks, seed: int, caches: dict) -> str:
@@ -330,6 +345,87 @@ def layers_study(out, series: SAESeries, seed: int | None = None, progress: bool
     atomic_write_json(path, res)
     return res
 
+# %% ../nbs/70_matching.ipynb #ef8b4b97
+SECOND_CORPUS = "package:torch"   # document 003's dataset factor: the same model and hooks on other authors' Python (pinned with torch)
+FACTORS = {"seed": "B", "dataset": "dataset", "width": "half", "type": "topk"}   # factor -> the variant that differs in it
+
+# %% ../nbs/70_matching.ipynb #3a56308a
+def factor_table(dicts: dict, live: dict, hooks) -> dict:
+    """{hook: {factor: pair stats}}: at every hook the reference `(hook, "A")` matched (decoder, Hungarian) with each
+    variant of `FACTORS` at that hook, and with the next hook's reference ("next layer"). `dicts[(hook, variant)]`:
+    an SAE or its decoder rows; `live[(hook, variant)]`: its live-latent mask."""
+    out = {}
+    for i, h in enumerate(hooks):
+        pairs = {f: (h, v) for f, v in FACTORS.items() if (h, v) in dicts}
+        if i + 1 < len(hooks): pairs["next layer"] = (hooks[i + 1], "A")
+        out[h] = {}
+        for f, other in pairs.items():
+            m = match_features(dicts[other], dicts[(h, "A")])       # the variant's latents are the rows (half width: all matched)
+            out[h][f] = _pair_stats(m.sim, m.rows, m.cols, live[other], live[(h, "A")])
+    return out
+
+# %% ../nbs/70_matching.ipynb #40272d46
+def umap_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
+    "A seeded 2-D UMAP of the rows of `X` under the cosine metric."
+    import umap
+    return umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed).fit_transform(X)
+
+# %% ../nbs/70_matching.ipynb #4bf8cdcd
+def matched_layout(a, b, live_a, live_b, threshold: float = 0.7, embed=umap_2d, seed: int = 0) -> dict:
+    """Both SAEs' live decoder directions in one 2-D map (`embed`, default UMAP): per point its coordinates, its SAE
+    (0: `a`, 1: `b`), its Hungarian match cosine and whether that is at least `threshold`."""
+    m = match_features(a, b)
+    cos = [np.full(n, np.nan) for n in (len(live_a), len(live_b))]
+    cos[0][m.rows], cos[1][m.cols] = m.sim, m.sim
+    X = np.vstack([feature_directions(a)[live_a], feature_directions(b)[live_b]])
+    c = np.concatenate([cos[0][live_a], cos[1][live_b]])
+    xy = embed(X, seed)
+    return dict(x=np.round(xy[:, 0], 3).tolist(), y=np.round(xy[:, 1], 3).tolist(),
+                sae=[0] * int(live_a.sum()) + [1] * int(live_b.sum()), cos=np.round(np.nan_to_num(c), 4).tolist(),
+                matched=(np.nan_to_num(c) >= threshold).tolist(), threshold=threshold)
+
+# %% ../nbs/70_matching.ipynb #dcda0140
+def _factors_key(series: SAESeries, hooks, A: int, B: int, half_width: int, topk: int, corpus: str, caches: dict) -> str:
+    "The factors study's cache key: the series' last entry, the hooks, seeds, variants, and every cache it reads."
+    man, last = series.manifest, series.steps[-1]
+    return stable_hash(["factors", 1, man["config_hash"], man["entries"][str(last)]["key"], list(hooks), A, B, half_width,
+                        topk, corpus, [cache_key(caches[c][h][sp]) for c in ("own", "other") for h in hooks for sp in ("train", "eval")]])
+
+# %% ../nbs/70_matching.ipynb #2ae64bfc
+def factors_study(out, series: SAESeries, corpus: str = SECOND_CORPUS, seeds=None, half_width: int | None = None,
+                  topk: int = 32, progress: bool = True) -> dict:
+    """At the series' last step and every `layer_hooks` hook, the converged SAEs of `FACTORS` and their `factor_table`;
+    at the series' hook, the `matched_layout` maps of seed, dataset and type. Cached in `baseline/factors.json`."""
+    from saetrack.checkpoints import open_source
+    cfg = SAEConfig(**series.manifest["config"])
+    A, B = list(seeds or baseline_seeds(cfg))
+    half_width = half_width or cfg.d_sae // 2
+    hooks = layer_hooks(open_source(out).n_layers())
+    caches = dict(own=layer_caches(out, series, hooks), other=layer_caches(out, series, hooks, corpus=corpus))
+    key = _factors_key(series, hooks, A, B, half_width, topk, corpus, caches)
+    path = baseline_dir(series.path.parent)/"factors.json"
+    if (old := cached_json(path, key)) is not None: return old
+    t0, last = time.time(), series.steps[-1]
+    variants = dict(A=(A, cfg, "own", ""), B=(B, cfg, "own", ""), half=(B, dataclasses.replace(cfg, d_sae=half_width), "own", f"_d{half_width}"),
+                    topk=(B, dataclasses.replace(cfg, arch="topk", k=topk), "own", f"_topk{topk}"),
+                    dataset=(B, cfg, "other", "_" + corpus.replace(":", "-").replace("/", "_")))
+    saes, live, quality = {}, {}, {}
+    bar = tqdm(total=len(hooks) * len(variants), desc="factor SAEs", disable=not progress)
+    for h in hooks:
+        for v, (sd, c, data, tag) in variants.items():
+            cc = caches[data][h]; ev = load_activations(cc["eval"]).acts
+            saes[(h, v)] = independent_sae(series, cc["train"], last, sd, ev, cfg=c, tag=("" if h == series.hook else f"_{h}") + tag)
+            live[(h, v)] = latent_stats(saes[(h, v)], ev)["live"]
+            quality[f"{h} {v}"] = _sae_summary(saes[(h, v)], ev); bar.update()
+    bar.close()
+    h = series.hook
+    maps = {f: matched_layout(saes[(h, v)], saes[(h, "A")], live[(h, v)], live[(h, "A")], seed=A) for f, v in
+            (("seed", "B"), ("dataset", "dataset"), ("type", "topk"))}
+    res = dict(key=key, step=last, seeds=[A, B], half_width=half_width, topk=topk, corpus=corpus, hooks=hooks,
+               quality=quality, factors=factor_table(saes, live, hooks), maps=maps, maps_hook=h, seconds=round(time.time() - t0, 1))
+    atomic_write_json(path, res)
+    return res
+
 # %% ../nbs/70_matching.ipynb #05d46827
 def _caches(out, series: SAESeries) -> tuple[dict, dict]:
     root = run_acts_root(out)
@@ -351,13 +447,14 @@ def run_baseline(out, progress: bool = True, steps=None, document003: bool = Tru
     if document003:
         res["document003"] = document003_study(series, tr_, ev_, progress=progress)
         res["layers"] = layers_study(out, series, progress=progress)
+        res["factors"] = factors_study(out, series, progress=progress)
     res["seconds"] = round(time.time() - t, 1)
     return res
 
 # %% ../nbs/70_matching.ipynb #8a9eddaf
 def cached_baseline(out) -> dict | None:
     """The baseline `saetrack baseline` cached for the run in `out`, read back without training anything:
-    {"baseline": ..., "document003": ..., "layers": ... (those two when cached)}, or None when there is none. A cache that is no longer that of
+    {"baseline": ..., "document003": ..., "layers": ..., "factors": ... (the last three when cached)}, or None when there is none. A cache that is no longer that of
     the series and its activation caches (or is damaged) is a one-line `SaetrackError` naming the command to rerun."""
     out = Path(out)
     series = SAESeries.load(series_path(out))
@@ -379,4 +476,8 @@ def cached_baseline(out) -> dict | None:
     if (where/"layers.json").exists():
         res["layers"] = check("layers.json", lambda d: _layers_key(
             series, d["hooks"], d["seed"], {h: {sp: acts_dir(root, h, sp, last) for sp in ("train", "eval")} for h in d["hooks"]}))
+    if (where/"factors.json").exists():
+        res["factors"] = check("factors.json", lambda d: _factors_key(series, d["hooks"], *d["seeds"], d["half_width"], d["topk"], d["corpus"], {
+            c: {h: {sp: acts_dir(r, h, sp, last) for sp in ("train", "eval")} for h in d["hooks"]}
+            for c, r in (("own", root), ("other", corpus_acts_root(out, d["corpus"])))}))
     return res

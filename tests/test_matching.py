@@ -82,3 +82,45 @@ def test_spread():
     steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 750, 1000, 1250, 1500, 1750, 2000]
     assert spread(steps, 4) == [0, 16, 750, 2000]
     assert spread([0, 5], 4) == [0, 5]
+
+
+def _planted_layers(seed=0):
+    "One shared dictionary seen by three 'layers' (a rotation, then a large change) and by variants with their own noise."
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((256, 64))
+    R = np.eye(64); R[:2, :2] = [[np.cos(0.9), -np.sin(0.9)], [np.sin(0.9), np.cos(0.9)]]
+    bases = {"L0": D, "L1": D @ R.T, "L2": D @ R.T + 2.0 * rng.standard_normal(D.shape)}
+    noise = {"A": 0.0, "B": 0.2, "half": 0.3, "dataset": 0.5, "topk": 0.8}
+    dicts = {}
+    for h, base in bases.items():
+        for v, s in noise.items():
+            X = base + s * rng.standard_normal(D.shape)
+            dicts[(h, v)] = X[:128] if v == "half" else X
+    return dicts, {k: np.ones(len(v), bool) for k, v in dicts.items()}
+
+
+def test_factor_table_ranks_planted_factors():
+    from saetrack.matching import FACTORS, factor_table
+    dicts, live = _planted_layers()
+    T = factor_table(dicts, live, ["L0", "L1", "L2"])
+    med = {h: {f: r["live"]["median"] for f, r in T[h].items()} for h in T}
+    for h in T:                                  # ranked by the planted noise: seed 0.2 < width 0.3 < dataset 0.5 < type 0.8
+        assert med[h]["seed"] > med[h]["width"] > med[h]["dataset"] > med[h]["type"] > 0.5
+    assert med["L0"]["next layer"] > 0.9 > 0.6 > med["L1"]["next layer"]     # the shared dictionary is matched across layers
+    assert set(T["L2"]) == set(FACTORS) and T["L0"]["width"]["all"]["n"] == 128
+    # a dead latent drops out of the live statistics only
+    live[("L0", "B")][:128] = False
+    assert factor_table(dicts, live, ["L0"])["L0"]["seed"]["live"]["n"] == 128
+
+
+def test_matched_layout_marks_planted_pairs():
+    from saetrack.matching import matched_layout
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((256, 64))
+    B = np.vstack([A[:100] + 0.05 * rng.standard_normal((100, 64)), rng.standard_normal((156, 64))])
+    la, lb = np.ones(256, bool), np.ones(256, bool); lb[-6:] = False
+    first2 = lambda X, seed: X[:, :2]            # any embedding: the marks do not depend on it
+    L = matched_layout(A, B, la, lb, embed=first2)
+    assert len(L["x"]) == len(L["matched"]) == 506 and L["sae"].count(0) == 256
+    assert sum(L["matched"]) == 200 and all(L["matched"][:100]) and not any(L["matched"][100:256])
+    assert min(L["cos"][:100]) > 0.9 and max(L["cos"][100:256]) < 0.7

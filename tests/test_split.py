@@ -101,3 +101,13 @@ def test_default_caches_keep_their_keys(run, preset, tmp_path):
         key = stable_hash(dict(v=CACHE_VERSION, source=src.identity(step), hook=preset.acts.hook, split=split,
                                dtype=preset.acts.dtype, rows=rows_hash(rows), processing=TL_PROCESSING))
         assert load_activations(res[preset.acts.hook][step]).manifest["key"] == key
+
+
+def test_package_corpus_reads_an_installed_packages_source():
+    from saetrack.core import SaetrackError
+    c = load_corpus("package:json")
+    assert c.name == "package:json" and c.ids == ["__init__.py", "decoder.py", "encoder.py", "scanner.py", "tool.py"]
+    assert c.docs[1] == (Path(sysconfig.get_paths()["stdlib"]) / "json" / "decoder.py").read_text()
+    for bad in ("package:no_such_package_xyz", "package:not a name"):
+        with pytest.raises(SaetrackError, match="needs an installed Python package"):
+            load_corpus(bad)
