@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 from .activations import load_activations
-from .core import SaetrackError, atomic_path, atomic_write_json, read_json, stable_hash
+from .core import SaetrackError, atomic_path, atomic_write_json, from_rank0, read_json, share_out, stable_hash
 from .series import SAESeries
 from . import changepoints as cp, drift as dr, formation as fm, inference as inf, semantics as sm, transitions as tr
 from .layout import run_acts_root, acts_dir, series_path, analysis_dir
@@ -88,9 +88,12 @@ def analysis_key(series: SAESeries, caches: dict, cfg: AnalysisConfig) -> str:
 
 # %% ../nbs/60_analysis.ipynb #33e09fa5
 def _classes_part(steps, saes, caches, tokens, key_map, cfg, progress) -> dict:
-    r = sm.classify_all(steps, ((saes[t], caches[s].acts) for t, s in enumerate(steps)), tokens, k=cfg.k,
-                        key_map=key_map, th=cfg.thresholds, n_null=cfg.n_null_dirs, seed=cfg.seed, progress=progress)
-    r.pop("steps")
+    def classify(ts):                  # the checkpoints are dealt out over the processes under torchrun (`share_out`)
+        r = sm.classify_all([steps[t] for t in ts], ((saes[t], caches[steps[t]].acts) for t in ts), tokens, k=cfg.k,
+                            key_map=key_map, th=cfg.thresholds, n_null=cfg.n_null_dirs, seed=cfg.seed, progress=progress)
+        return {t: {n: a[j] for n, a in r.items() if n != "steps"} for j, t in enumerate(ts)}
+    per = share_out(classify, range(len(steps)))
+    r = {n: np.stack([per[t][n] for t in range(len(steps))]) for n in per[0]}
     r["class_fractions"] = sm.class_fractions(r["classes"])
     r["token_by_mass"] = sm.token_by_mass(r["classes"], r["mass_share"], cfg.thresholds)
     r["datapoints"], r["datapoint_values"] = r["indices"][-1], r["values"][-1]
@@ -230,30 +233,34 @@ def analyse(out, progress: bool = True, cfg: AnalysisConfig | None = None, acts_
     with torch.inference_mode():
         t = time.time()
         r.update(_classes_part(series.steps, saes, caches, tokens, key_map, cfg, progress)); times["classes"] = time.time() - t
+    def finish():                      # the rest is rank 0's under torchrun (the others wait for its result)
+        with torch.inference_mode():
+            t = time.time()
+            r.update(_progress_part(series.steps, saes, caches, tokens, r["live"], r["datapoints"], cfg, progress))
+            times["progress"] = time.time() - t
+            t = time.time()
+            W = series.decoders()
+            r.update(_drift_part(series.steps, W, r["live"], r["formation"][cfg.formation_space], cfg))
+            times["drift"] = time.time() - t
         t = time.time()
-        r.update(_progress_part(series.steps, saes, caches, tokens, r["live"], r["datapoints"], cfg, progress))
-        times["progress"] = time.time() - t
+        st = inf.detect_stage_boundaries(steps, _stage_curves(r))
+        r["stages"] = dict(boundaries=list(st["boundaries"]), index=list(st["index"]), r2_gain=st["r2_gain"],
+                           curves=st["curves"], z=st["z"], fitted=st["fitted"], slopes=st["slopes"])
+        times["stages"] = time.time() - t
         t = time.time()
-        W = series.decoders()
-        r.update(_drift_part(series.steps, W, r["live"], r["formation"][cfg.formation_space], cfg))
-        times["drift"] = time.time() - t
-    t = time.time()
-    st = inf.detect_stage_boundaries(steps, _stage_curves(r))
-    r["stages"] = dict(boundaries=list(st["boundaries"]), index=list(st["index"]), r2_gain=st["r2_gain"],
-                       curves=st["curves"], z=st["z"], fitted=st["fitted"], slopes=st["slopes"])
-    times["stages"] = time.time() - t
-    t = time.time()
-    pats, change = tr.transition_patterns(r["classes"], r["top_token"], steps, key_map, cfg.min_run)
-    r["patterns"], r["change_steps"] = pats.astype(str), change
-    r["pattern_counts"] = tr.pattern_counts(pats, change, st["boundaries"]).to_dict(orient="records")
-    times["patterns"] = time.time() - t
-    r["n_features"], r["n_live"], r["n_pool"] = int(len(r["live"])), int(r["live"].sum()), int(caches[series.steps[-1]].acts.shape[0])
-    times["total"] = time.time() - t_all
-    r["timings"] = times
-    _save(where, r)
-    res = _load(where, key)   # return exactly what a later cache read returns
-    res["cached"] = False
-    return res
+        pats, change = tr.transition_patterns(r["classes"], r["top_token"], steps, key_map, cfg.min_run)
+        r["patterns"], r["change_steps"] = pats.astype(str), change
+        r["pattern_counts"] = tr.pattern_counts(pats, change, st["boundaries"]).to_dict(orient="records")
+        times["patterns"] = time.time() - t
+        r["n_features"], r["n_live"], r["n_pool"] = int(len(r["live"])), int(r["live"].sum()), int(caches[series.steps[-1]].acts.shape[0])
+        times["total"] = time.time() - t_all
+        r["timings"] = times
+        _save(where, r)
+        res = _load(where, key)   # return exactly what a later cache read returns
+        res["cached"] = False
+        return res
+    return from_rank0(finish)
+
 
 # %% ../nbs/60_analysis.ipynb #35e9344e
 def cached_analysis(out) -> dict:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #73cbc193
 from __future__ import annotations
-import argparse, sys, time
+import argparse, contextlib, sys, time
 from pathlib import Path
 from .config import SNAPSHOT_TOKENS
 from .core import SaetrackError, run_lock, writable_dir
@@ -101,23 +101,30 @@ def _print_series(series):
           f"({c['later_fraction_median']:.3f} of the first's), worst {c['later_tokens_max']:,} ({c['later_fraction_max']:.3f}); "
           "verdicts: " + ", ".join(f"{k} {v}" for k, v in c["verdicts"].items()))
 
+# %% ../nbs/90_cli.ipynb #b4f1d722
+@contextlib.contextmanager
+def _processes(out, device="cpu"):
+    """A command that writes into the run `out` as one process, or as each process of a torchrun launch (`distributed`):
+    rank 0 holds the run's lock. Yields (this process's device, whether it is rank 0)."""
+    from saetrack.core import distributed, from_rank0, world
+    with distributed(device) as dev, contextlib.ExitStack() as held:
+        from_rank0(lambda: held.enter_context(run_lock(out)) and None)
+        yield dev, world()[0] == 0
+
 # %% ../nbs/90_cli.ipynb #dbf34293
 def cmd_track(a, times: dict | None = None) -> dict:
     "An SAE-Track series per hook for a checkpoint source (building the run and activations if needed); under torchrun, data-parallel."
-    import contextlib
-    from saetrack.core import distributed, from_rank0, world
+    from saetrack.core import from_rank0
     from saetrack.curves import CurveLog
     from saetrack.pipeline import track
     p = _preset(a)
     if (a.snapshot_tokens or 0) < 0: raise SaetrackError(f"--snapshot-tokens must be 0 (no snapshots) or positive (got {a.snapshot_tokens})")
     out = writable_dir(a.out or f"runs/{p.name}")
     times, caches, log = ({} if times is None else times), {}, None
-    with distributed(a.device) as device, contextlib.ExitStack() as held:
-        main = world()[0] == 0
-        def start():                                       # rank 0's alone: the logger (checked before any work), the lock
+    with _processes(out, a.device) as (device, main):
+        def start():                                       # rank 0's alone: the logger, checked before any work
             nonlocal log
             log = CurveLog(a.log, out) if a.log else None
-            held.enter_context(run_lock(out))
         from_rank0(start)
         series = track(p, out, checkpoints=a.checkpoints or p.checkpoints,
                        progress=not a.quiet and main, times=times, caches=caches, device=device, steps=_at_steps(a) or p.steps,
@@ -245,7 +252,9 @@ def cmd_analyse(a) -> dict:
     "Stages, transitions, formation and drift for every feature of a series (cached under OUT/analysis)."
     from saetrack.analysis import analyse, summarise
     out = _series_out(a)
-    with run_lock(out): s = summarise(analyse(out, progress=not a.quiet))
+    with _processes(out) as (_, main):          # under torchrun the checkpoints' classes are dealt out
+        s = summarise(analyse(out, progress=not a.quiet and main))
+    if not main: return s
     fr = s["class_fractions"]
     print("class fractions (token / concept / noise / dead): " + "; ".join(
         f"{k}: {v['token']:.2f} / {v['concept']:.2f} / {v['noise']:.2f} / {v['dead']:.2f}" for k, v in fr.items()))
@@ -292,8 +301,9 @@ def cmd_baseline(a):
     "Independent from-scratch SAEs matched to the series (Reviewer 3's baseline), cached under OUT/baseline."
     from saetrack.matching import run_baseline
     out = _series_out(a)
-    with run_lock(out): r = run_baseline(out, progress=not a.quiet)
-    print(f"baseline: independent SAEs at steps {r['baseline']['steps']} (seeds {r['baseline']['seeds']}) under {out/'baseline'}; "
+    with _processes(out) as (_, main):          # under torchrun the independent SAEs are dealt out
+        r = run_baseline(out, progress=not a.quiet and main)
+    if main: print(f"baseline: independent SAEs at steps {r['baseline']['steps']} (seeds {r['baseline']['seeds']}) under {out/'baseline'}; "
           f"{r['seconds']:.0f}s; `saetrack figures --out {out}` draws the matching figures")
 
 # %% ../nbs/90_cli.ipynb #4e7a1245
@@ -516,8 +526,8 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     say = (lambda m: print(m, file=sys.stderr)) if os.environ.get("RANK", "0") == "0" else (lambda m: None)   # torchrun: rank 0 speaks
     try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and a.fn is not cmd_track:
-            raise SaetrackError(f"only `saetrack track` runs as several processes (torchrun); run `saetrack {a.cmd}` as one")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and a.fn not in (cmd_track, cmd_analyse, cmd_baseline):
+            raise SaetrackError(f"only `saetrack track`, `analyse` and `baseline` run as several processes (torchrun); run `saetrack {a.cmd}` as one")
         a.fn(a)
     except SaetrackError as e:
         say(f"error: {e}"); return 2

@@ -14,7 +14,8 @@ import torch
 # %% auto #0
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
            'cached_json', 'clean_stale_tmp', 'stable_hash', 'to_tensor', 'check_steps', 'file_sha256', 'writable_dir',
-           'read_state', 'run_lock', 'connect_error', 'resolve_device', 'world', 'from_rank0', 'distributed']
+           'read_state', 'run_lock', 'connect_error', 'resolve_device', 'world', 'from_rank0', 'alone', 'share_out',
+           'distributed']
 
 # %% ../nbs/00_core.ipynb #3f43f2b5
 class SaetrackError(Exception):
@@ -206,10 +207,14 @@ def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:
                             + "; use --device cpu, or auto to take a GPU only when there is one")
     return torch.device("cuda", int(idx or 0))
 
+# %% ../nbs/00_core.ipynb #2b8b4733
+_ALONE = [False]    # inside `alone()`: this process works as if it were the only one
+
 # %% ../nbs/00_core.ipynb #f439f171
 def world() -> tuple[int, int]:
-    "(rank, number of processes) of this process: (0, 1) unless it is in a torch.distributed process group."
+    "(rank, number of processes) of this process: (0, 1) unless it is in a torch.distributed process group (and not `alone`)."
     import torch.distributed as dist
+    if _ALONE[0]: return (0, 1)
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 # %% ../nbs/00_core.ipynb #fd1e983e
@@ -228,6 +233,36 @@ def from_rank0(fn, *args, **kw):
     if err is not None: raise err
     if box[0][1] is not None: raise box[0][1]
     return box[0][0]
+
+# %% ../nbs/00_core.ipynb #7ead41ad
+@contextlib.contextmanager
+def alone():
+    "The block runs as a single process (`world()` is (0, 1)) inside a torchrun launch: for work one process does whole."
+    old, _ALONE[0] = _ALONE[0], True
+    try: yield
+    finally: _ALONE[0] = old
+
+# %% ../nbs/00_core.ipynb #3852682a
+def share_out(fn, items) -> dict:
+    """`fn(my_items)` -> {item: result} on each process for its round-robin share of `items` (all of them without
+    torchrun), run `alone`; returns every process's results merged, on every process. An error on any process is
+    raised on every one (a `SaetrackError` as itself)."""
+    items = list(items)
+    rank, n = world()
+    if n == 1: return dict(fn(items))
+    mine, err = items[rank::n], None
+    try:
+        with alone(): box = dict(fn(mine)) if mine else {}
+    except BaseException as e:
+        err, box = e, (e if isinstance(e, SaetrackError) else SaetrackError(f"process {rank} failed: {type(e).__name__}: {e}"))
+    boxes = [None] * n
+    torch.distributed.all_gather_object(boxes, box)
+    if err is not None: raise err
+    res = {}
+    for b in boxes:
+        if isinstance(b, BaseException): raise b
+        res.update(b)
+    return res
 
 # %% ../nbs/00_core.ipynb #5b9bd857
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from .activations import cache_key, load_activations
 from .config import SAEConfig
-from .core import SaetrackError, atomic_write_json, cached_json, read_json, stable_hash
+from .core import SaetrackError, atomic_write_json, cached_json, from_rank0, read_json, share_out, stable_hash, world
 from .convergence import scratch_reference, spread
 from .sae import load_sae, sae_metrics
 from .series import SAESeries, eval_subset
@@ -20,9 +20,9 @@ from .layout import run_acts_root, acts_dir, series_path, convergence_dir, basel
 
 # %% auto #0
 __all__ = ['SECOND_CORPUS', 'FACTORS', 'feature_directions', 'cosine_matrix', 'Match', 'match_features', 'identity_similarity',
-           'similarity_stats', 'latent_stats', 'baseline_seeds', 'independent_dir', 'independent_sae', 'baseline_study',
-           'position_profile', 'document003_study', 'layer_hooks', 'layer_caches', 'layers_study', 'factor_table',
-           'umap_2d', 'matched_layout', 'factors_study', 'run_baseline', 'cached_baseline']
+           'similarity_stats', 'latent_stats', 'baseline_seeds', 'independent_dir', 'independent_saes',
+           'baseline_study', 'position_profile', 'document003_study', 'layer_hooks', 'layer_caches', 'layers_study',
+           'factor_table', 'umap_2d', 'matched_layout', 'factors_study', 'run_baseline', 'cached_baseline']
 
 # %% ../nbs/70_matching.ipynb #3b8b8df8
 def feature_directions(x, by: str = "decoder") -> np.ndarray:
@@ -118,9 +118,15 @@ def independent_dir(series: SAESeries, train_dir, step: int, seed: int, eval_act
     return Path(scratch_reference(cfg, train_dir, eval_subset(eval_acts, cfg.eval_tokens), step, seed,
                                   convergence_dir(series.path.parent), tag=tag)["dir"])
 
-def independent_sae(*args, **kwargs):
-    "`independent_dir`'s SAE, loaded."
-    return load_sae(independent_dir(*args, **kwargs))
+# %% ../nbs/70_matching.ipynb #ebc1e25c
+def independent_saes(series: SAESeries, jobs: dict, progress: bool = False) -> dict:
+    """{name: SAE} for `jobs` {name: (train cache dir, step, seed, eval cache dir, cfg or None, tag)}: `independent_dir`
+    of each, trained where missing (under torchrun, the jobs dealt out over the processes), then loaded."""
+    def train(names):
+        return {n: str(independent_dir(series, tr, s, sd, load_activations(ev).acts, cfg=c, tag=tag))
+                for n in tqdm(names, desc="independent SAEs", disable=not progress or world()[0] != 0)
+                for tr, s, sd, ev, c, tag in [jobs[n]]}
+    return {n: load_sae(d) for n, d in share_out(train, list(jobs)).items()}
 
 # %% ../nbs/70_matching.ipynb #70ffb1dd
 def _sae_summary(sae, acts) -> dict:
@@ -149,18 +155,15 @@ def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=N
     if not force and (old := cached_json(path, key)) is not None: return old
     t0 = time.time()
     ev = {s: load_activations(eval_acts[s]).acts for s in steps}
-    ind, track, live, quality = {}, {}, {}, {}
-    bar = tqdm(total=len(steps) * len(seeds), desc="independent SAEs", disable=not progress)
+    ind = independent_saes(series, {(s, sd): (train_acts[s], s, sd, eval_acts[s], None, "") for s in steps for sd in seeds}, progress)
+    track, live, quality = {}, {}, {}
     for s in steps:
         track[s] = series.sae(s)
         live[("track", s)] = latent_stats(track[s], ev[s])["live"]
         quality[f"track step{s}"] = _sae_summary(track[s], ev[s])
         for sd in seeds:
-            ind[(s, sd)] = independent_sae(series, train_acts[s], s, sd, ev[s])
             live[(sd, s)] = latent_stats(ind[(s, sd)], ev[s])["live"]
             quality[f"seed{sd} step{s}"] = _sae_summary(ind[(s, sd)], ev[s])
-            bar.update()
-    bar.close()
     A, B = seeds
     def matched(x, y, lx, ly, by="decoder"):
         m = match_features(x, y, by)
@@ -205,7 +208,7 @@ def baseline_study(series: SAESeries, train_acts: dict, eval_acts: dict, steps=N
             cf.setdefault(f"seed{sd}", {})[str(s)] = matched(ind[(s, sd)], ind[(last, sd)], live[(sd, s)], live[(sd, last)])
     res["cos_to_final"] = cf
     res["seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(path, res)
+    from_rank0(atomic_write_json, path, res)
     return res
 
 # %% ../nbs/70_matching.ipynb #f40acb66
@@ -252,13 +255,10 @@ def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seed
     key = _document003_key(series, evc, train_acts[last], A, B, half_width, topk)
     path = baseline_dir(series.path.parent)/"document003.json"
     if (old := cached_json(path, key)) is not None: return old
-    ref, refB, track = (independent_sae(series, train_acts[last], last, A, ev),
-                        independent_sae(series, train_acts[last], last, B, ev), series.sae(last))
-    jobs = [("half", dataclasses.replace(cfg, d_sae=half_width), f"_d{half_width}"),
-            ("topk", dataclasses.replace(cfg, arch="topk", k=topk), f"_topk{topk}")]
-    other = {}
-    for name, c, tag in tqdm(jobs, desc="document 003 SAEs", disable=not progress):
-        other[name] = independent_sae(series, train_acts[last], last, B, ev, cfg=c, tag=tag)
+    job = lambda sd, c=None, tag="": (train_acts[last], last, sd, eval_acts[last], c, tag)
+    other = independent_saes(series, dict(ref=job(A), refB=job(B), half=job(B, dataclasses.replace(cfg, d_sae=half_width), f"_d{half_width}"),
+                                          topk=job(B, dataclasses.replace(cfg, arch="topk", k=topk), f"_topk{topk}")), progress)
+    ref, refB, track = other.pop("ref"), other.pop("refB"), series.sae(last)
     lv = {k: latent_stats(v, ev)["live"] for k, v in dict(ref=ref, refB=refB, track=track, **other).items()}
     def matched(x, y, kx, ky, by="decoder"):
         m = match_features(x, y, by)
@@ -277,7 +277,7 @@ def document003_study(series: SAESeries, train_acts: dict, eval_acts: dict, seed
                                                                                   feature_directions(ref, "encoder")))), 4)
     res["positions"] = position_profile(track, evc)
     res["seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(path, res)
+    from_rank0(atomic_write_json, path, res)
     return res
 
 # %% ../nbs/70_matching.ipynb #0e30e11b
@@ -326,15 +326,16 @@ def layers_study(out, series: SAESeries, seed: int | None = None, progress: bool
     cfg = SAEConfig(**series.manifest["config"])
     seed = baseline_seeds(cfg)[0] if seed is None else seed
     hooks = layer_hooks(open_source(out).n_layers())
-    caches = layer_caches(out, series, hooks)
+    caches = from_rank0(layer_caches, out, series, hooks)        # harvested once, by rank 0 under torchrun
     key = _layers_key(series, hooks, seed, caches)
     path = baseline_dir(series.path.parent)/"layers.json"
     if (old := cached_json(path, key)) is not None: return old
     t0, last = time.time(), series.steps[-1]
-    saes, live, layers = {}, {}, {}
-    for h in tqdm(hooks, desc="layer SAEs", disable=not progress):
+    saes = independent_saes(series, {h: (caches[h]["train"], last, seed, caches[h]["eval"], None, "" if h == series.hook else f"_{h}")
+                                     for h in hooks}, progress)
+    live, layers = {}, {}
+    for h in hooks:
         evc = load_activations(caches[h]["eval"])
-        saes[h] = independent_sae(series, caches[h]["train"], last, seed, evc.acts, tag="" if h == series.hook else f"_{h}")
         live[h] = latent_stats(saes[h], evc.acts)["live"]
         layers[h] = dict(position_profile(saes[h], evc), quality=_sae_summary(saes[h], evc.acts))
     adjacent = {}
@@ -342,7 +343,7 @@ def layers_study(out, series: SAESeries, seed: int | None = None, progress: bool
         adjacent[f"{a} -> {b}"] = {by: _pair_stats(m.sim, m.rows, m.cols, live[a], live[b])
                                    for by in ("decoder", "encoder") for m in [match_features(saes[a], saes[b], by)]}
     res = dict(key=key, step=last, seed=seed, hooks=hooks, layers=layers, adjacent=adjacent, seconds=round(time.time() - t0, 1))
-    atomic_write_json(path, res)
+    from_rank0(atomic_write_json, path, res)
     return res
 
 # %% ../nbs/70_matching.ipynb #ef8b4b97
@@ -367,8 +368,10 @@ def factor_table(dicts: dict, live: dict, hooks) -> dict:
 # %% ../nbs/70_matching.ipynb #40272d46
 def umap_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
     "A seeded 2-D UMAP of the rows of `X` under the cosine metric."
-    import umap
-    return umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed).fit_transform(X)
+    import umap, warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="n_jobs value")     # a seed makes UMAP single-threaded, as wanted here
+        return umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed).fit_transform(X)
 
 # %% ../nbs/70_matching.ipynb #4bf8cdcd
 def matched_layout(a, b, live_a, live_b, threshold: float = 0.7, embed=umap_2d, seed: int = 0) -> dict:
@@ -401,7 +404,7 @@ def factors_study(out, series: SAESeries, corpus: str = SECOND_CORPUS, seeds=Non
     A, B = list(seeds or baseline_seeds(cfg))
     half_width = half_width or cfg.d_sae // 2
     hooks = layer_hooks(open_source(out).n_layers())
-    caches = dict(own=layer_caches(out, series, hooks), other=layer_caches(out, series, hooks, corpus=corpus))
+    caches = dict(own=from_rank0(layer_caches, out, series, hooks), other=from_rank0(layer_caches, out, series, hooks, corpus=corpus))
     key = _factors_key(series, hooks, A, B, half_width, topk, corpus, caches)
     path = baseline_dir(series.path.parent)/"factors.json"
     if (old := cached_json(path, key)) is not None: return old
@@ -409,21 +412,20 @@ def factors_study(out, series: SAESeries, corpus: str = SECOND_CORPUS, seeds=Non
     variants = dict(A=(A, cfg, "own", ""), B=(B, cfg, "own", ""), half=(B, dataclasses.replace(cfg, d_sae=half_width), "own", f"_d{half_width}"),
                     topk=(B, dataclasses.replace(cfg, arch="topk", k=topk), "own", f"_topk{topk}"),
                     dataset=(B, cfg, "other", "_" + corpus.replace(":", "-").replace("/", "_")))
-    saes, live, quality = {}, {}, {}
-    bar = tqdm(total=len(hooks) * len(variants), desc="factor SAEs", disable=not progress)
-    for h in hooks:
-        for v, (sd, c, data, tag) in variants.items():
-            cc = caches[data][h]; ev = load_activations(cc["eval"]).acts
-            saes[(h, v)] = independent_sae(series, cc["train"], last, sd, ev, cfg=c, tag=("" if h == series.hook else f"_{h}") + tag)
-            live[(h, v)] = latent_stats(saes[(h, v)], ev)["live"]
-            quality[f"{h} {v}"] = _sae_summary(saes[(h, v)], ev); bar.update()
-    bar.close()
+    saes = independent_saes(series, {(h, v): (caches[data][h]["train"], last, sd, caches[data][h]["eval"], c,
+                                              ("" if h == series.hook else f"_{h}") + tag)
+                                     for h in hooks for v, (sd, c, data, tag) in variants.items()}, progress)
+    live, quality = {}, {}
+    for (h, v), sae in saes.items():
+        ev = load_activations(caches[variants[v][2]][h]["eval"]).acts
+        live[(h, v)] = latent_stats(sae, ev)["live"]
+        quality[f"{h} {v}"] = _sae_summary(sae, ev)
     h = series.hook
-    maps = {f: matched_layout(saes[(h, v)], saes[(h, "A")], live[(h, v)], live[(h, "A")], seed=A) for f, v in
-            (("seed", "B"), ("dataset", "dataset"), ("type", "topk"))}
+    maps = from_rank0(lambda: {f: matched_layout(saes[(h, v)], saes[(h, "A")], live[(h, v)], live[(h, "A")], seed=A) for f, v in
+                               (("seed", "B"), ("dataset", "dataset"), ("type", "topk"))})
     res = dict(key=key, step=last, seeds=[A, B], half_width=half_width, topk=topk, corpus=corpus, hooks=hooks,
                quality=quality, factors=factor_table(saes, live, hooks), maps=maps, maps_hook=h, seconds=round(time.time() - t0, 1))
-    atomic_write_json(path, res)
+    from_rank0(atomic_write_json, path, res)
     return res
 
 # %% ../nbs/70_matching.ipynb #05d46827

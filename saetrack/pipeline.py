@@ -10,7 +10,7 @@ import numpy as np
 from .activations import activation_split, cache_hooks, token_rows, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import SNAPSHOT_TOKENS, Preset, check_warmup
-from .core import from_rank0, resolve_device, world
+from .core import from_rank0, resolve_device, share_out, world
 from .lm import run_meta, train_lm
 from .sae import split_batch
 from .quality import ce_recovered
@@ -78,8 +78,9 @@ def track(preset: Preset, out, checkpoints=None, progress: bool = True, times: d
     forward passes and SAE training run on `device` (the tiny LM itself trains on the CPU); `steps` restricts the
     series to those checkpoints (default: all). `skip_bad` leaves out unloadable checkpoint folders (nbs/05_checkpoints);
     each activation cache's manifest lists them. `log` (a `CurveLog`, nbs/16_curves) receives the LM's curves and each
-    SAE's as it is ready; `snapshot_tokens` spaces the snapshots of an SAE in training (`train_series`). Under torchrun the checks, the LM and the activations are rank 0's work (the others wait for
-    its caches), and then every process trains the series together (`train_series`). `stream=True` caches only the
+    SAE's as it is ready; `snapshot_tokens` spaces the snapshots of an SAE in training (`train_series`). Under torchrun the checks and the LM are rank 0's work and the checkpoints' activation caches
+    are dealt out over the processes (`share_out`); then every process trains each series together (`train_series`,
+    data-parallel), or, with at least as many hooks as processes, each hook's chain is trained whole by one process. `stream=True` caches only the
     held-out activations and streams the training ones through each checkpoint's model (nbs/07_stream): `stream_rows`
     of the training split, the same at every checkpoint; `caches["train"]` then holds the streams. Under torchrun every
     process runs each checkpoint's model over every block (the forward pass is repeated, not split) and trains on its
@@ -100,34 +101,45 @@ def track(preset: Preset, out, checkpoints=None, progress: bool = True, times: d
         if source is None:
             train_lm(preset.lm, out, progress=progress); source = LocalRun(out, skip_bad=skip_bad)
             if log: log.lm(out)
-        times["lm"] = time.time() - t; t = time.time()
+        times["lm"] = time.time() - t
         if stream: rows = stream_rows(source, preset, run_acts_root(out)); _check_budgets(preset, rows.size - len(rows))
-        train, ev = activations_for(source, preset, run_acts_root(out), steps=steps, progress=progress,
-                                    device=device, splits=("eval",) if stream else ("train", "eval"))
-        times["activations"] = time.time() - t
-        rank0.update(source=source, ctx=ctx, rows=rows if stream else None)
-        return dirs, train, ev
-    dirs, train_acts, eval_acts = from_rank0(prepare)
+        todo = source.steps if steps is None else list(steps)
+        for s in todo: source.check_step(s)                  # every step exists before any work
+        rank0.update(source=source, rows=rows if stream else None)
+        return dirs, todo
+    dirs, todo = from_rank0(prepare)
+    t = time.time()
+    source = rank0.get("source") or open_source(out if checkpoints is None else checkpoints, skip_bad=skip_bad)
+    def harvest(ss):                            # the checkpoints' caches, dealt out over the processes under torchrun
+        tr, ev = activations_for(source, preset, run_acts_root(out), steps=ss, progress=progress and bool(rank0),
+                                 device=device, splits=("eval",) if stream else ("train", "eval"))
+        return {s: ({h: tr[h].get(s) for h in hooks}, {h: ev[h][s] for h in hooks}) for s in ss}
+    got = share_out(harvest, todo)
+    train_acts, eval_acts = ({h: {s: got[s][i][h] for s in todo} for h in hooks} for i in (0, 1))
+    times["activations"] = time.time() - t
     if stream:                                  # every process streams through its own copy of each model (nbs/07_stream)
-        source = rank0.get("source") or open_source(out if checkpoints is None else checkpoints, skip_bad=skip_bad)
         rows = rank0["rows"] if rank0 else stream_rows(source, preset, run_acts_root(out))
         train_acts = {h: {s: model_stream(source, s, rows, h, device) for s in eval_acts[h]} for h in hooks}
     t = time.time()
     if caches is not None: caches.update(train=train_acts, eval=eval_acts)
 
-    metadata = None
-    if rank0:
-        source, ctx = rank0["source"], rank0["ctx"]
-        dataset = _dataset_name(source, preset.acts.corpus, run_acts_root(out))
-        def metadata(step):
-            return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
-    series = {}
-    for h in hooks:
-        quality_fn = None if not rank0 else (
-            lambda step, sae, eval_entry, h=h: ce_recovered(source.hooked(step, device), sae, h, eval_entry.tokens[:CE_ROWS]))
-        on_entry = None if not log else (lambda step, d, h=h: log.sae(step, d, hook=h if len(hooks) > 1 else None))
-        series[h] = train_series(preset.sae, train_acts[h], eval_acts[h], dirs[h], h, progress=progress, quality_fn=quality_fn,
-                                 device=device, metadata=metadata, on_entry=on_entry, snapshot_tokens=snapshot_tokens)
+    ctx, dataset = source.ctx(source.steps[-1]), _dataset_name(source, preset.acts.corpus, run_acts_root(out))
+    def metadata(step):
+        return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
+    name = lambda h: h if len(hooks) > 1 else None
+    def chain(h, on_entry):
+        quality_fn = lambda step, sae, eval_entry: ce_recovered(source.hooked(step, device), sae, h, eval_entry.tokens[:CE_ROWS])
+        return train_series(preset.sae, train_acts[h], eval_acts[h], dirs[h], h, progress=progress, quality_fn=quality_fn,
+                            device=device, metadata=metadata, on_entry=on_entry, snapshot_tokens=snapshot_tokens)
+    n = world()[1]
+    if 1 < n <= len(hooks):                     # at least as many chains as processes: each chain trained whole by one
+        share_out(lambda hs: {h: chain(h, None).steps for h in hs}, hooks)
+        series = {h: SAESeries.load(dirs[h]) for h in hooks}
+        for h, s in series.items():             # the curves, logged by rank 0 once every chain is done
+            for st in s.steps:
+                if log: log.sae(st, s.dir(st), hook=name(h))
+    else:                                       # one process, or each chain data-parallel over every process
+        series = {h: chain(h, None if not log else (lambda step, d, h=h: log.sae(step, d, hook=name(h)))) for h in hooks}
     times["series"] = time.time() - t
     return series
 

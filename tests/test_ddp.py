@@ -1,6 +1,7 @@
 """`torchrun -m saetrack track`: data-parallel SAE training, here with 2 CPU processes (gloo) on the micro run.
 The series equals a 1-process run's to float rounding, and a torchrun killed part-way resumes to the same series."""
 import os, shutil, signal, subprocess, sys, time
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,10 +12,10 @@ from saetrack.series import SAESeries
 ARGS = ["--preset", "micro", "--at-steps", "0,1,2,4", "--tokens-first", "32768", "--budget", "fixed", "--quiet"]   # 4 SAEs, fixed budgets
 
 
-def torchrun(out, nproc=2, extra=()):
+def torchrun(out, nproc=2, extra=(), cmd="track", args=ARGS):
     "`torchrun --standalone --nproc-per-node 2 -m saetrack track --out OUT ...` in its own process group."
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "saetrack", "track", "--out", str(out), *ARGS, *extra]
+           "-m", "saetrack", cmd, "--out", str(out), *args, *extra]
     return subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -59,7 +60,7 @@ def runs(tmp_path_factory, micro_run):
     try: assert main(["track", "--out", str(one), *ARGS]) == 0
     finally: torch.set_num_threads(threads)
     t1 = time.time() - t
-    shutil.copytree(one, two, ignore=shutil.ignore_patterns("series"))
+    shutil.copytree(one, two, ignore=shutil.ignore_patterns("series", "activations"))   # the caches too, dealt out over 2
     t = time.time()
     log = finish(torchrun(two))
     t2 = time.time() - t
@@ -102,11 +103,53 @@ def test_killed_torchrun_resumes(runs):
     assert all(torch.equal(w[s][k], ref[s][k]) for s in ref for k in ref[s])
 
 
-def test_only_track_runs_under_torchrun(monkeypatch, tmp_path, capsys):
+def test_only_track_analyse_and_baseline_run_under_torchrun(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["analyse", "--preset", "micro", "--out", str(tmp_path)]) == 2
+    assert main(["figures", "--preset", "micro", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "only `saetrack track` runs as several processes" in err and err.count("\n") == 1
+    assert "only `saetrack track`, `analyse` and `baseline` run as several processes" in err and err.count("\n") == 1
+
+
+def test_two_processes_harvest_the_caches_of_one(runs):
+    "Each process harvests its share of the checkpoints; the caches are those one process writes, bit for bit."
+    root = runs["one"]/"activations"/"blocks.1.hook_resid_pre"
+    entries = sorted(root.glob("*/step*"))
+    assert len(entries) == 8                                      # 4 checkpoints, train and eval
+    for e in entries:
+        twin = runs["two"]/e.relative_to(runs["one"])
+        assert np.array_equal(np.load(e/"acts.npy"), np.load(twin/"acts.npy")), e
+        assert read_json(e/"manifest.json")["key"] == read_json(twin/"manifest.json")["key"]
+
+
+def test_analyse_and_baseline_deal_out_their_work(runs, micro_tracked):
+    """`torchrun ... analyse` deals the checkpoints' classes out, `... baseline` the independent SAEs (each trained
+    whole by one process): the same classes, and the same SAEs and matching numbers, as one process."""
+    one, three = runs["root"]/"a-one", runs["root"]/"a-three"      # the micro run's 7-checkpoint series, twice
+    for d in (one, three):
+        shutil.copytree(micro_tracked, d, ignore=shutil.ignore_patterns("analysis", "baseline", "convergence", "corpora", "controls", "seeds", "explorer"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t = time.time()
+        assert main(["analyse", "--out", str(one), "--quiet"]) == 0 and main(["baseline", "--out", str(one), "--quiet"]) == 0
+        t1 = time.time() - t
+    finally: torch.set_num_threads(threads)
+    t = time.time()
+    for cmd in ("analyse", "baseline"): finish(torchrun(three, cmd=cmd, args=["--quiet"]))
+    t2 = time.time() - t
+    print(f"analyse + baseline: 1 process {t1:.1f} s, 2 processes {t2:.1f} s (torchrun, with start-up)")
+    a1, a3 = (np.load(r/"analysis"/"analysis.npz", allow_pickle=False) for r in (one, three))
+    for name in ("classes", "top_token", "indices", "values"):
+        assert np.array_equal(a1[name], a3[name]), name
+    refs = sorted((one/"convergence"/"refs").glob("*/sae_weights.safetensors"))
+    assert len(refs) >= 20
+    for f in refs:
+        w1, w3 = load_file(str(f)), load_file(str(three/f.relative_to(one)))
+        assert all(torch.equal(w1[k], w3[k]) for k in w1), f
+    for name in ("baseline.json", "factors.json"):
+        b1, b3 = (read_json(r/"baseline"/name) for r in (one, three))
+        b1.pop("seconds"); b3.pop("seconds")
+        assert b1 == b3, name
 
 
 def test_two_processes_stream_the_series_of_one(runs):
@@ -122,3 +165,21 @@ def test_two_processes_stream_the_series_of_one(runs):
     d = max_diff(weights(one), weights(two))
     print(f"streamed: largest weight difference 1 vs 2 processes {d:.3g}")
     assert d < 1e-4
+
+
+def test_chains_of_several_hooks_are_dealt_out(runs):
+    "With as many hooks as processes, each hook's chain is trained whole by one process: the series of one process, bit for bit."
+    hooks = ["--hook", "blocks.0.hook_resid_pre,blocks.1.hook_resid_pre"]
+    one, two = runs["root"]/"h-one", runs["root"]/"h-two"
+    for d in (one, two): shutil.copytree(runs["one"], d, ignore=shutil.ignore_patterns("series", "activations"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try: assert main(["track", "--out", str(one), *ARGS, *hooks]) == 0
+    finally: torch.set_num_threads(threads)
+    finish(torchrun(two, extra=hooks))
+    for h in hooks[1].split(","):
+        s1, s2 = SAESeries.load(one/"series", hook=h), SAESeries.load(two/"series", hook=h)
+        assert s1.steps == s2.steps == [0, 1, 2, 4]
+        for st in s1.steps:
+            w1, w2 = (load_file(str(s.dir(st)/"sae_weights.safetensors")) for s in (s1, s2))
+            assert all(torch.equal(w1[k], w2[k]) for k in w1), (h, st)
