@@ -6,22 +6,19 @@
 from __future__ import annotations
 import argparse, contextlib, sys, time
 from pathlib import Path
-from .config import SNAPSHOT_TOKENS
+from .config import FLAGS, SNAPSHOT_TOKENS
 from .core import SaetrackError, run_lock, writable_dir
-from .layout import log_json, run_acts_root, acts_dir, series_path, convergence_dir
+from .layout import log_json, run_acts_root, series_path, convergence_dir
 
 # %% auto #0
 __all__ = ['cmd_lm', 'cmd_activations', 'cmd_track', 'cmd_convergence', 'cmd_controls', 'cmd_seeds', 'cmd_figures', 'cmd_analyse',
            'cmd_explore', 'cmd_explorer', 'cmd_baseline', 'cmd_reproduce', 'cmd_scaling', 'cmd_info', 'build_parser',
            'main']
 
-# %% ../nbs/90_cli.ipynb #e87c7e30
-_LM_FLAGS = ("corpus", "max_bytes", "lm_steps", "lm_seed", "vocab_size", "d_model", "n_layers", "ctx", "lm_batch_size", "lm_lr")
-
 # %% ../nbs/90_cli.ipynb #1f79dc01
-def _lm_overrides(a) -> dict:
-    name = lambda k: "corpus_max_bytes" if k == "max_bytes" else k[3:] if k.startswith("lm_") else k
-    return {name(k): getattr(a, k, None) for k in _LM_FLAGS}
+def _overrides(a, cls: str, skip=()) -> dict:
+    "The settings of config class `cls` that the parsed arguments `a` give, by field, through `config.FLAGS` (None: not given)."
+    return {f: getattr(a, flag[2:].replace("-", "_"), None) for f, flag in FLAGS[cls].items() if f not in skip}
 
 # %% ../nbs/90_cli.ipynb #c4a55ad3
 def _at_steps(a):
@@ -36,7 +33,7 @@ def cmd_lm(a) -> dict:
     from saetrack.config import get_preset
     from saetrack.lm import plot_lm_loss, saved_steps, train_lm
     from saetrack.lm import run_meta
-    p = get_preset(a.preset, **_lm_overrides(a))                  # every setting checked before anything is written
+    p = get_preset(a.preset, **_overrides(a, "LMConfig"))        # every setting checked before anything is written
     out = writable_dir(a.out or f"runs/{p.name}")
     t0 = time.time()
     with run_lock(out):
@@ -77,18 +74,20 @@ def cmd_activations(a) -> dict:
 def _preset(a):
     from dataclasses import replace
     from saetrack.config import override, check_warmup, get_preset, paper_recipe
-    sae = dict(d_sae=a.d_sae, l1_coefficient=a.l1, arch=a.arch, k=a.k, direction=a.direction, tokens_first=a.tokens_first,
-               tokens_next=a.tokens_next, lr_first=a.sae_lr, lr_next=a.sae_lr_next, warmup_first=a.sae_warmup,
-               warmup_next=a.sae_warmup_next, batch_size=a.sae_batch, batch_next=a.sae_batch_next, epochs=a.epochs, seed=a.sae_seed)
+    sae = _overrides(a, "SAEConfig", skip=("budget",))          # --budget picks a recipe first (below)
     if a.tokens_first and not a.tokens_next: sae["tokens_next"] = a.tokens_first // 4
-    acts = dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype, corpus=a.corpus)
-    p = get_preset(a.preset, acts=acts, **_lm_overrides(a))
+    p = get_preset(a.preset, acts=_overrides(a, "ActsConfig"), **_overrides(a, "LMConfig"))
     budget = getattr(a, "budget", None)                    # None: the preset's (adaptive; fixed for the Pythia presets)
     if budget not in (None, "adaptive", "fixed"): raise SaetrackError(f"--budget must be 'adaptive' or 'fixed' (got '{budget}')")
     base = paper_recipe(p.sae) if budget == "fixed" else replace(p.sae, budget=budget or p.sae.budget)
     return replace(p, sae=check_warmup(override(base, sae, "SAE")))    # flags win over the recipe
 
 # %% ../nbs/90_cli.ipynb #afc9eaac
+def _print_track(series: dict, times: dict):
+    "What `track` prints: each hook's series, then the stage times."
+    for s in series.values(): _print_series(s)
+    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+
 def _print_series(series):
     from saetrack.convergence import series_cost
     m = series.metrics()
@@ -131,9 +130,7 @@ def cmd_track(a, times: dict | None = None) -> dict:
                        skip_bad=getattr(a, "skip_bad_checkpoints", False), log=log,
                        snapshot_tokens=SNAPSHOT_TOKENS if a.snapshot_tokens is None else a.snapshot_tokens,
                        stream=getattr(a, "stream", False))
-    if main:
-        for s in series.values(): _print_series(s)
-        print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    if main: _print_track(series, times)
     return series
 
 # %% ../nbs/90_cli.ipynb #c1ce6cfb
@@ -144,28 +141,24 @@ def _one_hook(p, cmd: str) -> str:
                             "`saetrack track` and `saetrack activations`")
     return p.acts.hook
 
-# %% ../nbs/90_cli.ipynb #c675bb64
-def _run_caches(out: Path, hook: str) -> tuple[dict, dict]:
-    "The activation caches a run directory already holds for `hook`: ({step: train dir}, {step: eval dir})."
-    res = []
-    for split in ("train", "eval"):
-        root = acts_dir(run_acts_root(out), hook, split)
-        res.append({int(d.name[4:]): d for d in sorted(root.glob("step*")) if (d/"manifest.json").exists()} if root.exists() else {})
-    if not res[0] or set(res[0]) != set(res[1]):
-        raise SaetrackError(f"no complete activation caches for {hook} under {run_acts_root(out)}; run `saetrack track --out {out}` first")
-    return res[0], res[1]
-
 # %% ../nbs/90_cli.ipynb #dd6904b8
 def cmd_convergence(a) -> dict:
     "The recipe study (nbs/13_convergence) on a run's cached activations, cached under OUT/convergence."
-    from saetrack.convergence import PAPER, fraction_text, recipe_study, recipe_summary
+    from saetrack.convergence import recipe_study
+    from saetrack.pipeline import run_caches
     p = _preset(a)
     out = writable_dir(a.out or f"runs/{p.name}")
     quick = dict(n_steps=3, n_seeds=1, l1_factors=(2.0,)) if a.quick else {}
     with run_lock(out):
-        tr, ev = _run_caches(out, _one_hook(p, "convergence"))
+        tr, ev = run_caches(out, _one_hook(p, "convergence"))
         t = time.time()
         res = recipe_study(p.sae, tr, ev, convergence_dir(out), progress=not a.quiet, device=a.device, **quick)
+    _print_convergence(dict(res, seconds_here=time.time() - t), out)
+    return res
+
+def _print_convergence(res: dict, out: Path):
+    "What `convergence` prints: each recipe's token fractions, the best recipe, and the series against the references."
+    from saetrack.convergence import PAPER, fraction_text, recipe_summary
     s = recipe_summary(res)
     ft = lambda v: fraction_text(v, res["max_fraction"])
     print(f"recipe study at steps {res['steps']} ({len(res['seeds'])} seed{'s' if len(res['seeds']) > 1 else ''}; matched = loss within "
@@ -178,7 +171,7 @@ def cmd_convergence(a) -> dict:
     print(f"best recipe: {res['best']}; the 1/20 claim holds at every studied checkpoint for " +
           (", ".join(ok.index) if len(ok) else "no recipe") + "; checkpoint by checkpoint (every seed within 1/20): " +
           "; ".join(f"{n} at {len(within(n))} of {len(res['steps'])} {within(n)}" for n in dict.fromkeys([res["best"], PAPER.name])) +
-          f"; {time.time() - t:.0f}s")
+          (f"; {res['seconds_here']:.0f}s" if "seconds_here" in res else ""))
     from saetrack.series import SAESeries
     try: series = SAESeries.load(series_path(out))
     except SaetrackError: series = None                   # no (complete) series yet: nothing to hold against the references
@@ -187,18 +180,25 @@ def cmd_convergence(a) -> dict:
         acc = series_vs_reference(series, res)
         print(f"the series against the references (nMSE within 10% of their frontier at its L0): {int(acc['ok'].sum())} of {len(acc)} steps")
         print(acc.round(4).to_string())
-    return res
 
 # %% ../nbs/90_cli.ipynb #cc845d69
 def cmd_controls(a) -> dict:
     "The null, backward and paper-recipe chains of a run, analysed like the series (nbs/14_controls), cached under OUT/controls."
-    from saetrack.controls import CONTROLS, controls_table, independent_table, run_controls
+    from saetrack.controls import CONTROLS, run_controls
+    from saetrack.pipeline import run_caches
     out = _series_out(a)
     from saetrack.series import SAESeries
     only = [c.strip() for c in a.chains.split(",")] if getattr(a, "chains", None) else list(CONTROLS)
     with run_lock(out):
-        tr, ev = _run_caches(out, SAESeries.load(series_path(out)).hook)
+        tr, ev = run_caches(out, SAESeries.load(series_path(out)).hook)
         res = run_controls(out, tr, ev, progress=not a.quiet, controls=only)
+    _print_controls(res, out, only)
+    return res
+
+def _print_controls(res: dict, out: Path, only=None):
+    "What `controls` prints: the controls' headlines beside the series', the independent SAEs, the times."
+    from saetrack.controls import CONTROLS, controls_table, independent_table
+    only = CONTROLS if only is None else only
     print(controls_table(res).to_string())
     if res["independent"]:
         print("independent converged SAEs (class shares beside the series'; seed floor = median matched decoder cosine between seeds):")
@@ -206,24 +206,29 @@ def cmd_controls(a) -> dict:
     elif "independent" in only:
         print(f"independent converged SAEs: none yet (they are the recipe study's references: run `saetrack convergence --out {out}` first)")
     print("times: " + ", ".join(f"{k} {v:.0f}s" for k, v in res["seconds"].items()))
-    return res
 
 # %% ../nbs/90_cli.ipynb #619f167c
 def cmd_seeds(a) -> dict:
     "The series again with other SAE seeds, analysed, and stage boundaries with bootstrap intervals (nbs/22_inference)."
-    from saetrack.inference import knots_table, run_seeds
+    from saetrack.inference import run_seeds
+    from saetrack.pipeline import run_caches
     from saetrack.series import SAESeries
     out = _series_out(a)
     try: seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError: raise SaetrackError(f"--seeds takes comma-separated integers, e.g. --seeds 1,2 (got '{a.seeds}')") from None
     if a.boot < 10: raise SaetrackError(f"--boot {a.boot} is too few replicates for a 90% interval; use at least 10 (default 200)")
     with run_lock(out):
-        tr, ev = _run_caches(out, SAESeries.load(series_path(out)).hook)
+        tr, ev = run_caches(out, SAESeries.load(series_path(out)).hook)
         inf = run_seeds(out, seeds, tr, ev, n_boot=a.boot, progress=not a.quiet)
+    _print_seeds(inf, out)
+    return inf
+
+def _print_seeds(inf: dict, out: Path):
+    "What `seeds` prints: each view's knots with their intervals, and the checkpoints every view shares."
+    from saetrack.inference import knots_table
     print(f"stage boundaries over SAE seeds {inf['seeds']} ({inf['n_boot']} bootstrap replicates, {inf['level']:.0%} intervals):")
     print(knots_table(inf).to_string())
     print("checkpoints inside a knot interval of every view with a knot:", inf["shared"] or "none")
-    return inf
 
 # %% ../nbs/90_cli.ipynb #d441e976
 def cmd_figures(a):
@@ -233,7 +238,10 @@ def cmd_figures(a):
     if not out.is_dir(): raise SaetrackError(f"'{out}' is not a run directory; run `saetrack reproduce --out {out}` first")
     figures = writable_dir(a.figures, "--figures")
     with run_lock(writable_dir(out)): man = make_figures(out, figures)      # nothing to draw: an error naming the command
-    print(f"{len(man)} figure files in {a.figures}/ (see {a.figures}/MANIFEST.json)")
+    _print_figures(man, figures)
+
+def _print_figures(man: dict, figures: Path):
+    print(f"{len(man)} figure files in {figures}/ (see {figures}/MANIFEST.json)")
 
 # %% ../nbs/90_cli.ipynb #01d45d3f
 def _series_out(a) -> Path:
@@ -254,7 +262,11 @@ def cmd_analyse(a) -> dict:
     out = _series_out(a)
     with _processes(out) as (_, main):          # under torchrun the checkpoints' classes are dealt out
         s = summarise(analyse(out, progress=not a.quiet and main))
-    if not main: return s
+    if main: _print_analysis(s, out)
+    return s
+
+def _print_analysis(s: dict, out: Path):
+    "What `analyse` prints: class fractions, patterns, stage and drift breaks, formation."
     fr = s["class_fractions"]
     print("class fractions (token / concept / noise / dead): " + "; ".join(
         f"{k}: {v['token']:.2f} / {v['concept']:.2f} / {v['noise']:.2f} / {v['dead']:.2f}" for k, v in fr.items()))
@@ -264,7 +276,6 @@ def cmd_analyse(a) -> dict:
     mf = s["median_formation_step"][s["formation_space"]]
     print("median formation step: " + ", ".join(f"{c} {v['median_step']}" for c, v in mf.items()) +
           f"; direction still moved after formation: {s['moved_after_formation']['share']:.1%} of formed features; analysis {s['runtime_s']:.0f}s")
-    return s
 
 # %% ../nbs/90_cli.ipynb #19a204ec
 def cmd_explore(a):
@@ -303,7 +314,10 @@ def cmd_baseline(a):
     out = _series_out(a)
     with _processes(out) as (_, main):          # under torchrun the independent SAEs are dealt out
         r = run_baseline(out, progress=not a.quiet and main)
-    if main: print(f"baseline: independent SAEs at steps {r['baseline']['steps']} (seeds {r['baseline']['seeds']}) under {out/'baseline'}; "
+    if main: _print_baseline(r, out)
+
+def _print_baseline(r: dict, out: Path):
+    print(f"baseline: independent SAEs at steps {r['baseline']['steps']} (seeds {r['baseline']['seeds']}) under {out/'baseline'}; "
           f"{r['seconds']:.0f}s; `saetrack figures --out {out}` draws the matching figures")
 
 # %% ../nbs/90_cli.ipynb #4e7a1245
@@ -325,15 +339,6 @@ def _print_plan(name: str):
     print(f"  run it: saetrack track --preset {name} --device cuda --stream --corpus DATASET (a corpus of at least "
           f"{p['tokens_first']:,} tokens); cached instead, --epochs 20 lets the first SAE re-read the 15M tokens cached per checkpoint")
 
-# %% ../nbs/90_cli.ipynb #913d3d70
-def _seeds(p, a) -> dict:
-    "Every seed `reproduce` uses with preset `p`, for its record: the LM's, the SAE series', the analysis', the figures' and (--full) the extra SAE seeds'."
-    from saetrack.analysis import AnalysisConfig
-    from saetrack.figures import FIGURE_SEED
-    s = dict(lm=p.lm.seed, sae=p.sae.seed, analysis=AnalysisConfig().seed, figures=FIGURE_SEED)
-    if a.full: s["sae_extra"] = [int(x) for x in str(a.seeds).split(",")]
-    return s
-
 # %% ../nbs/90_cli.ipynb #41eabf2a
 def cmd_reproduce(a):
     "Everything on the embedded default: run, activations, SAE series, analysis, figures (--full: the recipe study, controls, seeds, baseline, scaling)."
@@ -343,23 +348,22 @@ def cmd_reproduce(a):
         raise SaetrackError(f"reproduce runs the embedded default; the paper's {a.preset} series is `saetrack track --preset {a.preset} "
                             f"--device cuda` (a GPU and Hugging Face Hub access), and `reproduce --preset {a.preset} --dry-run` prints its plan")
     if a.dry_run: raise SaetrackError("--dry-run is for the Pythia presets (pythia-160m, pythia-410m, pythia-1.4b)")
-    from saetrack.core import atomic_write_json
-    from saetrack.figures import head_commit
-    t0 = time.time()
-    a.checkpoints = None
-    times = {}
-    p = _preset(a); _one_hook(p, "reproduce"); writable_dir(a.figures, "--figures")          # every setting and path checked before any work
+    from saetrack.curves import CurveLog
+    from saetrack.reproduce import reproduce
+    p = _preset(a); _one_hook(p, "reproduce"); figures = writable_dir(a.figures, "--figures")    # every setting and path checked before any work
+    if (a.snapshot_tokens or 0) < 0: raise SaetrackError(f"--snapshot-tokens must be 0 (no snapshots) or positive (got {a.snapshot_tokens})")
     out = writable_dir(a.out or f"runs/{a.preset}")
-    with run_lock(out):                                         # held through every stage (the stages' own locks nest)
-        cmd_track(a, times)
-        stages = [("analysis", cmd_analyse)]
-        if a.full: stages = [("convergence", cmd_convergence), *stages, ("controls", cmd_controls), ("seeds", cmd_seeds), ("baseline", cmd_baseline),
-                             ("scaling", cmd_scaling)]
-        for name, fn in stages + [("figures", cmd_figures)]:
-            t = time.time(); fn(a); times[name] = time.time() - t
-        times["total"] = time.time() - t0
-        atomic_write_json(out/"reproduce.json", dict(preset=a.preset, commit=head_commit(), full=a.full, seconds=times, seeds=_seeds(p, a)))
-    print("reproduce stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + f" (saved in {out/'reproduce.json'})")
+    report = dict(track=lambda r: _print_track(*r), convergence=_print_convergence, analysis=_print_analysis,
+                  controls=_print_controls, seeds=_print_seeds, baseline=_print_baseline, scaling=lambda r, out: _print_scaling(r),
+                  figures=lambda r, out: _print_figures(r, figures))
+    with run_lock(out):                                         # held through every stage
+        rec = reproduce(p, out, figures, full=a.full, seeds=[int(x) for x in str(a.seeds).split(",")], n_boot=a.boot,
+                        progress=not a.quiet, log=CurveLog(a.log, out) if a.log else None, device=a.device,
+                        steps=_at_steps(a) or p.steps, stream=getattr(a, "stream", False),
+                        snapshot_tokens=SNAPSHOT_TOKENS if a.snapshot_tokens is None else a.snapshot_tokens,
+                        report=lambda stage, r: report[stage](r) if stage == "track" else report[stage](r, out))
+    print("reproduce stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in rec["seconds"].items()) + f" (saved in {out/'reproduce.json'})")
+
 
 # %% ../nbs/90_cli.ipynb #2efe8b4d
 def cmd_scaling(a):
@@ -367,8 +371,11 @@ def cmd_scaling(a):
     from saetrack.scaling import SIZES, scaling_study
     root = writable_dir(a.root if getattr(a, "root", None) else (Path(a.out).parent if a.out else "runs"), "--root")
     table = scaling_study(SIZES if (a.large or a.full) else SIZES[:2], root, progress=not a.quiet)
-    print(table.to_string(float_format=lambda v: f"{v:.3g}"))
+    _print_scaling(table)
     return table
+
+def _print_scaling(table):
+    print(table.to_string(float_format=lambda v: f"{v:.3g}"))
 
 # %% ../nbs/90_cli.ipynb #60a3a56e
 def cmd_info(a):
@@ -493,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sp, "run directory with cached activations (default runs/<preset>)"); _acts_args(sp); _track_args(sp)
     sp.add_argument("--quick", action="store_true", help="3 checkpoints, 1 seed, one extra L1 for the frontier "
                     "(~35 min on 2 cores; the default, 5 checkpoints x 3 seeds, takes hours)")
-    sp.set_defaults(fn=cmd_convergence, **{k: None for k in _LM_FLAGS})
+    sp.set_defaults(fn=cmd_convergence, **{flag[2:].replace("-", "_"): None for flag in FLAGS["LMConfig"].values()})
     sp = sub.add_parser("controls", help="null, backward and paper-recipe chains analysed like the series (cached)")
     _common(sp, "run directory holding series/ (default runs/<preset>)")
     sp.add_argument("--chains", help="comma-separated subset of paper,null,backward,independent to build (default: all; "

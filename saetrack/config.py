@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, replace
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['STREAM_BUFFER', 'SNAPSHOT_TOKENS', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'split_hooks', 'ActsConfig',
-           'SAEConfig', 'check_warmup', 'paper_recipe', 'Preset', 'override', 'get_preset', 'checkpoint_steps',
-           'pythia_plan']
+__all__ = ['STREAM_BUFFER', 'SNAPSHOT_TOKENS', 'FLAGS', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'split_hooks',
+           'ActsConfig', 'SAEConfig', 'check_warmup', 'paper_recipe', 'Preset', 'override', 'get_preset',
+           'checkpoint_steps', 'pythia_plan']
 
 # %% ../nbs/01_config.ipynb #ed839818
 @dataclass(frozen=True)
@@ -139,17 +139,21 @@ class SAEConfig:
             raise SaetrackError("plateau_tol and plateau_window must be in (0, 1)")
         if not self.epochs > 0: raise SaetrackError(f"--epochs must be positive (got {self.epochs})")
 
-_FLAGS = {"LMConfig": dict(vocab_size="--vocab-size", d_model="--d-model", n_layers="--n-layers", ctx="--ctx",
-                           batch_size="--lm-batch-size", steps="--lm-steps", corpus_max_bytes="--max-bytes"),
-          "ActsConfig": dict(train_tokens="--tokens", eval_tokens="--eval-tokens"),
-          "SAEConfig": dict(d_sae="--d-sae", tokens_first="--tokens-first", tokens_next="--tokens-next", batch_size="--sae-batch",
-                            batch_next="--sae-batch-next")}
+FLAGS = {"LMConfig": dict(corpus="--corpus", corpus_max_bytes="--max-bytes", steps="--lm-steps", seed="--lm-seed",
+                          vocab_size="--vocab-size", d_model="--d-model", n_layers="--n-layers", ctx="--ctx",
+                          batch_size="--lm-batch-size", lr="--lm-lr"),
+         "ActsConfig": dict(hook="--hook", train_tokens="--tokens", eval_tokens="--eval-tokens", dtype="--dtype", corpus="--corpus"),
+         "SAEConfig": dict(d_sae="--d-sae", l1_coefficient="--l1", arch="--arch", k="--k", direction="--direction",
+                           tokens_first="--tokens-first", tokens_next="--tokens-next", lr_first="--sae-lr", lr_next="--sae-lr-next",
+                           warmup_first="--sae-warmup", warmup_next="--sae-warmup-next", batch_size="--sae-batch",
+                           batch_next="--sae-batch-next", epochs="--epochs", seed="--sae-seed", budget="--budget")}
+# every setting the command line sets, by config class: field -> its one flag (the CLI reads its overrides from here)
 
 # %% ../nbs/01_config.ipynb #4db631f9
 def _positive(cfg, k: str):
     "Refuse a setting <= 0, naming its command-line flag when it has one."
     v = getattr(cfg, k)
-    flag = _FLAGS.get(type(cfg).__name__, {}).get(k)
+    flag = FLAGS.get(type(cfg).__name__, {}).get(k)
     if not v > 0: raise SaetrackError(f"{flag or k} must be positive (got {v})")
 
 # %% ../nbs/01_config.ipynb #ca40d928

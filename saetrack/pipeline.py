@@ -10,16 +10,16 @@ import numpy as np
 from .activations import activation_split, cache_hooks, token_rows, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import SNAPSHOT_TOKENS, Preset, check_warmup
-from .core import from_rank0, resolve_device, share_out, world
+from .core import SaetrackError, from_rank0, resolve_device, share_out, world
 from .lm import run_meta, train_lm
 from .sae import split_batch
 from .quality import ce_recovered
 from .stream import model_stream
 from .series import SAESeries, check_reuse, check_series_config, series_dirs, train_series
-from .layout import run_json, run_acts_root, series_path
+from .layout import acts_dir, run_json, run_acts_root, series_path
 
 # %% auto #0
-__all__ = ['CE_ROWS', 'activations_for', 'stream_rows', 'track', 'repo_root', 'notebook_run']
+__all__ = ['CE_ROWS', 'activations_for', 'stream_rows', 'track', 'run_caches', 'repo_root', 'notebook_run']
 
 # %% ../nbs/80_pipeline.ipynb #d4cc6f80
 CE_ROWS = 32   # held-out rows (of ctx tokens) for CE-loss recovered at every checkpoint
@@ -142,6 +142,17 @@ def track(preset: Preset, out, checkpoints=None, progress: bool = True, times: d
         series = {h: chain(h, None if not log else (lambda step, d, h=h: log.sae(step, d, hook=name(h)))) for h in hooks}
     times["series"] = time.time() - t
     return series
+
+# %% ../nbs/80_pipeline.ipynb #fa65721a
+def run_caches(out, hook: str) -> tuple[dict, dict]:
+    "The activation caches a run directory already holds for `hook`: ({step: train dir}, {step: eval dir}), every step in both."
+    res = []
+    for split in ("train", "eval"):
+        root = acts_dir(run_acts_root(out), hook, split)
+        res.append({int(d.name[4:]): d for d in sorted(root.glob("step*")) if (d/"manifest.json").exists()} if root.exists() else {})
+    if not res[0] or set(res[0]) != set(res[1]):
+        raise SaetrackError(f"no complete activation caches for {hook} under {run_acts_root(out)}; run `saetrack track --out {out}` first")
+    return res[0], res[1]
 
 # %% ../nbs/80_pipeline.ipynb #575eb409
 def repo_root(start=None) -> Path:

@@ -242,3 +242,26 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"saetrack {saetrack.__version__}"
+
+
+def test_every_flag_names_one_config_field():
+    "config.FLAGS is the one table from settings to flags: real fields, one flag per setting, each accepted by `track`."
+    import dataclasses
+    from saetrack import config
+    from saetrack.cli import build_parser
+    parser = build_parser()
+    track = parser._subparsers._group_actions[0].choices["track"]
+    known = {s for act in track._actions for s in act.option_strings}
+    for cls, table in config.FLAGS.items():
+        fields = {f.name for f in dataclasses.fields(getattr(config, cls))}
+        assert set(table) <= fields, (cls, set(table) - fields)
+        assert len(set(table.values())) == len(table), cls                  # one flag per setting
+        assert set(table.values()) <= known, (cls, set(table.values()) - known)
+    flags = [(cls, f) for cls, t in config.FLAGS.items() for f in t.values()]
+    shared = {f for _, f in flags if sum(g == f for _, g in flags) > 1}
+    assert shared == {"--corpus"}                # the one setting two configs share: the text the LM and activations read
+    # a flag reaches its field
+    a = parser.parse_args(["track", "--preset", "micro", "--sae-lr", "0.002", "--lm-lr", "0.01", "--tokens", "8192", "--l1", "3"])
+    from saetrack.cli import _preset
+    p = _preset(a)
+    assert (p.sae.lr_first, p.lm.lr, p.acts.train_tokens, p.sae.l1_coefficient) == (0.002, 0.01, 8192, 3.0)
