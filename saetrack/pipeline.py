@@ -82,9 +82,9 @@ def track(preset: Preset, out, checkpoints=None, progress: bool = True, times: d
     are dealt out over the processes (`share_out`); then every process trains each series together (`train_series`,
     data-parallel), or, with at least as many hooks as processes, each hook's chain is trained whole by one process. `stream=True` caches only the
     held-out activations and streams the training ones through each checkpoint's model (nbs/07_stream): `stream_rows`
-    of the training split, the same at every checkpoint; `caches["train"]` then holds the streams. Under torchrun every
-    process runs each checkpoint's model over every block (the forward pass is repeated, not split) and trains on its
-    share of each batch, as it reads its share of a cache's."""
+    of the training split, the same at every checkpoint; `caches["train"]` then holds the streams. Under torchrun each
+    process runs the model over its share of every block's rows, the shares are gathered (`model_stream`), and each
+    process trains on its share of each batch, as it reads its share of a cache's."""
     out, device = Path(out), resolve_device(device)
     times = {} if times is None else times
     hooks, rank0 = preset.acts.hooks, {}       # rank0: what only rank 0 holds (the checkpoint source)

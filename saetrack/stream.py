@@ -9,7 +9,7 @@ import torch
 from .activations import forward_dtype, harvest, rows_hash
 from .checkpoints import TL_PROCESSING
 from .config import STREAM_BUFFER
-from .core import SaetrackError, stable_hash
+from .core import SaetrackError, stable_hash, world
 
 STREAM_VERSION = 1
 
@@ -90,12 +90,20 @@ def stream_key(source, step: int, rows: np.ndarray, hook: str, device, buffer: i
 # %% ../nbs/07_stream.ipynb #769f8435
 def model_stream(source, step: int, rows: np.ndarray, hook: str, device="cpu", buffer: int = STREAM_BUFFER,
                  batch_rows: int = 64) -> ActivationStream:
-    "The activations of `hook` at `step` of `source` on token `rows` [n, ctx], streamed through the model on `device`."
+    """The activations of `hook` at `step` of `source` on token `rows` [n, ctx], streamed through the model on `device`.
+    Under torchrun each process runs the model over its share of a block's rows (whole batches of `batch_rows`, so each
+    row sees the same batch as in one process) and the shares are gathered: every process holds the whole block."""
     per, fwd = rows.shape[1] - 1, {}
     def acts_of(idx: np.ndarray) -> torch.Tensor:
         model = source.hooked(step, device)
         if "autocast" not in fwd: fwd["autocast"] = torch.bfloat16 if forward_dtype(model, rows, [hook])[0] == "bfloat16" else None
-        out = torch.empty(len(idx) * per, model.cfg.d_model, device=model.cfg.device)
-        harvest(model, rows[idx], {hook: out}, batch_rows, autocast=fwd["autocast"])
-        return out
+        rank, n = world()
+        k = len(idx) if n == 1 else -(-len(idx) // (n * batch_rows)) * batch_rows        # rows per process
+        mine = idx[rank * k:(rank + 1) * k]
+        out = torch.empty(k * per, model.cfg.d_model, device=model.cfg.device)
+        if len(mine): harvest(model, rows[mine], {hook: out[:len(mine) * per]}, batch_rows, autocast=fwd["autocast"])
+        if n == 1: return out
+        parts = [torch.empty_like(out) for _ in range(n)]
+        torch.distributed.all_gather(parts, out)
+        return torch.cat([p[:max(0, min(k, len(idx) - r * k)) * per] for r, p in enumerate(parts)])
     return ActivationStream(acts_of, len(rows), per, stream_key(source, step, rows, hook, device, buffer), step, buffer)

@@ -148,3 +148,33 @@ def test_stream_never_replaces_a_cached_series(micro_tracked, streamed, capsys):
         err = capsys.readouterr().err
         assert "use a new --out" in err and len(err.strip().splitlines()) == 1
         assert (out / "series" / "series.json").read_text() == before
+
+
+def _split_worker(rank, run, hook, rows_file, init, result_dir):
+    "One of two gloo processes: the stream's activations of 150 rows, counting the rows this process ran the model on."
+    import saetrack.stream as stream_mod
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    ran = []
+    real = stream_mod.harvest
+    stream_mod.harvest = lambda model, rows, outs, *a, **k: (ran.append(len(rows)), real(model, rows, outs, *a, **k))[1]
+    rows = np.load(rows_file)
+    st = model_stream(open_source(run), 24, rows, hook)
+    acts = st.acts_of(np.arange(150))
+    np.save(f"{result_dir}/acts{rank}.npy", acts.numpy()); np.save(f"{result_dir}/ran{rank}.npy", np.array(ran))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_split_a_streamed_block(cache, tmp_path):
+    "Under torchrun each process runs the model over its share of a block's rows (whole batches), and every one gets the block."
+    c, src, hook = cache
+    rows = np.asarray(c.tokens)[:150]
+    np.save(tmp_path/"rows.npy", rows)
+    torch.multiprocessing.spawn(_split_worker, args=(str(src.path), hook, str(tmp_path/"rows.npy"), f"file://{tmp_path}/init",
+                                                     str(tmp_path)), nprocs=2)
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    try: whole = model_stream(src, 24, rows, hook).acts_of(np.arange(150)).numpy()
+    finally: torch.set_num_threads(threads)
+    assert [int(np.load(tmp_path/f"ran{r}.npy").sum()) for r in (0, 1)] == [128, 22]     # 2 batches of 64 rows, then the rest
+    for r in (0, 1):
+        assert np.array_equal(np.load(tmp_path/f"acts{r}.npy"), whole)                  # the whole block, bit for bit
