@@ -312,7 +312,7 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
         ax2 = ax.twinx(); ax2.plot(p["position"], p["l0"], color="C3", label="L0"); ax2.set_ylabel("L0 (active latents per token)", color="C3")
         ax.set_title(f"SAE-Track final SAE: activation by position ({p['n_live']} live latents)", fontsize=10)
         fig.tight_layout()
-        save(fig, "matching_document003", "left: match-cosine ECDFs at the final step across seeds, dictionary sizes (partial matching), SAE types and decoder vs encoder matching; right: mean latent activation and L0 of the final SAE-Track SAE by token position")
+        save(fig, "matching_document003", "left: match-cosine ECDFs at the final step across seeds, dictionary sizes (partial matching), SAE types and decoder vs encoder matching; right: mean latent activation and L0 of the final SAE-Track SAE by token position", paper="document 003")
     if "layers" in result:
         L = result["layers"]
         fig, axs = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -338,11 +338,11 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
         ax.set_title("Adjacent layers' SAEs matched (Hungarian)", fontsize=10)
         ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
         fig.tight_layout()
-        save(fig, "matching_layers", "document 003 across layers at the final step: left, each depth's L0 by token position (relative to its mean); right, the median Hungarian-matched cosine between adjacent layers' converged SAEs, by decoder and by encoder, beside the seed floor at one layer and random dictionaries")
+        save(fig, "matching_layers", "document 003 across layers at the final step: left, each depth's L0 by token position (relative to its mean); right, the median Hungarian-matched cosine between adjacent layers' converged SAEs, by decoder and by encoder, beside the seed floor at one layer and random dictionaries", paper="document 003 (first analysis)")
     if "factors" in result:
         rnd = b["same_step"][str(steps[-1])]["random"]["all"]["median"]
-        save(*_fig_factors(result["factors"], rnd), "document 003's factors at every depth of the final step: the median matched decoder cosine between a converged SAE and one that differs in the seed, and in the dataset, the width, the SAE type, or the layer too; lower is a bigger change")
-        save(*_fig_factor_maps(result["factors"]), "UMAP of two converged SAEs' live decoder directions at the series' hook, matched (Hungarian cosine >= 0.7) or not: another seed, another dataset, another SAE type")
+        save(*_fig_factors(result["factors"], rnd), "document 003's factors at every depth of the final step: the median matched decoder cosine between a converged SAE and one that differs in the seed, and in the dataset, the width, the SAE type, or the layer too; lower is a bigger change", paper="document 003 (second analysis)")
+        save(*_fig_factor_maps(result["factors"]), "UMAP of two converged SAEs' live decoder directions at the series' hook, matched (Hungarian cosine >= 0.7) or not: another seed, another dataset, another SAE type", paper="document 003 (decoder-weight UMAP)")
     return made
 
 # %% ../nbs/81_figures.ipynb #dfaa90fe
