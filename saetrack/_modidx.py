@@ -232,6 +232,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'saetrack.core.from_rank0': ('core.html#from_rank0', 'saetrack/core.py'),
                                'saetrack.core.read_json': ('core.html#read_json', 'saetrack/core.py'),
                                'saetrack.core.read_state': ('core.html#read_state', 'saetrack/core.py'),
+                               'saetrack.core.record_threads': ('core.html#record_threads', 'saetrack/core.py'),
                                'saetrack.core.resolve_device': ('core.html#resolve_device', 'saetrack/core.py'),
                                'saetrack.core.run_lock': ('core.html#run_lock', 'saetrack/core.py'),
                                'saetrack.core.share_out': ('core.html#share_out', 'saetrack/core.py'),

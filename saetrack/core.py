@@ -14,8 +14,8 @@ import torch
 # %% auto #0
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
            'cached_json', 'clean_stale_tmp', 'stable_hash', 'to_tensor', 'check_steps', 'file_sha256', 'writable_dir',
-           'read_state', 'run_lock', 'connect_error', 'resolve_device', 'world', 'from_rank0', 'alone', 'share_out',
-           'distributed']
+           'read_state', 'run_lock', 'connect_error', 'record_threads', 'resolve_device', 'world', 'from_rank0',
+           'alone', 'share_out', 'distributed']
 
 # %% ../nbs/00_core.ipynb #3f43f2b5
 class SaetrackError(Exception):
@@ -190,6 +190,18 @@ def connect_error(host: str, port: int = 443, timeout: float = 3.0) -> OSError |
     try: socket.create_connection((host, port), timeout=timeout).close()
     except OSError as e: return e
     return None
+
+# %% ../nbs/00_core.ipynb #e4f8c339
+def record_threads(log: dict, at, what: str) -> None:
+    """Note in `log` ({start: threads}) the CPU thread count this session trains `what` with from `at` on; a resume at
+    another count than before prints one warning line (the weights will not be bit-identical to an uninterrupted run's)."""
+    import sys
+    n, used = torch.get_num_threads(), sorted(set(log.values()))
+    if used and n not in used:
+        print(f"warning: {what} resumes at {n} CPU thread{'s' if n > 1 else ''} where it trained at {', '.join(map(str, used))}: "
+              f"float sums follow the thread count, so from here on its weights will not be bit-identical to an uninterrupted "
+              f"run's (set OMP_NUM_THREADS={used[0]} to keep them)", file=sys.stderr)
+    log[str(at)] = n
 
 # %% ../nbs/00_core.ipynb #5dcafab3
 def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:

@@ -34,6 +34,28 @@ def test_resume_is_bit_identical(tmp_path, micro, micro_run):
     assert log["complete"] and [p.name for p in run.glob(".*.tmp")] == [".explorer.0db842ce.tmp"]
     assert _weights(run) == _weights(micro_run)
 
+def test_resume_at_another_thread_count_says_so(tmp_path, micro, micro_run, capfd):
+    """CPU float sums follow the thread count: the LM resumed at another count gets other bits (measured: micro at 1 and
+    2 threads differs from step 1 on), so the run records each session's count and the resume warns in one line."""
+    import torch
+    from saetrack.lm import run_log
+    run, n = tmp_path / "threads", torch.get_num_threads()
+    torch.set_num_threads(n + 1)
+    try: train_lm(micro.lm, run, progress=False, stop_after=11)
+    finally: torch.set_num_threads(n)
+    capfd.readouterr()
+    train_lm(micro.lm, run, progress=False)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: the LM of {run} resumes at {n} CPU thread") and f"OMP_NUM_THREADS={n + 1}" in err[0]
+    assert run_log(run)["threads"] == {"0": n + 1, "8": n}
+    assert _weights(run)[0] == _weights(micro_run)[0]                      # step 0 precedes any sum over a batch
+    # a resume at the training's own count is silent
+    again = tmp_path / "same"
+    train_lm(micro.lm, again, progress=False, stop_after=11); capfd.readouterr()
+    train_lm(micro.lm, again, progress=False)
+    assert capfd.readouterr().err == "" and run_log(again)["threads"] == {"0": n, "8": n}
+
+
 def test_resume_never_starts_from_corrupt_weights(tmp_path, micro, micro_run):
     run = tmp_path / "resumed"
     train_lm(micro.lm, run, progress=False, stop_after=11)            # killed after step 11: resumes from step 8
