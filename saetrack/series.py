@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .activations import load_activations
 from .config import SNAPSHOT_TOKENS, SAEConfig
 from .core import (CorruptCacheError, SaetrackError, atomic_write_json, clean_stale_tmp, file_sha256,
-                           from_rank0, read_json, record_threads, resolve_device, stable_hash, world)
+                           from_rank0, read_json, record_threads, resolve_device, share_out, stable_hash, world)
 from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_training_sae, make_sae,
                           sae_metrics, save_sae, train_sae)
 
@@ -185,9 +185,11 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
         sae, curve, adam = train_one(c, acts, step, init_from=prev_dir, eval_acts=ev.acts, device=device, progress=progress,
                                      snapshot=(out/f"step{step}.partial.pt", snapshot_tokens, key))
         seconds = time.time() - t0
+        def measure(parts):                        # the SAE's quality; under torchrun its two parts on two processes
+            return {k: sae_metrics(sae, ev.acts) if k == "metrics" else quality_fn(step, sae, ev) for k in parts}
+        q = share_out(measure, ["metrics"] + (["model"] if quality_fn is not None else []))
         def measure_and_save():                    # rank 0's alone: the others wait, then start the next SAE from `d`
-            m = sae_metrics(sae, ev.acts)
-            if quality_fn is not None: m.update(quality_fn(step, sae, ev))
+            m = dict(q["metrics"], **q.get("model", {}))
             m.update(step=step, tokens=curve["eval"][-1]["tokens"], seconds=round(seconds, 3), recurrent=prev_dir is not None,
                      verdict=curve["verdict"], acts_step=acts_step)
             meta = dict(metadata(m["acts_step"]) if metadata else {}, hook_name=hook, checkpoint_step=step, saetrack_key=key)

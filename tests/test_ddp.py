@@ -78,6 +78,7 @@ def test_two_processes_train_the_series_of_one(runs):
     m1, m2 = SAESeries.load(one/"series").metrics(), SAESeries.load(two/"series").metrics()
     assert (m1["tokens"] == m2["tokens"]).all() and (m1["verdict"] == m2["verdict"]).all()   # the same stopping decisions
     assert (m1["nmse"] - m2["nmse"]).abs().max() < 1e-4
+    assert (m1["ce_sae"] - m2["ce_sae"]).abs().max() < 1e-4 and m2["ce_sae"].notna().all()   # measured on the second process
     assert not list((two/"series").rglob(".*.tmp"))
 
 
