@@ -5,7 +5,6 @@
 # %% ../nbs/60_analysis.ipynb #aef493e2
 from __future__ import annotations
 import dataclasses, time, zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 import numpy as np
@@ -17,38 +16,14 @@ from . import changepoints as cp, drift as dr, formation as fm, inference as inf
 from .layout import run_acts_root, acts_dir, series_path, analysis_dir
 
 # %% auto #0
-__all__ = ['ANALYSIS_VERSION', 'POOLS', 'SPACES', 'AnalysisConfig', 'context_caches', 'token_strings', 'analysis_key', 'analyse',
-           'cached_analysis', 'class_names', 'moved_after_formation', 'summarise', 'feature_report']
+__all__ = ['ANALYSIS_VERSION', 'context_caches', 'token_strings', 'analysis_key', 'analyse', 'cached_analysis', 'class_names',
+           'moved_after_formation', 'summarise', 'feature_report']
 
 # %% ../nbs/60_analysis.ipynb #2cea94b7
 ANALYSIS_VERSION = 6          # bump when the cached result changes shape or meaning (4: contexts from the training pool; 5: BIC with a margin of 10; 6: mass share over all activations)
-POOLS = ("train", "eval")
-SPACES = ("act_cosine", "feat_cosine", "feat_jaccard", "feat_wjaccard")   # progress-measure variants
 
-# %% ../nbs/60_analysis.ipynb #902a8bf7
-@dataclass(frozen=True)
-class AnalysisConfig:
-    "Every setting of `analyse`; all of them enter the cache key."
-    k: int = 25                       # datapoints per feature (PAPER 3.2)
-    thresholds: sm.Thresholds = field(default_factory=sm.Thresholds)
-    n_null_dirs: int = 128            # random directions for the concept-coherence null
-    n_ref_act: int = 150              # random reference contexts, activation space (PAPER 3.4)
-    n_ref_feat: int = 100             # ... feature space
-    n_null_draws: int = 200           # random k-subsets for the progress-measure null
-    null_q: float = 0.99              # null quantile = formation floor
-    formation_frac: float = 0.5       # formed = stays above frac * final M (and the floor)
-    formation_space: str = "feat_cosine"
-    settle: float = 0.9               # decoder settled = cos to final stays above this
-    min_run: int = 2                  # transition patterns: runs shorter than this are flicker
-    max_segments: int = 4             # drift phases: BIC over 1..max_segments
-    pool: str = "train"               # the contexts read: each checkpoint's training activations (tiny: 1,048,512 tokens;
-                                      # the paper: ~4.2M) or "eval", the held-out cache (tiny: 65,536; too few, see 20_stages)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.formation_space not in SPACES: raise SaetrackError(f"formation_space must be one of {SPACES}")
-        if self.k < 2: raise SaetrackError("k must be at least 2")
-        if self.pool not in POOLS: raise SaetrackError(f"pool must be one of {POOLS} (got {self.pool!r})")
+# %% ../nbs/60_analysis.ipynb #e8e1edea
+from .config import SPACES, AnalysisConfig     # every setting of `analyse` (saetrack.config)
 
 # %% ../nbs/60_analysis.ipynb #4b29d411
 def context_caches(out, series: SAESeries, pool: str = "train", acts_root=None) -> dict:

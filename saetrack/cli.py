@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, contextlib, sys, time
 from pathlib import Path
-from .config import FLAGS, SNAPSHOT_TOKENS
+from .config import FLAGS, SNAPSHOT_TOKENS, get_preset
 from .core import SaetrackError, run_lock, writable_dir
 from .layout import log_json, run_acts_root, series_path, convergence_dir
 
@@ -30,7 +30,6 @@ def _at_steps(a):
 # %% ../nbs/90_cli.ipynb #3490ef18
 def cmd_lm(a) -> dict:
     "Train (or resume) a tiny Pythia-style run."
-    from saetrack.config import get_preset
     from saetrack.lm import plot_lm_loss, saved_steps, train_lm
     from saetrack.lm import run_meta
     p = get_preset(a.preset, **_overrides(a, "LMConfig"))        # every setting checked before anything is written
@@ -55,7 +54,6 @@ def cmd_lm(a) -> dict:
 def cmd_activations(a) -> dict:
     "Harvest (or reuse) activations for every checkpoint of a run."
     from saetrack.checkpoints import open_source
-    from saetrack.config import get_preset
     from saetrack.pipeline import activations_for
     p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype, corpus=a.corpus))
     src = open_source(a.checkpoints or a.run or f"runs/{p.name}", skip_bad=a.skip_bad_checkpoints)
@@ -191,7 +189,7 @@ def cmd_controls(a) -> dict:
     only = [c.strip() for c in a.chains.split(",")] if getattr(a, "chains", None) else list(CONTROLS)
     with run_lock(out):
         tr, ev = run_caches(out, SAESeries.load(series_path(out)).hook)
-        res = run_controls(out, tr, ev, progress=not a.quiet, controls=only)
+        res = run_controls(out, tr, ev, progress=not a.quiet, controls=only, analysis=get_preset(a.preset).analysis)
     _print_controls(res, out, only)
     return res
 
@@ -219,7 +217,7 @@ def cmd_seeds(a) -> dict:
     if a.boot < 10: raise SaetrackError(f"--boot {a.boot} is too few replicates for a 90% interval; use at least 10 (default 200)")
     with run_lock(out):
         tr, ev = run_caches(out, SAESeries.load(series_path(out)).hook)
-        inf = run_seeds(out, seeds, tr, ev, n_boot=a.boot, progress=not a.quiet)
+        inf = run_seeds(out, seeds, tr, ev, n_boot=a.boot, progress=not a.quiet, analysis=get_preset(a.preset).analysis)
     _print_seeds(inf, out)
     return inf
 
@@ -261,7 +259,7 @@ def cmd_analyse(a) -> dict:
     from saetrack.analysis import analyse, summarise
     out = _series_out(a)
     with _processes(out) as (_, main):          # under torchrun the checkpoints' classes are dealt out
-        s = summarise(analyse(out, progress=not a.quiet and main))
+        s = summarise(analyse(out, progress=not a.quiet and main, cfg=get_preset(a.preset).analysis))
     if main: _print_analysis(s, out)
     return s
 
@@ -282,7 +280,7 @@ def cmd_explore(a):
     "One feature's story across checkpoints: class and pattern history, formation, drift (--html: and its page in the explorer)."
     from saetrack.analysis import analyse, feature_report
     out = _series_out(a)
-    with run_lock(out): r = analyse(out, progress=not a.quiet)
+    with run_lock(out): r = analyse(out, progress=not a.quiet, cfg=get_preset(a.preset).analysis)
     if not 0 <= a.feature < r["n_features"]: raise SaetrackError(f"feature {a.feature} is outside the SAE (0..{r['n_features'] - 1})")
     print("\n".join(feature_report(r, a.feature)))
     if getattr(a, "html", False):

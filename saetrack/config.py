@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, replace
 from .core import SaetrackError
 
 # %% auto #0
-__all__ = ['STREAM_BUFFER', 'SNAPSHOT_TOKENS', 'FLAGS', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig', 'split_hooks',
-           'ActsConfig', 'SAEConfig', 'check_warmup', 'paper_recipe', 'Preset', 'override', 'get_preset',
-           'checkpoint_steps', 'pythia_plan']
+__all__ = ['STREAM_BUFFER', 'SNAPSHOT_TOKENS', 'FLAGS', 'POOLS', 'SPACES', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig',
+           'split_hooks', 'ActsConfig', 'SAEConfig', 'check_warmup', 'paper_recipe', 'Thresholds', 'AnalysisConfig',
+           'Preset', 'override', 'get_preset', 'checkpoint_steps', 'pythia_plan']
 
 # %% ../nbs/01_config.ipynb #ed839818
 @dataclass(frozen=True)
@@ -178,6 +178,46 @@ def paper_recipe(cfg: SAEConfig) -> SAEConfig:
     return replace(cfg, budget="fixed", tokens_next=cfg.tokens_first // 20, lr_next=cfg.lr_first / 10, warmup_next=3,
                    batch_next=None, carry_adam=False, refit_b_dec=False)
 
+# %% ../nbs/01_config.ipynb #0c7d5829
+@dataclass(frozen=True)
+class Thresholds:
+    "The class rule's thresholds (nbs/20_stages)."
+    min_active: int = 5          # dead if fewer positive contexts among the top-k
+    min_value: float = 0.0       # activations <= this count as "not firing"
+    token_share: float = 0.8     # TOKEN if one token key carries >= this share of top-k mass
+    concept_z: float = 2.5       # CONCEPT if coherence z-score vs random-direction null >= this
+    max_keys_frac: float = 0.5   # fallback (no vectors): CONCEPT if n90 <= this * n_active
+    mass_share: float = 0.6      # the second token criterion: one key carries >= this share of ALL activation mass
+
+# %% ../nbs/01_config.ipynb #a3af3d65
+POOLS = ("train", "eval")
+SPACES = ("act_cosine", "feat_cosine", "feat_jaccard", "feat_wjaccard")   # progress-measure variants
+
+# %% ../nbs/01_config.ipynb #c311ff32
+@dataclass(frozen=True)
+class AnalysisConfig:
+    "Every setting of `analyse`; all of them enter the cache key."
+    k: int = 25                       # datapoints per feature (PAPER 3.2)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    n_null_dirs: int = 128            # random directions for the concept-coherence null
+    n_ref_act: int = 150              # random reference contexts, activation space (PAPER 3.4)
+    n_ref_feat: int = 100             # ... feature space
+    n_null_draws: int = 200           # random k-subsets for the progress-measure null
+    null_q: float = 0.99              # null quantile = formation floor
+    formation_frac: float = 0.5       # formed = stays above frac * final M (and the floor)
+    formation_space: str = "feat_cosine"
+    settle: float = 0.9               # decoder settled = cos to final stays above this
+    min_run: int = 2                  # transition patterns: runs shorter than this are flicker
+    max_segments: int = 4             # drift phases: BIC over 1..max_segments
+    pool: str = "train"               # the contexts read: each checkpoint's training activations (tiny: 1,048,512 tokens;
+                                      # the paper: ~4.2M) or "eval", the held-out cache (tiny: 65,536; too few, see 20_stages)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.formation_space not in SPACES: raise SaetrackError(f"formation_space must be one of {SPACES}")
+        if self.k < 2: raise SaetrackError("k must be at least 2")
+        if self.pool not in POOLS: raise SaetrackError(f"pool must be one of {POOLS} (got {self.pool!r})")
+
 # %% ../nbs/01_config.ipynb #a236b263
 @dataclass(frozen=True)
 class Preset:
@@ -187,6 +227,7 @@ class Preset:
     sae: SAEConfig = field(default_factory=SAEConfig)
     checkpoints: str | None = None   # someone else's run (a Pythia name or a directory); None: train the LM above
     steps: tuple[int, ...] | None = None   # the checkpoints the series uses (None: all)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)   # what `analyse` reads
 
 # %% ../nbs/01_config.ipynb #1899f110
 def _width(name: str, d_model: int) -> Preset:

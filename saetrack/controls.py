@@ -108,7 +108,7 @@ def _built(out, name: str) -> bool:
 
 # %% ../nbs/14_controls.ipynb #6ff280b9
 def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, null_at: int | None = None,
-                 controls=CONTROLS) -> dict:
+                 controls=CONTROLS, analysis=None) -> dict:
     """Build (or reuse) the `controls` of the run in `out`: the paper-recipe, null and backward chains, and the
     independent converged SAEs (once the recipe study exists). Every chain on disk is analysed exactly like the
     series; the headline numbers go to `out/controls/controls.json`. A control not asked for keeps what is on disk."""
@@ -127,7 +127,7 @@ def run_controls(out, train_acts: dict, eval_acts: dict, progress: bool = True, 
         t = time.time()
         s = series if name == "series" else build[name](series, train_acts, eval_acts, out, progress=progress) if name in controls \
             else SAESeries.load(chain_dir(out, name))
-        r = analyse(out, progress=progress, series_dir=None if name == "series" else s.path)
+        r = analyse(out, progress=progress, cfg=analysis, series_dir=None if name == "series" else s.path)
         heads[name] = headline(r, link_angles(s.decoders(), s.steps, r["live"]))
         heads[name]["tokens"] = int(s.metrics()["tokens"].sum())
         fractions[name] = {sm.CLASS_NAMES[c]: r["class_fractions"][:, c].round(4).tolist() for c in range(4)}

@@ -265,7 +265,7 @@ def _series_key(series: SAESeries) -> str:
     return stable_hash(series.manifest["entries"])
 
 # %% ../nbs/22_inference.ipynb #c98e70a9
-def run_seeds(out, seeds, train_acts: dict, eval_acts: dict, n_boot: int = 200, progress: bool = True) -> dict:
+def run_seeds(out, seeds, train_acts: dict, eval_acts: dict, n_boot: int = 200, progress: bool = True, analysis=None) -> dict:
     """Train (or reuse) the run's series again with each SAE seed in `seeds`: the same config, checkpoints, activations
     and plateau rule, only `SAEConfig.seed` differs. Analyse each exactly like the series and write `stage_inference`
     over the series and these to `out/seeds/inference.json`. Returns that dict."""
@@ -275,10 +275,10 @@ def run_seeds(out, seeds, train_acts: dict, eval_acts: dict, n_boot: int = 200, 
     cfg = SAEConfig(**series.manifest["config"])
     if cfg.seed in seeds or len(set(seeds)) != len(seeds):
         raise SaetrackError(f"give distinct SAE seeds other than the series' own ({cfg.seed}), e.g. --seeds 1,2")
-    results = [analyse(out, progress=progress)]
+    results = [analyse(out, progress=progress, cfg=analysis)]
     for s in seeds:
         train_series(dataclasses.replace(cfg, seed=s), train_acts, eval_acts, seed_dir(out, s), series.hook, progress=progress)
-        results.append(analyse(out, progress=progress, series_dir=seed_dir(out, s)))
+        results.append(analyse(out, progress=progress, cfg=analysis, series_dir=seed_dir(out, s)))
     inf = stage_inference(series.steps, results, n_boot=n_boot, seed=cfg.seed)
     inf.update(seeds=[cfg.seed, *seeds], series_key=_series_key(series))
     atomic_write_json(seeds_dir(out)/"inference.json", inf)

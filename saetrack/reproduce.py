@@ -7,7 +7,7 @@ function with the command line's settings and its printed reports."""
 from __future__ import annotations
 import time
 from pathlib import Path
-from .analysis import AnalysisConfig, analyse, summarise
+from .analysis import analyse, summarise
 from .config import SNAPSHOT_TOKENS, Preset
 from .controls import run_controls
 from .convergence import recipe_study
@@ -25,7 +25,7 @@ __all__ = ['seeds_record', 'reproduce']
 # %% ../nbs/83_reproduce.ipynb #ef2b9c2b
 def seeds_record(preset: Preset, full: bool = False, seeds=(1, 2)) -> dict:
     "Every seed `reproduce` uses with `preset`, for its record."
-    s = dict(lm=preset.lm.seed, sae=preset.sae.seed, analysis=AnalysisConfig().seed, figures=FIGURE_SEED)
+    s = dict(lm=preset.lm.seed, sae=preset.sae.seed, analysis=preset.analysis.seed, figures=FIGURE_SEED)
     if full: s.update(sae_extra=[int(x) for x in seeds], baseline=baseline_seeds(preset.sae))
     return s
 
@@ -47,10 +47,10 @@ def reproduce(preset: Preset, out, figures="figures", full: bool = False, seeds=
     report("track", (series, dict(times)))
     caches = lambda: run_caches(out, preset.acts.hook)
     if full: stage("convergence", lambda: recipe_study(preset.sae, *caches(), convergence_dir(out), progress=progress, device=device))
-    stage("analysis", lambda: summarise(analyse(out, progress=progress)))
+    stage("analysis", lambda: summarise(analyse(out, progress=progress, cfg=preset.analysis)))
     if full:
-        stage("controls", lambda: run_controls(out, *caches(), progress=progress))
-        stage("seeds", lambda: run_seeds(out, list(seeds), *caches(), n_boot=n_boot, progress=progress))
+        stage("controls", lambda: run_controls(out, *caches(), progress=progress, analysis=preset.analysis))
+        stage("seeds", lambda: run_seeds(out, list(seeds), *caches(), n_boot=n_boot, progress=progress, analysis=preset.analysis))
         stage("baseline", lambda: run_baseline(out, progress=progress))
         stage("scaling", lambda: scaling_study(SIZES, out.parent, progress=progress))
     stage("figures", lambda: make_figures(out, figures))

@@ -45,9 +45,11 @@ def headline(out, result: dict) -> dict:
 
 # %% ../nbs/85_scaling.ipynb #9d9d72d1
 def scaling_table(runs: dict, progress: bool = False) -> pd.DataFrame:
-    "The headline table of runs {name: run dir}, one row per run (each analysed, or read from its cache)."
+    "The headline table of runs {name: run dir}, one row per run (each analysed with its preset's settings, or read from its cache)."
     from saetrack.analysis import analyse
-    return pd.DataFrame({n: headline(p, analyse(p, progress=progress)) for n, p in runs.items()}).T
+    from saetrack.config import PRESETS
+    cfg = lambda n: PRESETS[n].analysis if n in PRESETS else None
+    return pd.DataFrame({n: headline(p, analyse(p, progress=progress, cfg=cfg(n))) for n, p in runs.items()}).T
 
 # %% ../nbs/85_scaling.ipynb #61aafe7c
 def scaling_study(presets=SIZES[:2], root="runs", progress: bool = True) -> pd.DataFrame:

@@ -5,7 +5,7 @@
 # %% ../nbs/20_stages.ipynb #58fdd77b
 from __future__ import annotations
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from .core import SaetrackError
 
 # %% auto #0
 __all__ = ['LABEL_DRAW', 'LABELS', 'RULE_STATS', 'as_encode_fn', 'top_k_contexts', 'token_at', 'token_keys', 'KeyMass',
-           'Thresholds', 'context_coherence', 'feature_stats', 'classify_stats', 'classify_checkpoint', 'classify_all',
+           'context_coherence', 'feature_stats', 'classify_stats', 'classify_checkpoint', 'classify_all',
            'class_fractions', 'token_by_mass', 'plot_class_fractions', 'pick_checkpoints', 'choose_examples',
            'printable_token', 'feature_contexts', 'build_feature_panel', 'plot_feature_panel', 'draw_label_set',
            'label_confusion', 'label_scores', 'headline_sensitivity']
@@ -166,15 +166,8 @@ class KeyMass:
         np.maximum.at(top, f, m)
         return np.divide(top, total, out=np.zeros(self.F), where=total > 0)
 
-# %% ../nbs/20_stages.ipynb #a9ca3a0e
-@dataclass(frozen=True)
-class Thresholds:
-    min_active: int = 5          # dead if fewer positive contexts among the top-k
-    min_value: float = 0.0       # activations <= this count as "not firing"
-    token_share: float = 0.8     # TOKEN if one token key carries >= this share of top-k mass
-    concept_z: float = 2.5       # CONCEPT if coherence z-score vs random-direction null >= this
-    max_keys_frac: float = 0.5   # fallback (no vectors): CONCEPT if n90 <= this * n_active
-    mass_share: float = 0.6      # the second token criterion: one key carries >= this share of ALL activation mass
+# %% ../nbs/20_stages.ipynb #a75d691b
+from .config import Thresholds      # the rule's thresholds live with every other setting, in saetrack.config
 
 # %% ../nbs/20_stages.ipynb #0e44d143
 def context_coherence(vecs: torch.Tensor | np.ndarray, valid: np.ndarray | None = None,
