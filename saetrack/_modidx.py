@@ -157,6 +157,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'saetrack.config.AnalysisConfig': ('config.html#analysisconfig', 'saetrack/config.py'),
                                  'saetrack.config.AnalysisConfig.__post_init__': ( 'config.html#analysisconfig.__post_init__',
                                                                                    'saetrack/config.py'),
+                                 'saetrack.config.BaselineConfig': ('config.html#baselineconfig', 'saetrack/config.py'),
+                                 'saetrack.config.ConvergenceConfig': ('config.html#convergenceconfig', 'saetrack/config.py'),
                                  'saetrack.config.LMConfig': ('config.html#lmconfig', 'saetrack/config.py'),
                                  'saetrack.config.LMConfig.__post_init__': ('config.html#lmconfig.__post_init__', 'saetrack/config.py'),
                                  'saetrack.config.Preset': ('config.html#preset', 'saetrack/config.py'),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #73cbc193
 from __future__ import annotations
-import argparse, contextlib, sys, time
+import argparse, contextlib, dataclasses, sys, time
 from pathlib import Path
 from .config import FLAGS, SNAPSHOT_TOKENS, get_preset
 from .core import SaetrackError, run_lock, writable_dir
@@ -146,11 +146,11 @@ def cmd_convergence(a) -> dict:
     from saetrack.pipeline import run_caches
     p = _preset(a)
     out = writable_dir(a.out or f"runs/{p.name}")
-    quick = dict(n_steps=3, n_seeds=1, l1_factors=(2.0,)) if a.quick else {}
+    conv = dataclasses.replace(p.convergence, n_steps=3, n_seeds=1, l1_factors=(2.0,)) if a.quick else p.convergence
     with run_lock(out):
         tr, ev = run_caches(out, _one_hook(p, "convergence"))
         t = time.time()
-        res = recipe_study(p.sae, tr, ev, convergence_dir(out), progress=not a.quiet, device=a.device, **quick)
+        res = recipe_study(p.sae, tr, ev, convergence_dir(out), progress=not a.quiet, device=a.device, **dataclasses.asdict(conv))
     _print_convergence(dict(res, seconds_here=time.time() - t), out)
     return res
 
@@ -311,7 +311,7 @@ def cmd_baseline(a):
     from saetrack.matching import run_baseline
     out = _series_out(a)
     with _processes(out) as (_, main):          # under torchrun the independent SAEs are dealt out
-        r = run_baseline(out, progress=not a.quiet and main)
+        r = run_baseline(out, progress=not a.quiet and main, cfg=get_preset(a.preset).baseline)
     if main: _print_baseline(r, out)
 
 def _print_baseline(r: dict, out: Path):

@@ -11,7 +11,7 @@ from .core import SaetrackError
 # %% auto #0
 __all__ = ['STREAM_BUFFER', 'SNAPSHOT_TOKENS', 'FLAGS', 'POOLS', 'SPACES', 'PRESETS', 'PYTHIA_SERIES', 'PAPER_SAE', 'LMConfig',
            'split_hooks', 'ActsConfig', 'SAEConfig', 'check_warmup', 'paper_recipe', 'Thresholds', 'AnalysisConfig',
-           'Preset', 'override', 'get_preset', 'checkpoint_steps', 'pythia_plan']
+           'ConvergenceConfig', 'BaselineConfig', 'Preset', 'override', 'get_preset', 'checkpoint_steps', 'pythia_plan']
 
 # %% ../nbs/01_config.ipynb #ed839818
 @dataclass(frozen=True)
@@ -218,6 +218,24 @@ class AnalysisConfig:
         if self.k < 2: raise SaetrackError("k must be at least 2")
         if self.pool not in POOLS: raise SaetrackError(f"pool must be one of {POOLS} (got {self.pool!r})")
 
+# %% ../nbs/01_config.ipynb #29106757
+@dataclass(frozen=True)
+class ConvergenceConfig:
+    "The recipe study's settings (nbs/13_convergence): where, how many seeds, the frontier's L1 values, the token limit."
+    n_steps: int = 5                           # studied checkpoints, spread over training
+    n_seeds: int = 3                           # SAE seeds per checkpoint (references and recipes)
+    l1_factors: tuple[float, ...] = (0.5, 2.0) # the references' other L1 coefficients (x the series'), for the nMSE-L0 frontier
+    max_fraction: float = 0.5                  # a recipe stops at this share of the reference's tokens
+
+# %% ../nbs/01_config.ipynb #dc9de92a
+@dataclass(frozen=True)
+class BaselineConfig:
+    "The independent-SAE baseline's and document 003's settings (nbs/70_matching)."
+    n_steps: int = 4                   # checkpoints the baseline studies, spread by index
+    topk: int = 32                     # the SAE-type variant: TopK with this k
+    half_width: int | None = None      # the width variant (None: half the series' d_sae)
+    corpus: str = "package:torch"      # the dataset variant's corpus (the Python source of the pinned torch)
+
 # %% ../nbs/01_config.ipynb #a236b263
 @dataclass(frozen=True)
 class Preset:
@@ -228,6 +246,8 @@ class Preset:
     checkpoints: str | None = None   # someone else's run (a Pythia name or a directory); None: train the LM above
     steps: tuple[int, ...] | None = None   # the checkpoints the series uses (None: all)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)   # what `analyse` reads
+    convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)   # `saetrack convergence`
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)   # `saetrack baseline`
 
 # %% ../nbs/01_config.ipynb #1899f110
 def _width(name: str, d_model: int) -> Preset:

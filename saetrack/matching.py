@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .activations import cache_key, load_activations
-from .config import SAEConfig
+from .config import BaselineConfig, SAEConfig
 from .core import SaetrackError, atomic_write_json, cached_json, from_rank0, read_json, share_out, stable_hash, world
 from .convergence import scratch_reference, spread
 from .sae import load_sae, sae_metrics
@@ -347,7 +347,7 @@ def layers_study(out, series: SAESeries, seed: int | None = None, progress: bool
     return res
 
 # %% ../nbs/70_matching.ipynb #ef8b4b97
-SECOND_CORPUS = "package:torch"   # document 003's dataset factor: the same model and hooks on other authors' Python (pinned with torch)
+SECOND_CORPUS = BaselineConfig().corpus   # document 003's dataset factor: the same model and hooks on other authors' Python (pinned with torch)
 FACTORS = {"seed": "B", "dataset": "dataset", "width": "half", "type": "topk"}   # factor -> the variant that differs in it
 
 # %% ../nbs/70_matching.ipynb #3a56308a
@@ -439,17 +439,18 @@ def _caches(out, series: SAESeries) -> tuple[dict, dict]:
     return tr_, ev_
 
 # %% ../nbs/70_matching.ipynb #3ddce68b
-def run_baseline(out, progress: bool = True, steps=None, document003: bool = True) -> dict:
-    "The independent-SAE baseline (and document 003's questions, across layers too) of the run in `out`; cached under `out/baseline`."
+def run_baseline(out, progress: bool = True, steps=None, document003: bool = True, cfg: BaselineConfig = BaselineConfig()) -> dict:
+    """The independent-SAE baseline (and document 003's questions, across layers too) of the run in `out`, with the
+    settings `cfg` (the preset's `baseline`); cached under `out/baseline`."""
     out = Path(out)
     series = SAESeries.load(series_path(out))
     tr_, ev_ = _caches(out, series)
     t = time.time()
-    res = {"baseline": baseline_study(series, tr_, ev_, steps=steps, progress=progress)}
+    res = {"baseline": baseline_study(series, tr_, ev_, steps=steps, n_steps=cfg.n_steps, progress=progress)}
     if document003:
-        res["document003"] = document003_study(series, tr_, ev_, progress=progress)
+        res["document003"] = document003_study(series, tr_, ev_, half_width=cfg.half_width, topk=cfg.topk, progress=progress)
         res["layers"] = layers_study(out, series, progress=progress)
-        res["factors"] = factors_study(out, series, progress=progress)
+        res["factors"] = factors_study(out, series, corpus=cfg.corpus, half_width=cfg.half_width, topk=cfg.topk, progress=progress)
     res["seconds"] = round(time.time() - t, 1)
     return res
 

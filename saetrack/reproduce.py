@@ -5,7 +5,7 @@ function with the command line's settings and its printed reports."""
 
 # %% ../nbs/83_reproduce.ipynb #50d9ded5
 from __future__ import annotations
-import time
+import dataclasses, time
 from pathlib import Path
 from .analysis import analyse, summarise
 from .config import SNAPSHOT_TOKENS, Preset
@@ -46,12 +46,13 @@ def reproduce(preset: Preset, out, figures="figures", full: bool = False, seeds=
                    snapshot_tokens=snapshot_tokens, stream=stream)
     report("track", (series, dict(times)))
     caches = lambda: run_caches(out, preset.acts.hook)
-    if full: stage("convergence", lambda: recipe_study(preset.sae, *caches(), convergence_dir(out), progress=progress, device=device))
+    if full: stage("convergence", lambda: recipe_study(preset.sae, *caches(), convergence_dir(out), progress=progress, device=device,
+                                                       **dataclasses.asdict(preset.convergence)))
     stage("analysis", lambda: summarise(analyse(out, progress=progress, cfg=preset.analysis)))
     if full:
         stage("controls", lambda: run_controls(out, *caches(), progress=progress, analysis=preset.analysis))
         stage("seeds", lambda: run_seeds(out, list(seeds), *caches(), n_boot=n_boot, progress=progress, analysis=preset.analysis))
-        stage("baseline", lambda: run_baseline(out, progress=progress))
+        stage("baseline", lambda: run_baseline(out, progress=progress, cfg=preset.baseline))
         stage("scaling", lambda: scaling_study(SIZES, out.parent, progress=progress))
     stage("figures", lambda: make_figures(out, figures))
     times["total"] = time.time() - t0
