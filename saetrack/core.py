@@ -15,7 +15,7 @@ import torch
 __all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
            'cached_json', 'clean_stale_tmp', 'stable_hash', 'to_tensor', 'check_steps', 'file_sha256', 'writable_dir',
            'read_state', 'run_lock', 'connect_error', 'record_threads', 'resolve_device', 'world', 'from_rank0',
-           'alone', 'share_out', 'distributed']
+           'alone', 'share_out', 'on_every_rank', 'distributed']
 
 # %% ../nbs/00_core.ipynb #3f43f2b5
 class SaetrackError(Exception):
@@ -268,12 +268,31 @@ def share_out(fn, items) -> dict:
     except BaseException as e:
         err, box = e, (e if isinstance(e, SaetrackError) else SaetrackError(f"process {rank} failed: {type(e).__name__}: {e}"))
     boxes = [None] * n
-    torch.distributed.all_gather_object(boxes, box)
+    torch.distributed.all_gather_object(boxes, (stable_hash(repr(items)), box))
     if err is not None: raise err
+    if len({h for h, _ in boxes}) > 1:
+        raise SaetrackError("the processes dealt out different work lists (a setting differs between them); launch them alike")
     res = {}
-    for b in boxes:
+    for _, b in boxes:
         if isinstance(b, BaseException): raise b
         res.update(b)
+    return res
+
+# %% ../nbs/00_core.ipynb #ed6b12ba
+def on_every_rank(fn):
+    """`fn()` on every process (a plain call without torchrun); an error on any process is raised on all of them (a
+    `SaetrackError` as itself), so none is left waiting in a later collective."""
+    rank, n = world()
+    if n == 1: return fn()
+    res, err = None, None
+    try: res = fn()
+    except BaseException as e: err = e
+    why = None if err is None else err if isinstance(err, SaetrackError) else SaetrackError(f"process {rank} failed: {type(err).__name__}: {err}")
+    boxes = [None] * n
+    torch.distributed.all_gather_object(boxes, why)
+    if err is not None: raise err
+    for b in boxes:
+        if b is not None: raise b
     return res
 
 # %% ../nbs/00_core.ipynb #5b9bd857

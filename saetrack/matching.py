@@ -303,7 +303,9 @@ def layer_caches(out, series: SAESeries, hooks, corpus: str | None = None) -> di
         p = Preset("layers", acts=ActsConfig(hook=",".join(hooks), train_tokens=n["train"], eval_tokens=n["eval"]))
         tr, ev = activations_for(out, p, own, steps=[last], progress=False)
         return {h: dict(train=tr[h][last], eval=ev[h][last]) for h in hooks}
-    c, *docs = dataclasses.replace(run_split(out), corpus=corpus, max_bytes=None).load()
+    own_split = run_split(out)
+    if own_split is None: raise SaetrackError(f"'{out}' has no run.json: a second corpus is split like the run's own, so it needs a run trained by `saetrack lm`")
+    c, *docs = dataclasses.replace(own_split, corpus=corpus, max_bytes=None).load()
     res = {h: {} for h in hooks}
     for sp, d in zip(("train", "eval"), docs):
         for h, e in cache_hooks(src, hooks, encode_docs(src.tokenizer(), d), n[sp], corpus_acts_root(out, corpus), split=sp,

@@ -10,7 +10,7 @@ import numpy as np
 from .activations import activation_split, cache_hooks, token_rows, token_stream
 from .checkpoints import LocalRun, open_source
 from .config import SNAPSHOT_TOKENS, Preset, check_warmup
-from .core import SaetrackError, from_rank0, resolve_device, share_out, world
+from .core import SaetrackError, from_rank0, on_every_rank, resolve_device, share_out, world
 from .lm import run_meta, train_lm
 from .sae import split_batch
 from .quality import ce_recovered
@@ -109,7 +109,10 @@ def track(preset: Preset, out, checkpoints=None, progress: bool = True, times: d
         return dirs, todo
     dirs, todo = from_rank0(prepare)
     t = time.time()
-    source = rank0.get("source") or open_source(out if checkpoints is None else checkpoints, skip_bad=skip_bad)
+    def opened():                               # every process's own handle; a failure anywhere stops them all
+        s = rank0.get("source") or open_source(out if checkpoints is None else checkpoints, skip_bad=skip_bad)
+        return s, s.ctx(s.steps[-1]), _dataset_name(s, preset.acts.corpus, run_acts_root(out))
+    source, ctx, dataset = on_every_rank(opened)
     def harvest(ss):                            # the checkpoints' caches, dealt out over the processes under torchrun
         tr, ev = activations_for(source, preset, run_acts_root(out), steps=ss, progress=progress and bool(rank0),
                                  device=device, splits=("eval",) if stream else ("train", "eval"))
@@ -123,7 +126,6 @@ def track(preset: Preset, out, checkpoints=None, progress: bool = True, times: d
     t = time.time()
     if caches is not None: caches.update(train=train_acts, eval=eval_acts)
 
-    ctx, dataset = source.ctx(source.steps[-1]), _dataset_name(source, preset.acts.corpus, run_acts_root(out))
     def metadata(step):
         return dict(source.sae_metadata(step), context_size=ctx, prepend_bos=True, seqpos_slice=[1, None], dataset_path=dataset)
     name = lambda h: h if len(hooks) > 1 else None

@@ -38,6 +38,8 @@ def reproduce(preset: Preset, out, figures="figures", full: bool = False, seeds=
     `snapshot_tokens` are `track`'s. Returns the record written to `out/reproduce.json`: the preset, the commit, each
     stage's seconds and `seeds_record`."""
     if len(preset.acts.hooks) > 1: raise SaetrackError("reproduce takes one hook; several hooks in one run are for `saetrack track`")
+    if preset.checkpoints: raise SaetrackError(f"reproduce trains its own LM; the preset '{preset.name}' names checkpoints "
+                                               f"({preset.checkpoints}): run `saetrack track --preset {preset.name}` for those")
     out, t0, times = Path(out), time.time(), {}
     report = report or (lambda stage, result: None)
     def stage(name, fn):

@@ -145,7 +145,8 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
                  snapshot_tokens: int = SNAPSHOT_TOKENS) -> "SAESeries":
     """Train (or resume) the series over the steps of `train_acts` ({step: activation-cache dir, or an `ActivationStream`
     of nbs/07_stream}) into `out`.
-    `quality_fn(step, sae, eval_entry) -> dict` adds metrics that need the model (CE-loss recovered).
+    `quality_fn(step, sae, eval_entry) -> dict` adds metrics that need the model (CE-loss recovered); under torchrun
+    give it on every process (any one of them may be the one to measure it).
     The null chain passes the same cache for every step and `budgets` ({step: tokens}: a fixed budget per link).
     SAEs train on `device` and are saved from there; nothing on disk depends on it. `metadata(step) -> dict` adds
     SAELens metadata (the model, its context size, the dataset) to each SAE's cfg.json. `on_entry(step, dir)` is

@@ -184,3 +184,28 @@ def test_chains_of_several_hooks_are_dealt_out(runs):
         for st in s1.steps:
             w1, w2 = (load_file(str(s.dir(st)/"sae_weights.safetensors")) for s in (s1, s2))
             assert all(torch.equal(w1[k], w2[k]) for k in w1), (h, st)
+
+
+def _fail_worker(rank, init, result_dir):
+    "One of two gloo processes: process 1 fails in `on_every_rank`; then the processes deal out different lists."
+    from saetrack.core import SaetrackError, on_every_rank, share_out
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    said = []
+    def fails_on_1():
+        if rank == 1: raise OSError("no such checkpoint")
+        return "ok"
+    try: on_every_rank(fails_on_1)
+    except (SaetrackError, OSError) as e: said.append(type(e).__name__ + ": " + str(e))
+    try: share_out(lambda xs: {x: x for x in xs}, [1, 2, 3] if rank == 0 else [1, 2])
+    except SaetrackError as e: said.append(str(e))
+    (result_dir / f"said{rank}.txt").write_text("\n".join(said))
+    torch.distributed.destroy_process_group()
+
+
+def test_a_failure_on_one_process_stops_them_all(tmp_path):
+    "No process is left waiting: an error on one is raised on all, and so are different work lists."
+    torch.multiprocessing.spawn(_fail_worker, args=(f"file://{tmp_path}/init", tmp_path), nprocs=2, join=True)
+    said = [(tmp_path / f"said{r}.txt").read_text().splitlines() for r in (0, 1)]
+    assert said[0][0] == "SaetrackError: process 1 failed: OSError: no such checkpoint"
+    assert said[1][0] == "OSError: no such checkpoint"
+    assert all("dealt out different work lists" in s[1] for s in said)
