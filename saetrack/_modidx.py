@@ -219,6 +219,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'saetrack.convergence.warm_start': ('convergence.html#warm_start', 'saetrack/convergence.py')},
             'saetrack.core': { 'saetrack.core.CorruptCacheError': ('core.html#corruptcacheerror', 'saetrack/core.py'),
                                'saetrack.core.SaetrackError': ('core.html#saetrackerror', 'saetrack/core.py'),
+                               'saetrack.core._gather': ('core.html#_gather', 'saetrack/core.py'),
                                'saetrack.core._json_default': ('core.html#_json_default', 'saetrack/core.py'),
                                'saetrack.core._remove': ('core.html#_remove', 'saetrack/core.py'),
                                'saetrack.core._tmp_sibling': ('core.html#_tmp_sibling', 'saetrack/core.py'),

@@ -254,6 +254,23 @@ def alone():
     try: yield
     finally: _ALONE[0] = old
 
+# %% ../nbs/00_core.ipynb #34689b47
+def _gather(fn, send):
+    """`fn()` on every process, then an all-gather of `send(its result)`, or of its error: an error on any process is
+    raised on every one (its own as itself, another's as a `SaetrackError` naming the process). Returns (this process's
+    result, every process's sent value)."""
+    rank, n = world()
+    res, err = None, None
+    try: res = fn()
+    except BaseException as e: err = e
+    why = None if err is None else err if isinstance(err, SaetrackError) else SaetrackError(f"process {rank} failed: {type(err).__name__}: {err}")
+    boxes = [None] * n
+    torch.distributed.all_gather_object(boxes, (why, None if err is not None else send(res)))
+    if err is not None: raise err
+    for w, _ in boxes:
+        if w is not None: raise w
+    return res, [v for _, v in boxes]
+
 # %% ../nbs/00_core.ipynb #3852682a
 def share_out(fn, items) -> dict:
     """`fn(my_items)` -> {item: result} on each process for its round-robin share of `items` (all of them without
@@ -262,38 +279,21 @@ def share_out(fn, items) -> dict:
     items = list(items)
     rank, n = world()
     if n == 1: return dict(fn(items))
-    mine, err = items[rank::n], None
-    try:
-        with alone(): box = dict(fn(mine)) if mine else {}
-    except BaseException as e:
-        err, box = e, (e if isinstance(e, SaetrackError) else SaetrackError(f"process {rank} failed: {type(e).__name__}: {e}"))
-    boxes = [None] * n
-    torch.distributed.all_gather_object(boxes, (stable_hash(repr(items)), box))
-    if err is not None: raise err
-    if len({h for h, _ in boxes}) > 1:
+    mine = items[rank::n]
+    def run():
+        with alone(): return dict(fn(mine)) if mine else {}
+    _, sent = _gather(run, lambda box: (stable_hash(repr(items)), box))
+    if len({h for h, _ in sent}) > 1:
         raise SaetrackError("the processes dealt out different work lists (a setting differs between them); launch them alike")
     res = {}
-    for _, b in boxes:
-        if isinstance(b, BaseException): raise b
-        res.update(b)
+    for _, box in sent: res.update(box)
     return res
 
 # %% ../nbs/00_core.ipynb #ed6b12ba
 def on_every_rank(fn):
     """`fn()` on every process (a plain call without torchrun); an error on any process is raised on all of them (a
     `SaetrackError` as itself), so none is left waiting in a later collective."""
-    rank, n = world()
-    if n == 1: return fn()
-    res, err = None, None
-    try: res = fn()
-    except BaseException as e: err = e
-    why = None if err is None else err if isinstance(err, SaetrackError) else SaetrackError(f"process {rank} failed: {type(err).__name__}: {err}")
-    boxes = [None] * n
-    torch.distributed.all_gather_object(boxes, why)
-    if err is not None: raise err
-    for b in boxes:
-        if b is not None: raise b
-    return res
+    return fn() if world()[1] == 1 else _gather(fn, lambda r: None)[0]
 
 # %% ../nbs/00_core.ipynb #5b9bd857
 @contextlib.contextmanager
