@@ -402,6 +402,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'saetrack.layout.controls_dir': ('layout.html#controls_dir', 'saetrack/layout.py'),
                                  'saetrack.layout.convergence_dir': ('layout.html#convergence_dir', 'saetrack/layout.py'),
                                  'saetrack.layout.corpus_acts_root': ('layout.html#corpus_acts_root', 'saetrack/layout.py'),
+                                 'saetrack.layout.corpus_slug': ('layout.html#corpus_slug', 'saetrack/layout.py'),
                                  'saetrack.layout.explorer_dir': ('layout.html#explorer_dir', 'saetrack/layout.py'),
                                  'saetrack.layout.log_json': ('layout.html#log_json', 'saetrack/layout.py'),
                                  'saetrack.layout.run_acts_root': ('layout.html#run_acts_root', 'saetrack/layout.py'),

@@ -55,7 +55,7 @@ def cmd_activations(a) -> dict:
     "Harvest (or reuse) activations for every checkpoint of a run."
     from saetrack.checkpoints import open_source
     from saetrack.pipeline import activations_for
-    p = get_preset(a.preset, acts=dict(hook=a.hook, train_tokens=a.tokens, eval_tokens=a.eval_tokens, dtype=a.dtype, corpus=a.corpus))
+    p = get_preset(a.preset, acts=_overrides(a, "ActsConfig"))
     src = open_source(a.checkpoints or a.run or f"runs/{p.name}", skip_bad=a.skip_bad_checkpoints)
     steps = _at_steps(a) or p.steps                    # a Pythia preset: the paper's checkpoints
     root = writable_dir(a.out) if a.out else (run_acts_root(src.path) if hasattr(src, "path") else Path("activations"))
@@ -151,10 +151,10 @@ def cmd_convergence(a) -> dict:
         tr, ev = run_caches(out, _one_hook(p, "convergence"))
         t = time.time()
         res = recipe_study(p.sae, tr, ev, convergence_dir(out), progress=not a.quiet, device=a.device, **dataclasses.asdict(conv))
-    _print_convergence(dict(res, seconds_here=time.time() - t), out)
+    _print_convergence(res, out, seconds=time.time() - t)
     return res
 
-def _print_convergence(res: dict, out: Path):
+def _print_convergence(res: dict, out: Path, seconds: float | None = None):
     "What `convergence` prints: each recipe's token fractions, the best recipe, and the series against the references."
     from saetrack.convergence import PAPER, fraction_text, recipe_summary
     s = recipe_summary(res)
@@ -169,7 +169,7 @@ def _print_convergence(res: dict, out: Path):
     print(f"best recipe: {res['best']}; the 1/20 claim holds at every studied checkpoint for " +
           (", ".join(ok.index) if len(ok) else "no recipe") + "; checkpoint by checkpoint (every seed within 1/20): " +
           "; ".join(f"{n} at {len(within(n))} of {len(res['steps'])} {within(n)}" for n in dict.fromkeys([res["best"], PAPER.name])) +
-          (f"; {res['seconds_here']:.0f}s" if "seconds_here" in res else ""))
+          (f"; {seconds:.0f}s" if seconds is not None else ""))
     from saetrack.series import SAESeries
     try: series = SAESeries.load(series_path(out))
     except SaetrackError: series = None                   # no (complete) series yet: nothing to hold against the references
@@ -351,15 +351,16 @@ def cmd_reproduce(a):
     p = _preset(a); _one_hook(p, "reproduce"); figures = writable_dir(a.figures, "--figures")    # every setting and path checked before any work
     if (a.snapshot_tokens or 0) < 0: raise SaetrackError(f"--snapshot-tokens must be 0 (no snapshots) or positive (got {a.snapshot_tokens})")
     out = writable_dir(a.out or f"runs/{a.preset}")
-    report = dict(track=lambda r: _print_track(*r), convergence=_print_convergence, analysis=_print_analysis,
-                  controls=_print_controls, seeds=_print_seeds, baseline=_print_baseline, scaling=lambda r, out: _print_scaling(r),
-                  figures=lambda r, out: _print_figures(r, figures))
+    printers = dict(track=lambda r: _print_track(*r), convergence=lambda r: _print_convergence(r, out),
+                    analysis=lambda r: _print_analysis(r, out), controls=lambda r: _print_controls(r, out),
+                    seeds=lambda r: _print_seeds(r, out), baseline=lambda r: _print_baseline(r, out), scaling=_print_scaling,
+                    figures=lambda r: _print_figures(r, figures))
     with run_lock(out):                                         # held through every stage
         rec = reproduce(p, out, figures, full=a.full, seeds=[int(x) for x in str(a.seeds).split(",")], n_boot=a.boot,
                         progress=not a.quiet, log=CurveLog(a.log, out) if a.log else None, device=a.device,
                         steps=_at_steps(a) or p.steps, stream=getattr(a, "stream", False),
                         snapshot_tokens=SNAPSHOT_TOKENS if a.snapshot_tokens is None else a.snapshot_tokens,
-                        report=lambda stage, r: report[stage](r) if stage == "track" else report[stage](r, out))
+                        report=lambda stage, r: printers[stage](r))
     print("reproduce stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in rec["seconds"].items()) + f" (saved in {out/'reproduce.json'})")
 
 

@@ -16,7 +16,7 @@ from .core import SaetrackError, atomic_write_json, cached_json, from_rank0, rea
 from .convergence import scratch_reference, spread
 from .sae import load_sae, sae_metrics
 from .series import SAESeries, eval_subset
-from .layout import run_acts_root, acts_dir, series_path, convergence_dir, baseline_dir, corpus_acts_root
+from .layout import run_acts_root, acts_dir, series_path, convergence_dir, baseline_dir, corpus_acts_root, corpus_slug
 
 # %% auto #0
 __all__ = ['SECOND_CORPUS', 'FACTORS', 'feature_directions', 'cosine_matrix', 'Match', 'match_features', 'identity_similarity',
@@ -413,7 +413,7 @@ def factors_study(out, series: SAESeries, corpus: str = SECOND_CORPUS, seeds=Non
     t0, last = time.time(), series.steps[-1]
     variants = dict(A=(A, cfg, "own", ""), B=(B, cfg, "own", ""), half=(B, dataclasses.replace(cfg, d_sae=half_width), "own", f"_d{half_width}"),
                     topk=(B, dataclasses.replace(cfg, arch="topk", k=topk), "own", f"_topk{topk}"),
-                    dataset=(B, cfg, "other", "_" + corpus.replace(":", "-").replace("/", "_")))
+                    dataset=(B, cfg, "other", "_" + corpus_slug(corpus)))
     saes = independent_saes(series, {(h, v): (caches[data][h]["train"], last, sd, caches[data][h]["eval"], c,
                                               ("" if h == series.hook else f"_{h}") + tag)
                                      for h in hooks for v, (sd, c, data, tag) in variants.items()}, progress)
