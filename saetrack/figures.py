@@ -251,6 +251,7 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
     if result is None: raise SaetrackError(f"no cached baseline under '{out/'baseline'}'; run `saetrack baseline --out {out}` first")
     b, made = result["baseline"], {}
     A, B = b["seeds"]; steps = b["steps"]
+    rnd = b["same_step"][str(steps[-1])]["random"]["all"]["median"]     # random dictionaries at the last step: the layers' and factors' floor
     paper = "Reviewer 3's requested baseline"
     def save(fig, name, shows, paper=paper):
         save_figure(fig, figures_dir/name, formats=formats); plt.close(fig); made[name] = dict(shows=shows, paper=paper)
@@ -330,7 +331,6 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
         if "document003" in result:
             ax.axhline(result["document003"]["seed"]["live"]["median"], color="k", ls="--", lw=1,
                        label=f"two seeds, one layer (decoder, {result['document003']['seed']['live']['median']:.2f})")
-        rnd = b["same_step"][str(steps[-1])]["random"]["all"]["median"]
         ax.axhline(rnd, color="0.5", ls=":", lw=1, label=f"random dictionaries ({rnd:.2f})")
         short = lambda h: h.replace("blocks.", "").replace(".hook_resid_", " ")
         ax.set_xticks(x, [f"{short(a)} → {short(b_)}" for a, b_ in (p.split(" -> ") for p in pairs)], fontsize=8)
@@ -340,7 +340,6 @@ def plot_matching(out, figures_dir, result: dict | None = None, formats=("png", 
         fig.tight_layout()
         save(fig, "matching_layers", "document 003 across layers at the final step: left, each depth's L0 by token position (relative to its mean); right, the median Hungarian-matched cosine between adjacent layers' converged SAEs, by decoder and by encoder, beside the seed floor at one layer and random dictionaries", paper="document 003 (first analysis)")
     if "factors" in result:
-        rnd = b["same_step"][str(steps[-1])]["random"]["all"]["median"]
         save(*_fig_factors(result["factors"], rnd), "document 003's factors at every depth of the final step: the median matched decoder cosine between a converged SAE and one that differs in the seed, and in the dataset, the width, the SAE type, or the layer too; lower is a bigger change", paper="document 003 (second analysis)")
         save(*_fig_factor_maps(result["factors"]), "UMAP of two converged SAEs' live decoder directions at the series' hook, matched (Hungarian cosine >= 0.7) or not: another seed, another dataset, another SAE type", paper="document 003 (decoder-weight UMAP)")
     return made

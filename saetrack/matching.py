@@ -321,14 +321,15 @@ def _layers_key(series: SAESeries, hooks, seed: int, caches: dict) -> str:
                         [cache_key(caches[h][sp]) for h in hooks for sp in ("train", "eval")]])
 
 # %% ../nbs/70_matching.ipynb #8a6b4ceb
-def layers_study(out, series: SAESeries, seed: int | None = None, progress: bool = True) -> dict:
+def layers_study(out, series: SAESeries, seed: int | None = None, progress: bool = True, caches: dict | None = None) -> dict:
     """At the series' last step, a converged scratch SAE on every `layer_hooks` hook: per layer its quality and its
-    activation by token position; per adjacent pair the decoder and encoder matching. Cached in `baseline/layers.json`."""
+    activation by token position; per adjacent pair the decoder and encoder matching. Cached in `baseline/layers.json`.
+    `caches`: `layer_caches` of every hook, when the caller has them."""
     from saetrack.checkpoints import open_source
     cfg = SAEConfig(**series.manifest["config"])
     seed = baseline_seeds(cfg)[0] if seed is None else seed
     hooks = layer_hooks(open_source(out).n_layers())
-    caches = from_rank0(layer_caches, out, series, hooks)        # harvested once, by rank 0 under torchrun
+    caches = caches or from_rank0(layer_caches, out, series, hooks)        # harvested once, by rank 0 under torchrun
     key = _layers_key(series, hooks, seed, caches)
     path = baseline_dir(series.path.parent)/"layers.json"
     if (old := cached_json(path, key)) is not None: return old
@@ -398,15 +399,16 @@ def _factors_key(series: SAESeries, hooks, A: int, B: int, half_width: int, topk
 
 # %% ../nbs/70_matching.ipynb #2ae64bfc
 def factors_study(out, series: SAESeries, corpus: str = SECOND_CORPUS, seeds=None, half_width: int | None = None,
-                  topk: int = 32, progress: bool = True) -> dict:
+                  topk: int = 32, progress: bool = True, caches: dict | None = None) -> dict:
     """At the series' last step and every `layer_hooks` hook, the converged SAEs of `FACTORS` and their `factor_table`;
-    at the series' hook, the `matched_layout` maps of seed, dataset and type. Cached in `baseline/factors.json`."""
+    at the series' hook, the `matched_layout` maps of seed, dataset and type. Cached in `baseline/factors.json`.
+    `caches`: `layer_caches` of every hook on the run's corpus, when the caller has them."""
     from saetrack.checkpoints import open_source
     cfg = SAEConfig(**series.manifest["config"])
     A, B = list(seeds or baseline_seeds(cfg))
     half_width = half_width or cfg.d_sae // 2
     hooks = layer_hooks(open_source(out).n_layers())
-    caches = dict(own=from_rank0(layer_caches, out, series, hooks), other=from_rank0(layer_caches, out, series, hooks, corpus=corpus))
+    caches = dict(own=caches or from_rank0(layer_caches, out, series, hooks), other=from_rank0(layer_caches, out, series, hooks, corpus=corpus))
     key = _factors_key(series, hooks, A, B, half_width, topk, corpus, caches)
     path = baseline_dir(series.path.parent)/"factors.json"
     if (old := cached_json(path, key)) is not None: return old
@@ -451,8 +453,10 @@ def run_baseline(out, progress: bool = True, steps=None, document003: bool = Tru
     res = {"baseline": baseline_study(series, tr_, ev_, steps=steps, n_steps=cfg.n_steps, progress=progress)}
     if document003:
         res["document003"] = document003_study(series, tr_, ev_, half_width=cfg.half_width, topk=cfg.topk, progress=progress)
-        res["layers"] = layers_study(out, series, progress=progress)
-        res["factors"] = factors_study(out, series, corpus=cfg.corpus, half_width=cfg.half_width, topk=cfg.topk, progress=progress)
+        from saetrack.checkpoints import open_source
+        own = from_rank0(layer_caches, out, series, layer_hooks(open_source(out).n_layers()))   # every depth's caches, once for both
+        res["layers"] = layers_study(out, series, progress=progress, caches=own)
+        res["factors"] = factors_study(out, series, corpus=cfg.corpus, half_width=cfg.half_width, topk=cfg.topk, progress=progress, caches=own)
     res["seconds"] = round(time.time() - t, 1)
     return res
 

@@ -137,9 +137,8 @@ def track(preset: Preset, out, checkpoints=None, progress: bool = True, times: d
     if 1 < n <= len(hooks):                     # at least as many chains as processes: each chain trained whole by one
         share_out(lambda hs: {h: chain(h, None).steps for h in hs}, hooks)
         series = {h: SAESeries.load(dirs[h]) for h in hooks}
-        for h, s in series.items():             # the curves, logged by rank 0 once every chain is done
-            for st in s.steps:
-                if log: log.sae(st, s.dir(st), hook=name(h))
+        for h, s in series.items() if log else ():   # the curves, logged by rank 0 once every chain is done
+            for st in s.steps: log.sae(st, s.dir(st), hook=name(h))
     else:                                       # one process, or each chain data-parallel over every process
         series = {h: chain(h, None if not log else (lambda step, d, h=h: log.sae(step, d, hook=name(h)))) for h in hooks}
     times["series"] = time.time() - t
