@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from .activations import load_activations
 from .config import SAEConfig
-from .core import atomic_write_json, cached_json, stable_hash
+from .core import SaetrackError, atomic_write_json, cached_json, stable_hash
 from .plotting import save_figure
 from .sae import save_sae
 from .series import eval_subset, held_out_fn, plateau_rule, step_seed, train_one
@@ -46,7 +46,7 @@ class Recipe:
         "The SAE config of a warm start with this recipe and a cap of `cap` tokens (batch scaled to the run's)."
         batch = max(1, cfg.batch_size * self.batch // 4096)
         return dataclasses.replace(cfg, lr_next=cfg.lr_first * self.lr, batch_next=batch, carry_adam=self.carry_adam,
-                                   warmup_next=self.warmup, refit_b_dec=self.refit_b_dec, tokens_next=max(cap, batch),
+                                   warmup_next=self.warmup, refit_b_dec=self.refit_b_dec, tokens_next=max(cap, batch, cfg.batch_size),
                                    budget="adaptive")
 
 PAPER = Recipe()
@@ -267,6 +267,9 @@ def series_vs_reference(series, res: dict, tol: float = 0.10) -> "pd.DataFrame":
         rows.append(dict(step=step, series_nmse=m["nmse"], reference_nmse=r_nmse, series_l0=m["l0"], reference_l0=r_l0,
                          frontier_nmse=front, series_loss=m["loss"], reference_loss=ref["ref_loss"],
                          nmse_to_frontier=m["nmse"] / front, ok=bool(m["nmse"] <= (1 + tol) * front)))
+    if not rows:
+        raise SaetrackError(f"the study's steps {[r['step'] for r in res['references']]} are not in the series {series.path} "
+                            f"(steps {series.steps}); run `saetrack convergence` on this run")
     return pd.DataFrame(rows).set_index("step")
 
 # %% ../nbs/13_convergence.ipynb #5f316c7f
