@@ -516,7 +516,7 @@ def save_sae(sae: TrainingSAE, path, extra_metadata: dict[str, Any] | None = Non
 def _quiet_load(cls, path, device):
     "SAELens' `load_from_disk`, without its advice to load a Pythia step by `from_pretrained_no_processing` (we process as `from_pretrained`)."
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*non-empty model_from_pretrained_kwargs", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"(?s).*non-empty model_from_pretrained_kwargs", category=UserWarning)  # it starts with a newline
         return cls.load_from_disk(str(path), device=str(resolve_device(device)))
 
 # %% ../nbs/10_sae.ipynb #ff508732
