@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['run_json', 'log_json', 'tokenizer_dir', 'tokens_dir', 'tokens_file', 'step_dir', 'run_acts_root', 'corpus_slug',
-           'corpus_acts_root', 'acts_dir', 'series_path', 'analysis_dir', 'convergence_dir', 'controls_dir',
-           'control_series', 'seeds_dir', 'seed_dir', 'baseline_dir', 'explorer_dir']
+           'corpus_dir', 'corpus_acts_root', 'acts_dir', 'series_path', 'analysis_dir', 'convergence_dir',
+           'controls_dir', 'control_series', 'seeds_dir', 'seed_dir', 'baseline_dir', 'explorer_dir']
 
 # %% ../nbs/00_layout.ipynb #59acbd0f
 from pathlib import Path
@@ -39,9 +39,13 @@ def corpus_slug(corpus: str) -> str:
     return corpus.replace(":", "-").replace("/", "_")
 
 # %% ../nbs/00_layout.ipynb #7eedbf69
+def corpus_dir(run, corpus: str) -> Path:
+    "What a run keeps of another corpus than its own (document 003's dataset factor), `RUN/corpora/<corpus>`: its `tokens/` and `activations/`."
+    return Path(run)/"corpora"/corpus_slug(corpus)
+
 def corpus_acts_root(run, corpus: str) -> Path:
-    "The cache root of a run's activations on another corpus than its own (document 003's dataset factor), `RUN/corpora/<corpus>/activations`."
-    return Path(run)/"corpora"/corpus_slug(corpus)/"activations"
+    "The cache root of a run's activations on another corpus, `RUN/corpora/<corpus>/activations`."
+    return corpus_dir(run, corpus)/"activations"
 
 # %% ../nbs/00_layout.ipynb #ba1243b2
 def acts_dir(root, hook: str, split: str, step: int | None = None) -> Path:

@@ -12,17 +12,20 @@ import torch
 from tqdm.auto import tqdm
 from .activations import cache_key, load_activations
 from .config import BaselineConfig, SAEConfig
-from .core import SaetrackError, atomic_write_json, cached_json, from_rank0, read_json, share_out, stable_hash, world
+from .core import (SaetrackError, atomic_write_json, cached_json, file_sha256, from_rank0, read_json, share_out, stable_hash,
+                           world)
 from .convergence import scratch_reference, spread
 from .sae import load_sae, sae_metrics
 from .series import SAESeries, eval_subset
-from .layout import run_acts_root, acts_dir, series_path, convergence_dir, baseline_dir, corpus_acts_root, corpus_slug
+from .layout import (run_acts_root, acts_dir, series_path, convergence_dir, baseline_dir, corpus_acts_root, corpus_dir,
+                             corpus_slug, tokens_dir, tokens_file)
 
 # %% auto #0
 __all__ = ['SECOND_CORPUS', 'FACTORS', 'feature_directions', 'cosine_matrix', 'Match', 'match_features', 'identity_similarity',
            'similarity_stats', 'latent_stats', 'baseline_seeds', 'independent_dir', 'independent_saes',
-           'baseline_study', 'position_profile', 'document003_study', 'layer_hooks', 'layer_caches', 'layers_study',
-           'factor_table', 'umap_2d', 'matched_layout', 'factors_study', 'run_baseline', 'cached_baseline']
+           'baseline_study', 'position_profile', 'document003_study', 'layer_hooks', 'corpus_tokens', 'layer_caches',
+           'layers_study', 'factor_table', 'umap_2d', 'matched_layout', 'factors_study', 'run_baseline',
+           'cached_baseline']
 
 # %% ../nbs/70_matching.ipynb #3b8b8df8
 def feature_directions(x, by: str = "decoder") -> np.ndarray:
@@ -285,6 +288,23 @@ def layer_hooks(n_layers: int) -> list[str]:
     "The residual stream at every depth: before each of the `n_layers` blocks, and after the last."
     return [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
 
+# %% ../nbs/70_matching.ipynb #4e817fb9
+def corpus_tokens(src, where, split: str, docs: list[str], spec: dict) -> np.ndarray:
+    """The token stream of `split` (its documents `docs`) of another corpus, encoded with the run's tokenizer once and
+    kept in `where/tokens` (`corpus_dir`): `spec` names the corpus and its split. A file of another corpus, split or
+    tokenizer, or one whose bytes changed, is encoded again."""
+    from saetrack.tokenizer import encode_docs, save_tokens
+    tok = src.tokenizer()
+    key = stable_hash(dict(spec, part=split, tokenizer=stable_hash(tok.backend_tokenizer.to_str())))
+    f, meta = tokens_file(where, split), tokens_dir(where)/f"{split}.json"
+    try:
+        m = read_json(meta)
+        if m["key"] == key and m["sha256"] == file_sha256(f): return np.load(f, mmap_mode="r")
+    except (OSError, ValueError, KeyError, TypeError): pass
+    save_tokens(encode_docs(tok, docs), f)
+    atomic_write_json(meta, dict(key=key, sha256=file_sha256(f)))
+    return np.load(f, mmap_mode="r")
+
 # %% ../nbs/70_matching.ipynb #d359eb2a
 def layer_caches(out, series: SAESeries, hooks, corpus: str | None = None) -> dict:
     """Train and eval activation caches of every hook at the series' last step, as many tokens as the series' own
@@ -296,7 +316,6 @@ def layer_caches(out, series: SAESeries, hooks, corpus: str | None = None) -> di
     from saetrack.config import ActsConfig, Preset
     from saetrack.lm import run_split
     from saetrack.pipeline import activations_for
-    from saetrack.tokenizer import encode_docs
     last, own, src = series.steps[-1], run_acts_root(out), open_source(out)
     n = {sp: int(load_activations(acts_dir(own, series.hook, sp, last)).manifest["n_tokens"]) for sp in ("train", "eval")}
     if corpus is None:
@@ -307,8 +326,9 @@ def layer_caches(out, series: SAESeries, hooks, corpus: str | None = None) -> di
     if own_split is None: raise SaetrackError(f"'{out}' has no run.json: a second corpus is split like the run's own, so it needs a run trained by `saetrack lm`")
     c, *docs = dataclasses.replace(own_split, corpus=corpus, max_bytes=None).load()
     res = {h: {} for h in hooks}
+    spec = dict(split=dataclasses.asdict(dataclasses.replace(own_split, corpus=corpus, max_bytes=None)), sha256=c.sha256)
     for sp, d in zip(("train", "eval"), docs):
-        for h, e in cache_hooks(src, hooks, encode_docs(src.tokenizer(), d), n[sp], corpus_acts_root(out, corpus), split=sp,
+        for h, e in cache_hooks(src, hooks, corpus_tokens(src, corpus_dir(out, corpus), sp, d, spec), n[sp], corpus_acts_root(out, corpus), split=sp,
                                 steps=[last], corpus_sha256=c.sha256, progress=False).items():
             res[h][sp] = e[last]
     return res
