@@ -91,21 +91,27 @@ def top_k_contexts(encode_fn, acts, k: int = 25, batch: int = 8192, positive_onl
         with torch.no_grad():
             parts = [enc(x).float()] + ([extra_fn(x).float()] if extra_fn is not None else [])
         if on_codes is not None: on_codes(s, parts[0])
-        tops = [_batch_topk(c, k, positive_only) for c in parts]   # row j of the batch <-> index s + j
-        bv, bp = torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops])
-        if not torch.isfinite(bv).all():    # topk ranks NaN and +inf first, so a non-finite code reaches bv
+        c = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        top = c.amax(0)                     # NaN propagates, so this one reduction also finds non-finite codes
+        if not torch.isfinite(top).all():
             raise SaetrackError(f"encoder returned non-finite codes in rows {s}..{s + len(x)}")
         if best_v is None:
-            best_v = torch.full((bv.shape[0], k), -math.inf)
-            best_i = torch.full((bv.shape[0], k), -1, dtype=torch.int64)
-            counts = torch.zeros(bv.shape[0], dtype=torch.int64)
-        if fire_counts: counts += torch.cat([(c > 0).sum(0) for c in parts])
+            best_v = torch.full((c.shape[1], k), -math.inf)
+            best_i = torch.full((c.shape[1], k), -1, dtype=torch.int64)
+            counts = torch.zeros(c.shape[1], dtype=torch.int64)
+        if fire_counts: counts += (c > 0).sum(0)
+        # Only columns whose batch maximum beats their k-th kept value can change: a code equal to it loses the tie
+        # (kept indices are lower). After the first batches that is a small share of the columns.
+        bar = best_v[:, -1].clamp_min(0) if positive_only else best_v[:, -1]
+        cols = (top > bar).nonzero()[:, 0]
+        if len(cols) == 0: continue
+        bv, bp = _batch_topk(c if len(cols) == c.shape[1] else c[:, cols], k, positive_only)  # row j <-> index s + j
         bv, bi = _order_rows(bv, bp + s)
         # merge: kept indices < batch indices and both parts are (value desc, index asc) ordered,
         # so a stable descending sort keeps the lower index first among ties.
-        mv, mi = torch.cat([best_v, bv], 1), torch.cat([best_i, bi], 1)
+        mv, mi = torch.cat([best_v[cols], bv], 1), torch.cat([best_i[cols], bi], 1)
         o = torch.argsort(mv, dim=1, descending=True, stable=True)[:, :k]
-        best_v, best_i = mv.gather(1, o), mi.gather(1, o)
+        best_v[cols], best_i[cols] = mv.gather(1, o), mi.gather(1, o)
     vals, idx = best_v.numpy().copy(), best_i.numpy().copy()
     bad = ~(vals > 0) if positive_only else idx < 0
     vals[bad], idx[bad] = 0.0, -1

@@ -72,6 +72,22 @@ def test_top_k_fire_counts_and_memmap(tmp_path):
     np.testing.assert_array_equal(i, brute_top_k(codes, 4)[1])
 
 
+
+def test_top_k_extra_columns_and_non_finite_codes():
+    rng = np.random.default_rng(2)
+    acts = rng.integers(-3, 4, size=(500, 5)).astype(np.float32)
+    W, R = (torch.from_numpy(rng.integers(-2, 3, size=(5, n)).astype(np.float32)) for n in (9, 4))
+    enc, extra = (lambda x: torch.relu(x @ W)), (lambda x: x @ R)  # noqa: E731
+    v, i = sm.top_k_contexts(enc, acts, k=6, batch=37, extra_fn=extra)
+    codes = torch.cat([enc(torch.from_numpy(acts)), extra(torch.from_numpy(acts))], 1).numpy()
+    ref_v, ref_i = brute_top_k(codes, 6)
+    np.testing.assert_array_equal(v, ref_v)
+    np.testing.assert_array_equal(i, ref_i)
+    for bad in (float("nan"), float("inf")):          # in a later batch, where no column may need its top k
+        a = acts.copy(); a[450, 0] = bad
+        with pytest.raises(SaetrackError, match="non-finite codes in rows 444..481"):
+            sm.top_k_contexts(lambda x: x, a, k=3, batch=37)
+
 def test_token_at_layout():
     tokens = np.arange(3 * 5, dtype=np.int32).reshape(3, 5)  # ctx=5 -> 4 activations per row
     assert sm.token_at(tokens, [0, 3, 4, 11, -1]).tolist() == [1, 4, 6, 14, -1]
