@@ -454,13 +454,12 @@ def factors_study(out, series: SAESeries, corpus: str = SECOND_CORPUS, seeds=Non
 
 # %% ../nbs/70_matching.ipynb #05d46827
 def _caches(out, series: SAESeries) -> tuple[dict, dict]:
-    root = run_acts_root(out)
-    tr_, ev_ = {}, {}
-    for s in series.steps:
-        tr_[s], ev_[s] = acts_dir(root, series.hook, "train", s), acts_dir(root, series.hook, "eval", s)
-        if not (tr_[s]/"manifest.json").exists() or not (ev_[s]/"manifest.json").exists():
-            raise SaetrackError(f"no activation caches for step {s} under {root}; build them with `saetrack track`")
-    return tr_, ev_
+    "The run's train and eval caches of the series' hook at each of its steps (`run_caches`), or the command that builds them."
+    from saetrack.pipeline import run_caches
+    tr, ev = run_caches(out, series.hook)
+    if missing := [s for s in series.steps if s not in tr]:
+        raise SaetrackError(f"no activation caches for step {missing[0]} under {run_acts_root(out)}; build them with `saetrack track --out {out}`")
+    return {s: tr[s] for s in series.steps}, {s: ev[s] for s in series.steps}
 
 # %% ../nbs/70_matching.ipynb #3ddce68b
 def run_baseline(out, progress: bool = True, steps=None, document003: bool = True, cfg: BaselineConfig = BaselineConfig()) -> dict:
