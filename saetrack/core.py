@@ -12,10 +12,53 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'read_json',
-           'cached_json', 'clean_stale_tmp', 'stable_hash', 'to_tensor', 'check_steps', 'file_sha256', 'writable_dir',
-           'read_state', 'run_lock', 'connect_error', 'record_threads', 'resolve_device', 'world', 'from_rank0',
-           'alone', 'share_out', 'on_every_rank', 'distributed']
+__all__ = ['PINNED_KERNELS', 'pin_cpu_kernels', 'cpu_kernels', 'record_cpu', 'SaetrackError', 'CorruptCacheError', 'atomic_path',
+           'atomic_write_text', 'atomic_write_json', 'read_json', 'cached_json', 'clean_stale_tmp', 'stable_hash',
+           'to_tensor', 'check_steps', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'connect_error',
+           'resolve_device', 'world', 'from_rank0', 'alone', 'share_out', 'on_every_rank', 'distributed']
+
+# %% ../nbs/00_core.ipynb #dbb17ddf
+PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+def pin_cpu_kernels(env=None, machine: str | None = None, cpuinfo: str | None = None) -> dict:
+    """Set `PINNED_KERNELS` in `env` (os.environ) where it is not set, on an x86 CPU with AVX2 (read from
+    /proc/cpuinfo where there is one). Returns what it set. Runs when saetrack is imported."""
+    import platform
+    env = os.environ if env is None else env
+    if cpuinfo is None:
+        try: cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError: cpuinfo = " avx2"            # no /proc (macOS, Windows): 64-bit x86 CPUs have had AVX2 since 2013
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64") or " avx2" not in cpuinfo: return {}
+    new = {k: v for k, v in PINNED_KERNELS.items() if k not in env}
+    env.update(new)
+    return new
+
+pin_cpu_kernels()
+
+# %% ../nbs/00_core.ipynb #af6d922e
+def cpu_kernels() -> str:
+    "The CPU kernels torch trains with: its instruction set and MKL's branch (`MKL_CBWR`, 'auto' when unset)."
+    return f"{torch.backends.cpu.get_cpu_capability()} (MKL {os.environ.get('MKL_CBWR', 'auto')})"
+
+def record_cpu(man: dict, at, what: str) -> None:
+    """Note in the manifest `man` the CPU thread count (`threads`, {start: n}) and kernels (`kernels`, {start: name})
+    this session trains `what` with from `at` on. A resume under another count or other kernels than before prints one
+    warning line for each (from there on the weights will not be bit-identical to an uninterrupted run's)."""
+    import sys
+    for key, now in (("threads", torch.get_num_threads()), ("kernels", cpu_kernels())):
+        log = man.setdefault(key, {})
+        used = sorted(set(log.values()), key=str)
+        if used and now not in used:
+            if key == "threads":
+                said = f"at {now} CPU thread{'s' if now > 1 else ''} where it trained at {', '.join(map(str, used))}"
+                fix = f"OMP_NUM_THREADS={used[0]}"
+            else:
+                isa, mkl = used[0].split(" (MKL ")
+                said = f"on {now} CPU kernels where it trained on {', '.join(used)}"
+                fix = f"ATEN_CPU_CAPABILITY={isa.lower()} and " + ("unset MKL_CBWR" if mkl == "auto)" else f"MKL_CBWR={mkl[:-1]}")
+            print(f"warning: {what} resumes {said}: its float sums change, so from here on its weights will not be "
+                  f"bit-identical to an uninterrupted run's (set {fix} to keep them)", file=sys.stderr)
+        log[str(at)] = now
 
 # %% ../nbs/00_core.ipynb #3f43f2b5
 class SaetrackError(Exception):
@@ -190,18 +233,6 @@ def connect_error(host: str, port: int = 443, timeout: float = 3.0) -> OSError |
     try: socket.create_connection((host, port), timeout=timeout).close()
     except OSError as e: return e
     return None
-
-# %% ../nbs/00_core.ipynb #e4f8c339
-def record_threads(log: dict, at, what: str) -> None:
-    """Note in `log` ({start: threads}) the CPU thread count this session trains `what` with from `at` on; a resume at
-    another count than before prints one warning line (the weights will not be bit-identical to an uninterrupted run's)."""
-    import sys
-    n, used = torch.get_num_threads(), sorted(set(log.values()))
-    if used and n not in used:
-        print(f"warning: {what} resumes at {n} CPU thread{'s' if n > 1 else ''} where it trained at {', '.join(map(str, used))}: "
-              f"float sums follow the thread count, so from here on its weights will not be bit-identical to an uninterrupted "
-              f"run's (set OMP_NUM_THREADS={used[0]} to keep them)", file=sys.stderr)
-    log[str(at)] = n
 
 # %% ../nbs/00_core.ipynb #5dcafab3
 def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:

@@ -13,7 +13,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from transformers.utils import logging as hf_logging
 from .config import LMConfig, checkpoint_steps
 from .core import (SaetrackError, atomic_path, atomic_write_json, clean_stale_tmp, file_sha256,
-                           read_json, read_state, record_threads, stable_hash)
+                           read_json, read_state, record_cpu, stable_hash)
 from .corpus import CorpusSplit, load_corpus
 from .tokenizer import (encode_docs, load_tokenizer, save_tokenizer, save_tokens, train_tokenizer,
                                 unigram_cross_entropy)
@@ -214,7 +214,7 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
         start = None
     if start is None:
         start = 0
-        record_threads(log.setdefault("threads", {}), 0, f"the LM of {run}")
+        record_cpu(log, 0, f"the LM of {run}")
         log["eval"]["0"] = eval_loss(model, ev, cfg.ctx, cfg.eval_tokens)
         _save_checkpoint(run, 0, model, tok, dict(step=0, opt=opt.state_dict(), log=log))
     else:
@@ -222,7 +222,7 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
         model = GPTNeoXForCausalLM.from_pretrained(step_dir(run, start))
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
         opt.load_state_dict(state["opt"]); log = state["log"]
-        record_threads(log.setdefault("threads", {}), start, f"the LM of {run}")
+        record_cpu(log, start, f"the LM of {run}")
         for s in saved_steps(run):                  # checkpoints past the resume point are stale
             if s > start: import shutil; shutil.rmtree(step_dir(run, s))
     model.train()

@@ -337,7 +337,7 @@ def train_sae(
       before the optimiser step.  No ghost grads.
     - fast: ReLU SAEs without hooks take ``relu_step`` (gradients by hand, reused buffers); False, TopK
       SAEs and SAEs with hooks take ``paper_loss`` + autograd (same loss and gradients to float rounding).
-    - Determinism: same seed, inputs, initial weights and torch thread count -> bit-identical
+    - Determinism: same seed, inputs, initial weights, torch thread count and CPU kernels -> bit-identical
       weights on CPU.
     - Device: training runs where the SAE's parameters are (`make_sae(..., device=)`); `acts` stay where they are
       (a CPU memory map) and each batch is drawn on the CPU, by the CPU generator, then moved.

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .activations import load_activations
 from .config import SNAPSHOT_TOKENS, SAEConfig
 from .core import (CorruptCacheError, SaetrackError, atomic_write_json, clean_stale_tmp, file_sha256,
-                           from_rank0, read_json, record_threads, resolve_device, share_out, stable_hash, world)
+                           from_rank0, read_json, record_cpu, resolve_device, share_out, stable_hash, world)
 from .sae import (ADAM_FILE, geometric_median, load_adam_state, load_sae, load_training_sae, make_sae,
                           sae_metrics, save_sae, train_sae)
 
@@ -179,7 +179,7 @@ def train_series(cfg: SAEConfig, train_acts: dict, eval_acts: dict, out, hook: s
             if on_entry and main: on_entry(step, d)
             continue
         t0 = time.time()
-        if main: record_threads(man.setdefault("threads", {}), step, f"the series in {out}")
+        if main: record_cpu(man, step, f"the series in {out}")
         ev = load_activations(eval_acts[step])
         c = cfg if not budgets or step not in budgets else dataclasses.replace(
             cfg, budget="fixed", **{("tokens_first" if prev_dir is None else "tokens_next"): budgets[step]})

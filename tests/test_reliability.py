@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from saetrack.activations import cache_activations, load_activations
 from saetrack.config import get_preset
-from saetrack.core import CorruptCacheError, SaetrackError, file_sha256
+from saetrack.core import PINNED_KERNELS, CorruptCacheError, SaetrackError, cpu_kernels, file_sha256, pin_cpu_kernels
 from saetrack.lm import saved_steps, train_lm, load_tokens, STATE
 from saetrack.layout import step_dir
 
@@ -54,6 +54,37 @@ def test_resume_at_another_thread_count_says_so(tmp_path, micro, micro_run, capf
     train_lm(micro.lm, again, progress=False, stop_after=11); capfd.readouterr()
     train_lm(micro.lm, again, progress=False)
     assert capfd.readouterr().err == "" and run_log(again)["threads"] == {"0": n, "8": n}
+    assert run_log(again)["kernels"] == {"0": cpu_kernels(), "8": cpu_kernels()}
+
+_STEP = """import hashlib, sys, torch
+from saetrack.config import get_preset
+from saetrack.lm import build_model
+cfg = get_preset("micro").lm
+torch.manual_seed(0)
+m = build_model(cfg, cfg.vocab_size); opt = torch.optim.AdamW(m.parameters(), lr=cfg.lr)
+x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.ctx))
+for _ in range(3): m(input_ids=x, labels=x).loss.backward(); opt.step(); opt.zero_grad()
+print(torch.backends.cpu.get_cpu_capability(), hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in m.parameters())).hexdigest())
+"""
+
+def _lm_steps(**env) -> list[str]:
+    "Three micro-LM training steps in a fresh process under `env`: [torch's CPU capability, sha256 of the weights]."
+    import os, subprocess, sys
+    clean = {k: v for k, v in os.environ.items() if k not in PINNED_KERNELS}
+    out = subprocess.run([sys.executable, "-c", _STEP], env=dict(clean, **env), capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+@pytest.mark.skipif(not pin_cpu_kernels({}), reason="the kernels are pinned on x86 CPUs with AVX2 only")
+def test_cpu_kernels_pinned_on_import():
+    """saetrack pins the CPU kernels to AVX2 when it is imported, so an AVX2 machine and an AVX-512 one train the same
+    bits; a kernel set the user chose wins. Where the CPU has AVX-512, its kernels give other bits: the pin matters."""
+    import os
+    pinned = _lm_steps()
+    assert pinned[0] == "AVX2" and pinned == _lm_steps(**PINNED_KERNELS)
+    assert _lm_steps(ATEN_CPU_CAPABILITY="default")[0] == "DEFAULT"
+    if os.path.exists("/proc/cpuinfo") and " avx512f" in open("/proc/cpuinfo").read():
+        wide = _lm_steps(ATEN_CPU_CAPABILITY="avx512", MKL_CBWR="AUTO")
+        assert wide[0] == "AVX512" and wide[1] != pinned[1]
 
 
 def test_resume_never_starts_from_corrupt_weights(tmp_path, micro, micro_run):
