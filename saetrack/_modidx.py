@@ -236,7 +236,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'saetrack.core.file_sha256': ('core.html#file_sha256', 'saetrack/core.py'),
                                'saetrack.core.from_rank0': ('core.html#from_rank0', 'saetrack/core.py'),
                                'saetrack.core.on_every_rank': ('core.html#on_every_rank', 'saetrack/core.py'),
-                               'saetrack.core.pin_cpu_kernels': ('core.html#pin_cpu_kernels', 'saetrack/core.py'),
                                'saetrack.core.read_json': ('core.html#read_json', 'saetrack/core.py'),
                                'saetrack.core.read_state': ('core.html#read_state', 'saetrack/core.py'),
                                'saetrack.core.record_cpu': ('core.html#record_cpu', 'saetrack/core.py'),

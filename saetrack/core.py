@@ -12,33 +12,15 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PINNED_KERNELS', 'pin_cpu_kernels', 'cpu_kernels', 'record_cpu', 'SaetrackError', 'CorruptCacheError', 'atomic_path',
-           'atomic_write_text', 'atomic_write_json', 'read_json', 'cached_json', 'clean_stale_tmp', 'stable_hash',
-           'to_tensor', 'check_steps', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'connect_error',
-           'resolve_device', 'world', 'from_rank0', 'alone', 'share_out', 'on_every_rank', 'distributed']
-
-# %% ../nbs/00_core.ipynb #dbb17ddf
-PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-def pin_cpu_kernels(env=None, machine: str | None = None, cpuinfo: str | None = None) -> dict:
-    """Set `PINNED_KERNELS` in `env` (os.environ) where it is not set, on an x86 CPU with AVX2 (read from
-    /proc/cpuinfo where there is one). Returns what it set. Runs when saetrack is imported."""
-    import platform
-    env = os.environ if env is None else env
-    if cpuinfo is None:
-        try: cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError: cpuinfo = " avx2"            # no /proc (macOS, Windows): 64-bit x86 CPUs have had AVX2 since 2013
-    if (machine or platform.machine()).lower() not in ("x86_64", "amd64") or " avx2" not in cpuinfo: return {}
-    new = {k: v for k, v in PINNED_KERNELS.items() if k not in env}
-    env.update(new)
-    return new
-
-pin_cpu_kernels()
+__all__ = ['cpu_kernels', 'record_cpu', 'SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text',
+           'atomic_write_json', 'read_json', 'cached_json', 'clean_stale_tmp', 'stable_hash', 'to_tensor',
+           'check_steps', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'connect_error', 'resolve_device',
+           'world', 'from_rank0', 'alone', 'share_out', 'on_every_rank', 'distributed']
 
 # %% ../nbs/00_core.ipynb #af6d922e
 def cpu_kernels() -> str:
-    "The CPU kernels torch trains with: its instruction set and MKL's branch (`MKL_CBWR`, 'auto' when unset)."
-    return f"{torch.backends.cpu.get_cpu_capability()} (MKL {os.environ.get('MKL_CBWR', 'auto')})"
+    "The CPU kernels torch trains with: its instruction set and MKL's branch (`MKL_CBWR`, 'auto' when unset or empty)."
+    return f"{torch.backends.cpu.get_cpu_capability()} (MKL {os.environ.get('MKL_CBWR') or 'auto'})"
 
 def record_cpu(man: dict, at, what: str) -> None:
     """Note in the manifest `man` the CPU thread count (`threads`, {start: n}) and kernels (`kernels`, {start: name})

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from saetrack.activations import cache_activations, load_activations
 from saetrack.config import get_preset
-from saetrack.core import PINNED_KERNELS, CorruptCacheError, SaetrackError, cpu_kernels, file_sha256, pin_cpu_kernels
+from saetrack.core import CorruptCacheError, SaetrackError, cpu_kernels, file_sha256
 from saetrack.lm import saved_steps, train_lm, load_tokens, STATE
 from saetrack.layout import step_dir
 
@@ -56,35 +56,39 @@ def test_resume_at_another_thread_count_says_so(tmp_path, micro, micro_run, capf
     assert capfd.readouterr().err == "" and run_log(again)["threads"] == {"0": n, "8": n}
     assert run_log(again)["kernels"] == {"0": cpu_kernels(), "8": cpu_kernels()}
 
+PIN = dict(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")   # the same kernels on any x86 CPU with AVX2
+
 _STEP = """import hashlib, sys, torch
 from saetrack.config import get_preset
+from saetrack.core import cpu_kernels
 from saetrack.lm import build_model
 cfg = get_preset("micro").lm
 torch.manual_seed(0)
 m = build_model(cfg, cfg.vocab_size); opt = torch.optim.AdamW(m.parameters(), lr=cfg.lr)
 x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.ctx))
 for _ in range(3): m(input_ids=x, labels=x).loss.backward(); opt.step(); opt.zero_grad()
-print(torch.backends.cpu.get_cpu_capability(), hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in m.parameters())).hexdigest())
+print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in m.parameters())).hexdigest(), cpu_kernels())
 """
 
-def _lm_steps(**env) -> list[str]:
-    "Three micro-LM training steps in a fresh process under `env`: [torch's CPU capability, sha256 of the weights]."
+def _lm_steps(**env) -> tuple[str, str]:
+    "Three micro-LM training steps in a fresh process under `env`: (sha256 of the weights, the kernels `record_cpu` notes)."
     import os, subprocess, sys
-    clean = {k: v for k, v in os.environ.items() if k not in PINNED_KERNELS}
+    clean = {k: v for k, v in os.environ.items() if k not in PIN}
     out = subprocess.run([sys.executable, "-c", _STEP], env=dict(clean, **env), capture_output=True, text=True, check=True)
-    return out.stdout.split()
+    digest, kernels = out.stdout.strip().split(" ", 1)
+    return digest, kernels
 
-@pytest.mark.skipif(not pin_cpu_kernels({}), reason="the kernels are pinned on x86 CPUs with AVX2 only")
-def test_cpu_kernels_pinned_on_import():
-    """saetrack pins the CPU kernels to AVX2 when it is imported, so an AVX2 machine and an AVX-512 one train the same
-    bits; a kernel set the user chose wins. Where the CPU has AVX-512, its kernels give other bits: the pin matters."""
-    import os
-    pinned = _lm_steps()
-    assert pinned[0] == "AVX2" and pinned == _lm_steps(**PINNED_KERNELS)
-    assert _lm_steps(ATEN_CPU_CAPABILITY="default")[0] == "DEFAULT"
-    if os.path.exists("/proc/cpuinfo") and " avx512f" in open("/proc/cpuinfo").read():
-        wide = _lm_steps(ATEN_CPU_CAPABILITY="avx512", MKL_CBWR="AUTO")
-        assert wide[0] == "AVX512" and wide[1] != pinned[1]
+def test_cpu_kernels_are_recorded_because_they_change_the_bits():
+    """The same seed trains the same bits in fresh processes on the same kernels; on other kernels (this CPU's own
+    AVX-512 ones against AVX2's) it trains other bits, and the kernels a run records say which it was."""
+    import platform
+    if platform.machine().lower() not in ("x86_64", "amd64"): pytest.skip("AVX2 kernels exist on x86 CPUs only")
+    pinned = _lm_steps(**PIN)
+    assert pinned == _lm_steps(**PIN) and pinned[1] == "AVX2 (MKL AVX2)"
+    native = _lm_steps()
+    assert native[1] == cpu_kernels()                                    # a plain process records its own kernels
+    if native[1].startswith("AVX512"):
+        assert native[0] != pinned[0] and native[1] != pinned[1]
 
 
 def test_resume_never_starts_from_corrupt_weights(tmp_path, micro, micro_run):
