@@ -1,7 +1,9 @@
 """Activation harvest throughput on the tiny model: saetrack's harvester (stop at the hook's layer,
 inference mode, write into a preallocated array) against the peer's best path, SAELens' `ActivationsStore.get_activations`
 (its `run_with_cache` with a names filter and `stop_at_layer`), and against a naive full forward with `run_with_cache`
-and no names filter. Same token rows, same model, one process, side by side."""
+and no names filter. Same token rows, same model, one process, side by side. A second row takes the depths of the
+layers study (`saetrack baseline`, document 003): saetrack's one pass feeding every hook against one ActivationsStore
+per hook, which is how SAELens harvests several hooks."""
 import numpy as np
 import torch
 from saetrack.activations import harvest, token_rows
@@ -40,11 +42,29 @@ def run(run_dir: str = "runs/tiny", hook: str = "blocks.2.hook_resid_pre", n_tok
         for i in range(0, len(rows), batch_rows):
             model(torch.from_numpy(rows[i:i+batch_rows]).long(), stop_at_layer=layer)
     t_fwd = best_of(3, forward_only)
+    k = several(model, rows, batch_rows)
     n = out.shape[0]
     ceiling = flops_per_token(model.cfg, model.cfg.n_layers, True) / flops_per_token(model.cfg, layer, False)
     return dict(tokens=n, ours_tokens_per_s=n / t_ours, store_tokens_per_s=n / t_store, store_ratio=t_store / t_ours,
                 naive_tokens_per_s=n / t_naive, ratio=t_naive / t_ours, flop_ratio=ceiling,
-                forward_tokens_per_s=n / t_fwd, forward_share=t_fwd / t_ours)
+                forward_tokens_per_s=n / t_fwd, forward_share=t_fwd / t_ours, several=k)
+
+LAYERS = ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre", "blocks.3.hook_resid_pre", "blocks.3.hook_resid_post"]
+
+def several(model, rows: np.ndarray, batch_rows: int, hooks=LAYERS) -> dict:
+    "The hooks' activations in one pass (saetrack) against one ActivationsStore per hook, side by side; they must agree."
+    from bench.gpu import saelens_harvest, saelens_store
+    per, d = rows.shape[1] - 1, model.cfg.d_model
+    outs = {h: np.empty((len(rows) * per, d), dtype=np.float32) for h in hooks}
+    t_ours = best_of(3, harvest, model, rows, outs, batch_rows)
+    stores = {h: saelens_store(model, rows, h, batch_rows, False, "cpu") for h in hooks}
+    t_store = best_of(3, lambda: [saelens_harvest(s, rows, batch_rows, "cpu") for s in stores.values()])
+    first = torch.from_numpy(rows[:batch_rows]).long()
+    for h, s in stores.items():
+        theirs = s.get_activations(first)[:, 1:].reshape(-1, d).numpy()
+        assert np.allclose(outs[h][:len(theirs)], theirs, atol=1e-5), f"saetrack and ActivationsStore disagree at {h}"
+    n = len(rows) * per
+    return dict(hooks=list(hooks), ours_tokens_per_s=n / t_ours, store_tokens_per_s=n / t_store, ratio=t_store / t_ours)
 
 if __name__ == "__main__":
     print(run())
