@@ -10,6 +10,7 @@ Writes DIR/determinism.json and prints one line per run and a summary; exit 1 if
 did not."""
 import argparse, hashlib, json, os, shutil, subprocess, sys, time
 from pathlib import Path
+from saetrack.core import AVX2_KERNELS as CONTROL   # the control run's kernels
 
 STAGES = {   # stage: files (globs under the run directory) whose bytes must not change between runs
     "tokenizer": ["tokenizer/tokenizer.json"],
@@ -26,8 +27,6 @@ def stage_hashes(run: Path) -> dict:
         files = sorted(f for g in globs for f in run.glob(g))
         out[stage] = {f.relative_to(run).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
     return out
-
-CONTROL = dict(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
 
 def one_run(work: Path, i, env: dict | None = None) -> tuple[dict, float]:
     run = work/f"run{i}"

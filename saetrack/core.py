@@ -12,12 +12,14 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['cpu_kernels', 'record_cpu', 'SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text',
+__all__ = ['AVX2_KERNELS', 'cpu_kernels', 'record_cpu', 'SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text',
            'atomic_write_json', 'read_json', 'cached_json', 'clean_stale_tmp', 'stable_hash', 'to_tensor',
            'check_steps', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'connect_error', 'resolve_device',
            'world', 'from_rank0', 'alone', 'share_out', 'on_every_rank', 'distributed']
 
 # %% ../nbs/00_core.ipynb #af6d922e
+AVX2_KERNELS = dict(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")   # the same kernels on any x86 CPU with AVX2
+
 def cpu_kernels() -> str:
     "The CPU kernels torch trains with: its instruction set and MKL's branch (`MKL_CBWR`, 'auto' when unset or empty)."
     return f"{torch.backends.cpu.get_cpu_capability()} (MKL {os.environ.get('MKL_CBWR') or 'auto'})"

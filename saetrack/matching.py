@@ -297,10 +297,8 @@ def corpus_tokens(src, where, split: str, docs: list[str], spec: dict) -> np.nda
     tok = src.tokenizer()
     key = stable_hash(dict(spec, part=split, tokenizer=stable_hash(tok.backend_tokenizer.to_str())))
     f, meta = tokens_file(where, split), tokens_dir(where)/f"{split}.json"
-    try:
-        m = read_json(meta)
-        if m["key"] == key and m["sha256"] == file_sha256(f): return np.load(f, mmap_mode="r")
-    except (OSError, ValueError, KeyError, TypeError): pass
+    m = cached_json(meta, key)
+    if m is not None and f.exists() and m.get("sha256") == file_sha256(f): return np.load(f, mmap_mode="r")
     save_tokens(encode_docs(tok, docs), f)
     atomic_write_json(meta, dict(key=key, sha256=file_sha256(f)))
     return np.load(f, mmap_mode="r")
@@ -324,9 +322,10 @@ def layer_caches(out, series: SAESeries, hooks, corpus: str | None = None) -> di
         return {h: dict(train=tr[h][last], eval=ev[h][last]) for h in hooks}
     own_split = run_split(out)
     if own_split is None: raise SaetrackError(f"'{out}' has no run.json: a second corpus is split like the run's own, so it needs a run trained by `saetrack lm`")
-    c, *docs = dataclasses.replace(own_split, corpus=corpus, max_bytes=None).load()
+    split = dataclasses.replace(own_split, corpus=corpus, max_bytes=None)
+    c, *docs = split.load()
     res = {h: {} for h in hooks}
-    spec = dict(split=dataclasses.asdict(dataclasses.replace(own_split, corpus=corpus, max_bytes=None)), sha256=c.sha256)
+    spec = dict(split=dataclasses.asdict(split), sha256=c.sha256)
     for sp, d in zip(("train", "eval"), docs):
         for h, e in cache_hooks(src, hooks, corpus_tokens(src, corpus_dir(out, corpus), sp, d, spec), n[sp], corpus_acts_root(out, corpus), split=sp,
                                 steps=[last], corpus_sha256=c.sha256, progress=False).items():

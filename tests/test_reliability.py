@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from saetrack.activations import cache_activations, load_activations
 from saetrack.config import get_preset
-from saetrack.core import CorruptCacheError, SaetrackError, cpu_kernels, file_sha256
+from saetrack.core import AVX2_KERNELS as PIN, CorruptCacheError, SaetrackError, cpu_kernels, file_sha256
 from saetrack.lm import saved_steps, train_lm, load_tokens, STATE
 from saetrack.layout import step_dir
 
@@ -55,8 +55,6 @@ def test_resume_at_another_thread_count_says_so(tmp_path, micro, micro_run, capf
     train_lm(micro.lm, again, progress=False)
     assert capfd.readouterr().err == "" and run_log(again)["threads"] == {"0": n, "8": n}
     assert run_log(again)["kernels"] == {"0": cpu_kernels(), "8": cpu_kernels()}
-
-PIN = dict(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")   # the same kernels on any x86 CPU with AVX2
 
 _STEP = """import hashlib, sys, torch
 from saetrack.config import get_preset
