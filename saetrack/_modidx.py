@@ -235,6 +235,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'saetrack.core.distributed': ('core.html#distributed', 'saetrack/core.py'),
                                'saetrack.core.file_sha256': ('core.html#file_sha256', 'saetrack/core.py'),
                                'saetrack.core.from_rank0': ('core.html#from_rank0', 'saetrack/core.py'),
+                               'saetrack.core.keep_freed_memory': ('core.html#keep_freed_memory', 'saetrack/core.py'),
                                'saetrack.core.on_every_rank': ('core.html#on_every_rank', 'saetrack/core.py'),
                                'saetrack.core.read_json': ('core.html#read_json', 'saetrack/core.py'),
                                'saetrack.core.read_state': ('core.html#read_state', 'saetrack/core.py'),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, contextlib, dataclasses, sys, time
 from pathlib import Path
 from .config import FLAGS, SNAPSHOT_TOKENS, get_preset
-from .core import SaetrackError, run_lock, writable_dir
+from .core import SaetrackError, keep_freed_memory, run_lock, writable_dir
 from .layout import log_json, run_acts_root, series_path, convergence_dir
 
 # %% auto #0
@@ -530,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     import os
     a = build_parser().parse_args(argv)
+    keep_freed_memory()              # the LM step's 64 MiB logits no longer fault in fresh pages every step (+17%)
     say = (lambda m: print(m, file=sys.stderr)) if os.environ.get("RANK", "0") == "0" else (lambda m: None)   # torchrun: rank 0 speaks
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and a.fn not in (cmd_track, cmd_analyse, cmd_baseline):

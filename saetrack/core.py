@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['AVX2_KERNELS', 'cpu_kernels', 'record_cpu', 'SaetrackError', 'CorruptCacheError', 'atomic_path', 'atomic_write_text',
-           'atomic_write_json', 'read_json', 'cached_json', 'clean_stale_tmp', 'stable_hash', 'to_tensor',
-           'check_steps', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'connect_error', 'resolve_device',
-           'world', 'from_rank0', 'alone', 'share_out', 'on_every_rank', 'distributed']
+__all__ = ['AVX2_KERNELS', 'cpu_kernels', 'record_cpu', 'keep_freed_memory', 'SaetrackError', 'CorruptCacheError', 'atomic_path',
+           'atomic_write_text', 'atomic_write_json', 'read_json', 'cached_json', 'clean_stale_tmp', 'stable_hash',
+           'to_tensor', 'check_steps', 'file_sha256', 'writable_dir', 'read_state', 'run_lock', 'connect_error',
+           'resolve_device', 'world', 'from_rank0', 'alone', 'share_out', 'on_every_rank', 'distributed']
 
 # %% ../nbs/00_core.ipynb #af6d922e
 AVX2_KERNELS = dict(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")   # the same kernels on any x86 CPU with AVX2
@@ -43,6 +43,18 @@ def record_cpu(man: dict, at, what: str) -> None:
             print(f"warning: {what} resumes {said}: its float sums change, so from here on its weights will not be "
                   f"bit-identical to an uninterrupted run's (set {fix} to keep them)", file=sys.stderr)
         log[str(at)] = now
+
+# %% ../nbs/00_core.ipynb #a3cbf8eb
+def keep_freed_memory() -> bool:
+    "Let glibc's malloc keep freed blocks, large ones included, for reuse (no mmap per block); False where it cannot."
+    import ctypes, ctypes.util, sys
+    if not sys.platform.startswith("linux"): return False
+    try: libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError: return False
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None: return False                                    # musl and other libcs
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)))
 
 # %% ../nbs/00_core.ipynb #3f43f2b5
 class SaetrackError(Exception):

@@ -8,6 +8,9 @@ import torch
 from saetrack.config import get_preset
 from saetrack.lm import train_lm, load_tokens
 from saetrack.activations import cache_activations
+from saetrack.core import keep_freed_memory
+
+keep_freed_memory()   # as the CLI does: the same bits, without a page fault per 4 KiB of every large tensor
 
 # torch's intra-op thread count changes float sums, and a library can change it behind a test's back (threadpoolctl,
 # under UMAP, restores OpenMP's count to what it read): every test and every shared fixture runs at the session's count,
