@@ -21,8 +21,8 @@ from .layout import run_json, log_json, tokenizer_dir, tokens_dir, tokens_file, 
 
 # %% auto #0
 __all__ = ['STATE', 'LM_ENTRIES', 'CHECKSUMS', 'build_model', 'n_params', 'run_meta', 'run_log', 'prepare_data', 'load_tokens',
-           'lm_split', 'run_split', 'lr_at', 'batch_at', 'eval_windows', 'eval_loss', 'saved_steps', 'train_lm',
-           'plot_lm_loss']
+           'lm_split', 'run_split', 'lr_at', 'batch_at', 'lm_optimizer', 'lm_step', 'eval_windows', 'eval_loss',
+           'saved_steps', 'train_lm', 'plot_lm_loss']
 
 # %% ../nbs/04_lm.ipynb #ba1c6e8c
 def build_model(cfg: LMConfig, vocab_size: int) -> GPTNeoXForCausalLM:
@@ -132,6 +132,20 @@ def batch_at(tokens: np.ndarray, step: int, cfg: LMConfig) -> torch.Tensor:
     starts = rng.integers(0, len(tokens) - cfg.ctx, size=cfg.batch_size)
     return torch.from_numpy(np.stack([tokens[s:s+cfg.ctx] for s in starts]).astype(np.int64))
 
+# %% ../nbs/04_lm.ipynb #6d8c358b
+def lm_optimizer(model, cfg: LMConfig) -> torch.optim.AdamW:
+    "The LM's optimiser (the learning rate is set at every step by `lm_step`)."
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+
+def lm_step(model, opt, x: torch.Tensor, lr: float) -> float:
+    "One training step on the token batch x [batch, ctx] at learning rate lr; returns its loss."
+    for g in opt.param_groups: g["lr"] = lr
+    loss = model(input_ids=x, labels=x).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step(); opt.zero_grad(set_to_none=True)
+    return loss.item()
+
 # %% ../nbs/04_lm.ipynb #9a87a703
 def eval_windows(tokens: np.ndarray, ctx: int, n_tokens: int) -> np.ndarray:
     "`n_tokens // ctx` windows of `ctx` tokens at evenly spaced offsets over the whole held-out stream."
@@ -204,7 +218,7 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
     tok = load_tokenizer(tokenizer_dir(run))
     train, ev = load_tokens(run, "train"), load_tokens(run, "eval")
     model = build_model(cfg, meta["vocab_size"])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    opt = lm_optimizer(model, cfg)
     log = dict(train_loss=[], eval={}, seconds=0.0, n_params=n_params(model), tokens_per_step=cfg.batch_size * cfg.ctx,
                unigram_ce=meta["unigram_ce"], complete=False)
     start = _resume_point(run)
@@ -220,7 +234,7 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
     else:
         state = torch.load(step_dir(run, start)/STATE, weights_only=False)
         model = GPTNeoXForCausalLM.from_pretrained(step_dir(run, start))
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        opt = lm_optimizer(model, cfg)
         opt.load_state_dict(state["opt"]); log = state["log"]
         record_cpu(log, start, f"the LM of {run}")
         for s in saved_steps(run):                  # checkpoints past the resume point are stale
@@ -229,13 +243,8 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
     bar = tqdm(range(start, cfg.steps), desc="lm", disable=not progress, initial=start, total=cfg.steps)
     t0, done = time.time(), 0
     for s in bar:
-        for g in opt.param_groups: g["lr"] = lr_at(s, cfg)
-        x = batch_at(train, s, cfg)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); opt.zero_grad(set_to_none=True)
-        log["train_loss"].append(loss.item()); done += 1
+        loss = lm_step(model, opt, batch_at(train, s, cfg), lr_at(s, cfg))
+        log["train_loss"].append(loss); done += 1
         if s + 1 in ckpts:
             log["seconds"] += time.time() - t0
             log["eval"][str(s + 1)] = eval_loss(model, ev, cfg.ctx, cfg.eval_tokens)
@@ -244,7 +253,7 @@ def train_lm(cfg: LMConfig, run, progress: bool = True, stop_after: int | None =
             prev = [p for p in saved_steps(run) if p < s + 1 and (step_dir(run, p)/STATE).exists()]
             for p in prev: (step_dir(run, p)/STATE).unlink()
             atomic_write_json(log_json(run), log)
-            bar.set_postfix(loss=f"{loss.item():.3f}", eval=f"{log['eval'][str(s + 1)]:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}", eval=f"{log['eval'][str(s + 1)]:.3f}")
             t0 = time.time()                                 # throughput excludes eval and saving
         if stop_after is not None and done >= stop_after: break
     bar.close()
