@@ -339,6 +339,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'saetrack.figures._top_tokens': ('figures.html#_top_tokens', 'saetrack/figures.py'),
                                   'saetrack.figures.head_commit': ('figures.html#head_commit', 'saetrack/figures.py'),
                                   'saetrack.figures.make_figures': ('figures.html#make_figures', 'saetrack/figures.py'),
+                                  'saetrack.figures.merge_manifest': ('figures.html#merge_manifest', 'saetrack/figures.py'),
                                   'saetrack.figures.plot_analysis': ('figures.html#plot_analysis', 'saetrack/figures.py'),
                                   'saetrack.figures.plot_matching': ('figures.html#plot_matching', 'saetrack/figures.py'),
                                   'saetrack.figures.plot_scaling': ('figures.html#plot_scaling', 'saetrack/figures.py'),

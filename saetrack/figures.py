@@ -19,7 +19,7 @@ from .layout import run_json, log_json, series_path, analysis_dir, convergence_d
 
 # %% auto #0
 __all__ = ['FIGURE_SEED', 'FACTOR_LABELS', 'plot_analysis', 'plot_matching', 'scaling_runs', 'plot_scaling', 'head_commit',
-           'make_figures']
+           'merge_manifest', 'make_figures']
 
 # %% ../nbs/81_figures.ipynb #2d7e9304
 def _live_classes(result: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -387,9 +387,27 @@ def head_commit() -> str:
                                cwd=Path(__file__).parent).stdout.strip()
     except Exception: return "unknown"
 
+# %% ../nbs/81_figures.ipynb #8a9dedb8
+def merge_manifest(new: dict, old: dict, figures, config_hash) -> dict:
+    """The manifest of the folder `figures` after a drawing: `new`'s entries, plus `old`'s for figures this drawing
+    did not make whose files are all still there and whose `config_hash` is `config_hash`. `order` is renumbered."""
+    name = lambda f: f.rsplit(".", 1)[0]
+    by_order = lambda m: list(dict.fromkeys(name(f) for f in sorted(m, key=lambda f: (m[f].get("order", 0), f))))
+    drawn, before = by_order(new), by_order(old)
+    files = lambda n: [f for f in old if name(f) == n]
+    keep = [n for n in before if n not in drawn
+            and all((Path(figures)/f).exists() and old[f].get("config_hash") == config_hash for f in files(n))]
+    names = list(drawn)
+    for n in keep:                                    # after the nearest figure that preceded it before
+        prev = [m for m in before[:before.index(n)] if m in names]
+        names.insert(names.index(prev[-1]) + 1 if prev else 0, n)
+    merged = {**{f: old[f] for n in keep for f in files(n)}, **new}
+    return {f: dict(merged[f], order=names.index(name(f))) for f in sorted(merged, key=lambda f: (names.index(name(f)), f))}
+
 # %% ../nbs/81_figures.ipynb #bfc31d9c
 def make_figures(out, figures="figures") -> dict:
-    """Every figure that the caches under `out` support, as PNG + PDF in `figures`, plus MANIFEST.json. It only reads:
+    """Every figure that the caches under `out` support, as PNG + PDF in `figures`, plus MANIFEST.json (which keeps the
+    figures drawn earlier from a run of the same config: `merge_manifest`). It only reads:
     every cache a figure needs is read and checked first, and a missing or stale analysis (or a stale baseline, or a
     stale analysis of a scaling run beside `out`) is a one-line `SaetrackError` naming the command to run, before
     anything is written. The optional studies (convergence, controls, baseline, scaling) are drawn when they were run."""
@@ -452,5 +470,8 @@ def make_figures(out, figures="figures") -> dict:
     commit = head_commit()
     man = {f"{k}.{ext}": dict(v, order=i, config_hash=cfg_hash, commit=commit, command="saetrack figures")
            for i, (k, v) in enumerate(made.items()) for ext in ("png", "pdf")}
+    try: old = read_json(figures/"MANIFEST.json")
+    except (OSError, ValueError): old = {}                       # none yet, or damaged: this drawing's alone
+    if isinstance(old, dict) and all(isinstance(v, dict) for v in old.values()): man = merge_manifest(man, old, figures, cfg_hash)
     atomic_write_json(figures/"MANIFEST.json", man)
     return man
