@@ -377,8 +377,10 @@ def umap_embed(X, random_state: int = 42, n_neighbors: int | None = None, min_di
     "2-D UMAP (cosine metric, fixed random_state) of X [n, d]; n_neighbors = min(100, n-1), the paper's 100."
     import umap
     nn = n_neighbors or min(100, len(X) - 1)
-    return umap.UMAP(n_neighbors=nn, min_dist=min_dist, metric="cosine", n_jobs=1,
-                     random_state=random_state, n_components=2).fit_transform(X)
+    threads = torch.get_num_threads()          # UMAP's threadpoolctl restores OpenMP's own count, which is torch's:
+    try: return umap.UMAP(n_neighbors=nn, min_dist=min_dist, metric="cosine", n_jobs=1,
+                          random_state=random_state, n_components=2).fit_transform(X)
+    finally: torch.set_num_threads(threads)    # an SAE trained next in this process keeps the count (and the bits)
 
 # %% ../nbs/40_formation.ipynb #4b41067b
 def plot_umap_panels(sets_by_step, steps, feature_ids, classes, random_state: int = 42,

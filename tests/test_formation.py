@@ -276,8 +276,10 @@ def test_umap_panels_layout_fast_embed():
 @pytest.mark.skipif(not os.environ.get("SAETRACK_SLOW"), reason="numba JIT ~30 s; SAETRACK_SLOW=1")
 def test_umap_embed_real_deterministic():
     X = np.concatenate(_umap_sets()[0])
+    torch.set_num_threads(1)                              # UMAP's threadpoolctl put OpenMP's own count back (2 here)
     e1, e2 = fd.umap_embed(X, 42), fd.umap_embed(X, 42)
     np.testing.assert_array_equal(e1, e2)
+    assert torch.get_num_threads() == 1                   # umap_embed keeps the caller's count
 
 
 def test_formation_plots_smoke():
