@@ -239,7 +239,10 @@ def cmd_figures(a):
     _print_figures(man, figures)
 
 def _print_figures(man: dict, figures: Path):
-    print(f"{len(man)} figure files in {figures}/ (see {figures}/MANIFEST.json)")
+    from saetrack.core import read_json
+    listed = len(read_json(figures/"MANIFEST.json"))
+    more = f"; it also lists {listed - len(man)} drawn earlier from this run's config" if listed > len(man) else ""
+    print(f"{len(man)} figure files drawn in {figures}/ (see {figures}/MANIFEST.json{more})")
 
 # %% ../nbs/90_cli.ipynb #01d45d3f
 def _series_out(a) -> Path:

@@ -407,7 +407,7 @@ def merge_manifest(new: dict, old: dict, figures, config_hash) -> dict:
 # %% ../nbs/81_figures.ipynb #bfc31d9c
 def make_figures(out, figures="figures") -> dict:
     """Every figure that the caches under `out` support, as PNG + PDF in `figures`, plus MANIFEST.json (which keeps the
-    figures drawn earlier from a run of the same config: `merge_manifest`). It only reads:
+    figures drawn earlier from a run of the same config: `merge_manifest`); returns this drawing's entries. It only reads:
     every cache a figure needs is read and checked first, and a missing or stale analysis (or a stale baseline, or a
     stale analysis of a scaling run beside `out`) is a one-line `SaetrackError` naming the command to run, before
     anything is written. The optional studies (convergence, controls, baseline, scaling) are drawn when they were run."""
@@ -472,6 +472,7 @@ def make_figures(out, figures="figures") -> dict:
            for i, (k, v) in enumerate(made.items()) for ext in ("png", "pdf")}
     try: old = read_json(figures/"MANIFEST.json")
     except (OSError, ValueError): old = {}                       # none yet, or damaged: this drawing's alone
-    if isinstance(old, dict) and all(isinstance(v, dict) for v in old.values()): man = merge_manifest(man, old, figures, cfg_hash)
-    atomic_write_json(figures/"MANIFEST.json", man)
+    kept = man
+    if isinstance(old, dict) and all(isinstance(v, dict) for v in old.values()): kept = merge_manifest(man, old, figures, cfg_hash)
+    atomic_write_json(figures/"MANIFEST.json", kept)
     return man
