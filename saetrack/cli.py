@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, contextlib, dataclasses, sys, time
 from pathlib import Path
 from .config import FLAGS, SNAPSHOT_TOKENS, get_preset
-from .core import SaetrackError, keep_freed_memory, run_lock, writable_dir
+from .core import SaetrackError, keep_freed_memory, read_json, run_lock, writable_dir
 from .layout import log_json, run_acts_root, series_path, convergence_dir
 
 # %% auto #0
@@ -239,7 +239,6 @@ def cmd_figures(a):
     _print_figures(man, figures)
 
 def _print_figures(man: dict, figures: Path):
-    from saetrack.core import read_json
     listed = len(read_json(figures/"MANIFEST.json"))
     more = f"; it also lists {listed - len(man)} drawn earlier from this run's config" if listed > len(man) else ""
     print(f"{len(man)} figure files drawn in {figures}/ (see {figures}/MANIFEST.json{more})")

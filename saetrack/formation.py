@@ -177,7 +177,7 @@ def sparse_encode(x, sae, batch: int = 4096) -> SparseCodes:
         if c.is_cpu:                  # numpy finds the firing entries (in the same order) faster than torch's nonzero
             flat = torch.from_numpy(np.flatnonzero(c.numpy() > 0))
             r, l, v = flat // c.shape[1], flat % c.shape[1], c.view(-1)[flat]
-        else: (r, l), v = (c > 0).nonzero().unbind(1), c[c > 0]
+        else: r, l = (c > 0).nonzero().unbind(1); v = c[r, l]
         counts.append(torch.bincount(r, minlength=c.shape[0])); lat.append(l); val.append(v)
     return SparseCodes(torch.cumsum(torch.cat(counts), 0), torch.cat(lat), torch.cat(val), int(W_enc.shape[1]))
 
